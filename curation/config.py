@@ -1,0 +1,107 @@
+"""Configuration of the curate stage's selection: strategy, budget, dedup, embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+StrategyName = Literal["kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full"]
+
+
+class StrategyOptions(BaseModel):
+    """Knobs of the selection strategies; each strategy reads only the ones it uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_strata: int = Field(64, ge=1)
+    """kmeans-stratified: number of k-means clusters the budget is spread over in proportion to their sizes."""
+
+    per_domain_balance: bool = False
+    """kmeans-stratified: split the budget evenly across domains first (capped by each domain's size),
+    then proportionally over clusters inside each domain."""
+
+    kmeans_batch_size: int = Field(4096, ge=64)
+    """Mini-batch size of scikit-learn's MiniBatchKMeans (larger is steadier, smaller is faster per step)."""
+
+    facility_neighbors: int = Field(32, ge=1)
+    """facility-location: neighbours kept per point in the sparse similarity graph used above
+    ``facility_dense_limit`` points."""
+
+    facility_dense_limit: int = Field(4096, ge=1)
+    """facility-location: up to this many points the exact n x n similarity matrix is used."""
+
+    facility_partition_size: int = Field(2048, ge=64)
+    """facility-location: above ``facility_exact_knn_limit`` points, neighbours are searched inside
+    k-means partitions of about this many points (approximate kNN graph)."""
+
+    facility_exact_knn_limit: int = Field(20_000, ge=1)
+    """facility-location: up to this many points the kNN graph is exact (blocked brute force)."""
+
+
+class CurateConfig(BaseModel):
+    """What the curate stage selects and how.
+
+    When the deduplicated set is smaller than ``k``, ``on_small_input`` decides: ``"error"`` raises a
+    SelectionError naming k and n; ``"clip"`` selects all n distinct problems and logs a warning.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: StrategyName = "kmeans-centroid"
+    """Selection strategy: kmeans-centroid, kmeans-stratified, kcenter, facility-location, random or full."""
+
+    k: int = Field(600, ge=1)
+    """Number of problems to select (ignored by ``full``, which keeps every distinct problem)."""
+
+    seed: int = 0
+    """Seed of every random choice of the chosen strategy (k-means init, k-center start, sampling)."""
+
+    random_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3)
+    """Seeds of the random subsets of the same size reported beside the chosen strategy (at least 3)."""
+
+    n_clusters: int = Field(50, ge=2)
+    """Clusters of the k-means on all points behind the ``cluster_entropy``/``clusters_hit`` metrics
+    and the selection table's ``cluster`` column (clipped to the number of distinct problems)."""
+
+    dedup_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    """Problems whose embedding has cosine similarity above this with an earlier problem are dropped
+    as near-duplicates; 1.0 keeps every problem whose normalized text is distinct."""
+
+    embedding_model: Path | None = None
+    """Directory of a sentence-transformers model; None uses the packaged all-MiniLM-L6-v2."""
+
+    batch_size: int = Field(64, ge=1)
+    """Texts per forward pass of the embedding model."""
+
+    device: str | None = None
+    """Torch device of the embedding model; None picks CUDA when present, else CPU."""
+
+    per_domain_balance: bool = False
+    """kmeans-stratified only: spread the budget evenly over domains before spreading it over clusters."""
+
+    n_strata: int = Field(64, ge=1)
+    """kmeans-stratified only: number of clusters the budget is spread over."""
+
+    facility_neighbors: int = Field(32, ge=1)
+    """facility-location only: neighbours per point in the sparse similarity graph for large inputs."""
+
+    on_small_input: Literal["error", "clip"] = "error"
+    """If k exceeds the number of distinct problems: "error" raises, "clip" selects them all with a warning."""
+
+    @model_validator(mode="after")
+    def _distinct_random_seeds(self) -> CurateConfig:
+        if len(set(self.random_seeds)) != len(self.random_seeds):
+            raise ValueError(
+                f"random_seeds {self.random_seeds} repeats a seed; list distinct seeds, e.g. [0, 1, 2]"
+            )
+        return self
+
+    def strategy_options(self) -> StrategyOptions:
+        """The strategy knobs of this config."""
+        return StrategyOptions(
+            n_strata=self.n_strata,
+            per_domain_balance=self.per_domain_balance,
+            facility_neighbors=self.facility_neighbors,
+        )

@@ -1,0 +1,159 @@
+"""The curate stage as one call: dedup, embed (cached), select, and measure diversity against random."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polymath.errors import DataError, SelectionError
+
+from .clustering import fit_kmeans
+from .config import CurateConfig
+from .dedup import DedupStats, exact_keep_mask, near_keep_mask
+from .diversity import metrics_frame
+from .embedding import EmbedStats, SentenceTransformerEncoder, TextEncoder, embed_texts
+from .records import Problem
+from .selection import select, validate_embeddings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    """Everything one curation produced.
+
+    ``selection`` has one row per selected problem: problem_id, domain, cluster (label in the
+    metrics k-means over all distinct problems) and rank (0 = the strategy's first pick).
+    ``metrics`` is long format (strategy, seed, metric, value): the chosen strategy's rows and one
+    block per random seed. ``embeddings`` and ``kept_ids`` cover the distinct problems left after
+    dedup; ``selected_index`` indexes them (e.g. for ``plot_projection``).
+    """
+
+    selected_ids: list[str]
+    selection: pd.DataFrame
+    metrics: pd.DataFrame
+    dedup: DedupStats
+    embed: EmbedStats
+    selection_seconds: float
+    metrics_seconds: float
+    k: int
+    kept_ids: list[str]
+    embeddings: np.ndarray
+    selected_index: np.ndarray
+
+
+def curate(
+    problems: list[Problem],
+    config: CurateConfig,
+    cache_dir: Path | None,
+    *,
+    encoder: TextEncoder | None = None,
+) -> CurationResult:
+    """Select ``config.k`` diverse problems out of ``problems``.
+
+    ``cache_dir`` holds the embedding cache (None: no cache); ``encoder`` replaces the
+    sentence-transformers model named by the config (e.g. an already loaded one).
+    """
+    if not problems:
+        raise SelectionError(
+            "no problems to curate: the input set is empty; check the data source and its filters"
+        )
+    repeated = [pid for pid, count in Counter(p.id for p in problems).items() if count > 1]
+    if repeated:
+        raise DataError(
+            f"{len(repeated)} problem ids occur more than once (first: {repeated[0]!r}); ids must be unique: "
+            "map a unique column to `id` in the data config, or leave it unmapped to number the rows"
+        )
+
+    exact_keep = exact_keep_mask([p.prompt for p in problems])
+    candidates = [p for p, keep in zip(problems, exact_keep) if keep]
+    encoder = encoder if encoder is not None else SentenceTransformerEncoder(config.embedding_model, config.device)
+    X, embed_stats = embed_texts([p.prompt for p in candidates], encoder, cache_dir, config.batch_size)
+    validate_embeddings(X, [p.id for p in candidates])
+
+    near_keep = near_keep_mask(X, config.dedup_threshold, seed=config.seed)
+    kept = [p for p, keep in zip(candidates, near_keep) if keep]
+    X = np.ascontiguousarray(X[near_keep])
+    dedup = DedupStats(
+        n_input=len(problems),
+        exact_duplicates=int((~exact_keep).sum()),
+        near_duplicates=int((~near_keep).sum()),
+        n_kept=len(kept),
+    )
+    log.info("dedup: %d problems, %d exact and %d near duplicates dropped, %d kept",
+             dedup.n_input, dedup.exact_duplicates, dedup.near_duplicates, dedup.n_kept)
+    k = _effective_k(config, dedup)
+
+    domains = np.asarray([p.domain for p in kept], dtype=object)
+    start = time.perf_counter()
+    picks = select(config.strategy, X, k, seed=config.seed, domains=domains, options=config.strategy_options())
+    selection_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    n_clusters = min(config.n_clusters, len(X))
+    _, labels = fit_kmeans(X, n_clusters, seed=config.seed)
+    runs = [(config.strategy, config.seed, picks)]
+    for seed in config.random_seeds:
+        if config.strategy == "random" and seed == config.seed:
+            continue  # already the chosen run
+        runs.append(("random", seed, select("random", X, len(picks), seed=seed)))
+    metrics = metrics_frame(X, runs, labels, n_clusters, domains)
+    metrics_seconds = time.perf_counter() - start
+
+    selected_ids = [kept[i].id for i in picks]
+    table = pd.DataFrame(
+        {
+            "problem_id": selected_ids,
+            "domain": [kept[i].domain for i in picks],
+            "cluster": labels[picks].astype(np.int64),
+            "rank": np.arange(len(picks), dtype=np.int64),
+        }
+    )
+    log.info("selected %d of %d with %s in %.2fs (metrics %.2fs)", len(picks), len(kept), config.strategy,
+             selection_seconds, metrics_seconds)
+    return CurationResult(
+        selected_ids=selected_ids,
+        selection=table,
+        metrics=metrics,
+        dedup=dedup,
+        embed=embed_stats,
+        selection_seconds=selection_seconds,
+        metrics_seconds=metrics_seconds,
+        k=len(picks),
+        kept_ids=[p.id for p in kept],
+        embeddings=X,
+        selected_index=picks,
+    )
+
+
+def _effective_k(config: CurateConfig, dedup: DedupStats) -> int:
+    """k to select, after ``on_small_input`` has handled a set smaller than k."""
+    n = dedup.n_kept
+    if config.strategy == "full":
+        return n
+    if config.k <= n:
+        return config.k
+    if n == 1 and dedup.n_input > 1:
+        what = (
+            f"all {dedup.n_input} problems are duplicates of one another ({dedup.exact_duplicates} exact, "
+            f"{dedup.near_duplicates} near at cosine > {config.dedup_threshold})"
+        )
+        fix = "supply distinct problems or raise curate.dedup_threshold (1.0 keeps all distinct texts)"
+    else:
+        what = (
+            f"curate.k={config.k} exceeds the n={n} distinct problems left after dedup "
+            f"({dedup.n_input} in, {dedup.exact_duplicates} exact and {dedup.near_duplicates} near duplicates)"
+        )
+        fix = f"lower curate.k to at most {n}, add problems, or raise curate.dedup_threshold"
+    if config.on_small_input == "error":
+        raise SelectionError(f"{what}; {fix}, or set curate.on_small_input: clip to select all {n}")
+    warnings.warn(f"{what}; on_small_input=clip: selecting all {n}", UserWarning, stacklevel=3)
+    log.warning("%s; on_small_input=clip: selecting all %d", what, n)
+    return n

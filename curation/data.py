@@ -1,0 +1,308 @@
+"""Load prompt sets into :class:`Problem` records.
+
+Formats: JSONL, Parquet, CSV, Hugging Face ``datasets`` (a ``save_to_disk``
+folder, local data files, or the hub when reachable) and the embedded
+reasoning-gym domains. Field names are mapped by config, answers are pulled out
+of GSM8K (``#### 42``) or ``\\boxed{}`` forms, and fixed instruction text can be
+stripped (DAPO-Math-17k wraps every prompt in the same instruction).
+
+Every error names the file and line (or field) and says what to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from polymath.errors import DataError
+
+from .domains import load_embedded
+from .records import Problem
+
+log = logging.getLogger(__name__)
+
+Format = Literal["jsonl", "parquet", "csv", "hf", "reasoning-gym"]
+AnswerFormat = Literal["plain", "gsm8k", "boxed"]
+
+
+class FieldMap(BaseModel):
+    """Which column of the input holds each part of a problem."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("prompt", description="Column with the prompt text.")
+    answer: str = Field("answer", description="Column with the reference answer.")
+    domain: str | None = Field(None, description="Column with the domain; None = data.domain for all rows.")
+    id: str | None = Field(None, description="Column with a unique id; None = derived from file and line.")
+
+
+class DataConfig(BaseModel):
+    """Where the prompts come from and how to read them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Format = Field("reasoning-gym", description="Input format.")
+    path: str | None = Field(None, description="File, folder or HF dataset name (not for reasoning-gym).")
+    split: str = Field("train", description="HF dataset split used for training.")
+    test_path: str | None = Field(None, description="Optional separate test file (same format and fields).")
+    test_split: str | None = Field(None, description="Optional HF split for testing (e.g. 'test').")
+    test_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Held-out share when no test file/split is given.")
+    fields: FieldMap = Field(default_factory=FieldMap, description="Column mapping.")
+    domain: str = Field("default", description="Domain name when the data has no domain column.")
+    answer_format: AnswerFormat = Field("plain", description="plain | gsm8k ('#### 42') | boxed ('\\boxed{42}').")
+    strip_prefixes: list[str] = Field(default_factory=list, description="Fixed leading instruction texts to remove.")
+    strip_suffixes: list[str] = Field(default_factory=list, description="Fixed trailing instruction texts to remove.")
+    verifier: str | None = Field(
+        None, description="reasoning-gym | math | numeric | exact; None = from the format and answer_format."
+    )
+    domains: list[str] | None = Field(None, description="Embedded domains to use (None = all four).")
+    train_per_domain: int = Field(4000, gt=0, description="Embedded training problems per domain.")
+    test_per_domain: int = Field(250, gt=0, description="Embedded test problems per domain.")
+    max_problems: int | None = Field(None, gt=0, description="Keep only the first N training problems (smoke runs).")
+    seed: int = Field(0, description="Seed of the train/test hold-out split.")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.format != "reasoning-gym" and not self.path:
+            raise ValueError(f"data.path is required for data.format={self.format!r}")
+        return self
+
+    def resolved_verifier(self) -> str:
+        if self.verifier:
+            return self.verifier
+        if self.format == "reasoning-gym":
+            return "reasoning-gym"
+        return {"gsm8k": "numeric", "boxed": "math", "plain": "exact"}[self.answer_format]
+
+
+@dataclass
+class ProblemSet:
+    """Train and test problems plus what loading had to drop."""
+
+    train: list[Problem]
+    test: list[Problem]
+    source: str
+    rows_read: int = 0
+    duplicates_dropped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def domains(self) -> list[str]:
+        return sorted({p.domain for p in self.train})
+
+    def by_domain(self, split: str = "train") -> dict[str, list[Problem]]:
+        out: dict[str, list[Problem]] = {}
+        for p in self.train if split == "train" else self.test:
+            out.setdefault(p.domain, []).append(p)
+        return out
+
+
+# ---------------------------------------------------------------- answers
+
+
+def _last_boxed(text: str) -> str | None:
+    from training.verifiers import _last_boxed as last_boxed
+
+    return last_boxed(text)
+
+
+def parse_answer(raw: Any, answer_format: AnswerFormat, where: str) -> str:
+    text = "" if raw is None else str(raw)
+    if answer_format == "gsm8k":
+        if "####" not in text:
+            raise DataError(f"{where}: answer has no '#### <number>' line; set data.answer_format to plain or boxed")
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    if answer_format == "boxed":
+        boxed = _last_boxed(text)
+        return (boxed if boxed is not None else text).strip()
+    return text.strip()
+
+
+def normalize_prompt(text: str, prefixes: list[str], suffixes: list[str]) -> str:
+    """Remove the first matching fixed prefix and suffix (outer whitespace ignored)."""
+    text = text.strip()
+    for prefix in prefixes:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    for suffix in suffixes:
+        if suffix and text.endswith(suffix):
+            text = text[: -len(suffix)]
+            break
+    return text.strip()
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    "fix or remove that line (JSONL holds one JSON object per line)"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path} line {lineno}", row
+
+
+def _rows_table(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
+    import pandas as pd
+
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_parquet(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise DataError(f"{path}: cannot read as {kind} ({exc}); check data.format") from None
+    # CSV line numbers count the header line; parquet rows are 0-based row numbers.
+    offset, unit = (2, "line") if kind == "csv" else (0, "row")
+    for i, row in enumerate(frame.to_dict(orient="records")):
+        yield f"{path} {unit} {i + offset}", row
+
+
+def _rows_hf(name: str, split: str) -> Iterator[tuple[str, dict]]:
+    import datasets
+
+    local = Path(name)
+    try:
+        if local.is_dir() and any((local / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except KeyError:
+        raise DataError(f"{name}: has no split {split!r}; set data.split") from None
+    except Exception as exc:
+        raise DataError(
+            f"{name}: cannot load as a Hugging Face dataset ({exc}); give a local save_to_disk folder "
+            "or data files, or check data.format"
+        ) from None
+    for i, row in enumerate(ds):
+        yield f"{name}[{split}] row {i}", row
+
+
+def _read_rows(cfg: DataConfig, path: str, split: str) -> Iterator[tuple[str, dict]]:
+    if cfg.format == "hf":
+        return _rows_hf(path, split)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file; set data.path to an existing {cfg.format} file")
+    if cfg.format == "jsonl":
+        return _rows_jsonl(p)
+    return _rows_table(p, cfg.format)
+
+
+def _records(cfg: DataConfig, path: str, split: str, verifier: str) -> tuple[list[Problem], int]:
+    fmap = cfg.fields
+    problems: list[Problem] = []
+    rows = 0
+    for where, row in _read_rows(cfg, path, split):
+        rows += 1
+        wanted = [("prompt", fmap.prompt), ("answer", fmap.answer)]
+        if fmap.domain:
+            wanted.append(("domain", fmap.domain))
+        if fmap.id:
+            wanted.append(("id", fmap.id))
+        for role, column in wanted:
+            if column not in row:
+                present = ", ".join(map(str, row)) or "(none)"
+                raise DataError(
+                    f"{where}: field {column!r} (data.fields.{role}) is missing; "
+                    f"fields present: {present}; set data.fields.{role} to one of them"
+                )
+        prompt = normalize_prompt(str(row[fmap.prompt] or ""), cfg.strip_prefixes, cfg.strip_suffixes)
+        if not prompt:
+            raise DataError(f"{where}: empty prompt in field {fmap.prompt!r}; remove the row or fix the text")
+        answer = parse_answer(row[fmap.answer], cfg.answer_format, where)
+        domain = str(row[fmap.domain]) if fmap.domain else cfg.domain
+        pid = str(row[fmap.id]) if fmap.id else f"{Path(path).stem}-{rows - 1}"
+        extra = {k: v for k, v in row.items() if k not in {fmap.prompt, fmap.answer}}
+        metadata = {"verifier": verifier, **{k: v for k, v in extra.items() if _jsonable(v)}}
+        problems.append(Problem(id=pid, domain=domain, prompt=prompt, answer=answer, metadata=metadata))
+    return problems, rows
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _dedup(problems: list[Problem]) -> tuple[list[Problem], int]:
+    """Drop exact duplicate prompts (whitespace- and case-normalized), keeping the first."""
+    seen: set[str] = set()
+    kept: list[Problem] = []
+    ids: set[str] = set()
+    for p in problems:
+        key = " ".join(p.prompt.split()).lower()
+        if key in seen:
+            continue
+        if p.id in ids:
+            raise DataError(f"duplicate problem id {p.id!r}; ids in data.fields.id must be unique")
+        seen.add(key)
+        ids.add(p.id)
+        kept.append(p)
+    return kept, len(problems) - len(kept)
+
+
+def _holdout(problems: list[Problem], fraction: float, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Deterministic split by a hash of (seed, id): stable when rows are added or reordered."""
+    if fraction == 0:
+        return problems, []
+
+    def bucket(p: Problem) -> float:
+        digest = hashlib.sha256(f"{seed}:{p.id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    train = [p for p in problems if bucket(p) >= fraction]
+    test = [p for p in problems if bucket(p) < fraction]
+    return train, test
+
+
+def load_problems(cfg: DataConfig) -> ProblemSet:
+    """Load train and test problems as the config says."""
+    if cfg.format == "reasoning-gym":
+        train, test = load_embedded(cfg.domains, cfg.train_per_domain, cfg.test_per_domain)
+        if cfg.strip_prefixes or cfg.strip_suffixes:
+            strip = lambda p: replace(p, prompt=normalize_prompt(p.prompt, cfg.strip_prefixes, cfg.strip_suffixes))  # noqa: E731
+            train, test = [strip(p) for p in train], [strip(p) for p in test]
+        rows = len(train) + len(test)
+        train, dropped = _dedup(train)
+        source = "reasoning-gym:" + ",".join(sorted({p.domain for p in train}))
+    else:
+        verifier = cfg.resolved_verifier()
+        assert cfg.path is not None
+        problems, rows = _records(cfg, cfg.path, cfg.split, verifier)
+        problems, dropped = _dedup(problems)
+        if cfg.test_path or cfg.test_split:
+            test_rows, _ = _records(cfg, cfg.test_path or cfg.path, cfg.test_split or cfg.split, verifier)
+            train_keys = {" ".join(p.prompt.split()).lower() for p in problems}
+            test = [p for p in test_rows if " ".join(p.prompt.split()).lower() not in train_keys]
+            train = problems
+        else:
+            train, test = _holdout(problems, cfg.test_fraction, cfg.seed)
+        source = str(cfg.path)
+    if cfg.max_problems is not None:
+        train = train[: cfg.max_problems]
+    if not train:
+        raise DataError(f"{source}: no training problems after loading; check data.path and data.fields")
+    notes = [f"dropped {dropped} exact duplicate prompts"] if dropped else []
+    for note in notes:
+        log.warning("%s: %s", source, note)
+    return ProblemSet(train=train, test=test, source=source, rows_read=rows, duplicates_dropped=dropped, notes=notes)

@@ -1,0 +1,97 @@
+"""The embedded problem set: procedural reasoning-gym domains, generated offline.
+
+Four domains that exercise different skills (arithmetic, counting with world
+knowledge, number theory, string manipulation), about 17,000 problems in all.
+Generation is seeded, so every machine builds the same set; the test split is
+generated from a different seed and filtered so no test prompt appears in train.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from polymath.errors import DataError
+
+from .records import Problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One reasoning-gym task with the difficulty parameters the demo uses."""
+
+    domain: str
+    task: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+EMBEDDED_DOMAINS: tuple[DomainSpec, ...] = (
+    DomainSpec("arithmetic", "chain_sum", dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2)),
+    DomainSpec("legs", "leg_counting", dict(min_animals=1, max_animals=3, max_instances=3)),
+    DomainSpec("gcd", "gcd", dict(min_numbers=2, max_numbers=2, min_value=2, max_value=99)),
+    DomainSpec("reverse", "spell_backward", dict(min_word_len=3, max_word_len=6)),
+)
+
+TRAIN_SEED = 20_251_105
+TEST_SEED = 20_250_217
+
+
+def domain_spec(domain: str) -> DomainSpec:
+    for spec in EMBEDDED_DOMAINS:
+        if spec.domain == domain:
+            return spec
+    names = ", ".join(s.domain for s in EMBEDDED_DOMAINS)
+    raise DataError(f"unknown embedded domain {domain!r}; the embedded domains are: {names}")
+
+
+def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> list[Problem]:
+    """Draw reasoning-gym entries until ``n`` distinct prompts not in ``exclude`` are found."""
+    import reasoning_gym
+
+    out: list[Problem] = []
+    seen = set(exclude)
+    size = max(2 * n, 1000)
+    for attempt in range(4):
+        ds = reasoning_gym.create_dataset(spec.task, size=size, seed=seed + attempt, **spec.params)
+        for i in range(size):
+            entry = ds[i]
+            question = entry["question"]
+            if question in seen:
+                continue
+            seen.add(question)
+            metadata = dict(entry.get("metadata", {}))
+            metadata["reasoning_gym_task"] = spec.task
+            out.append(
+                Problem(
+                    id=f"{spec.domain}-{seed + attempt}-{i}",
+                    domain=spec.domain,
+                    prompt=question,
+                    answer=str(entry["answer"]),
+                    metadata=metadata,
+                )
+            )
+            if len(out) == n:
+                return out
+    raise DataError(
+        f"reasoning-gym task {spec.task!r} yields fewer than {n} distinct prompts with {spec.params}; "
+        "lower data.per_domain or widen the task's difficulty parameters"
+    )
+
+
+def load_embedded(
+    domains: list[str] | None = None, train_per_domain: int = 4000, test_per_domain: int = 250
+) -> tuple[list[Problem], list[Problem]]:
+    """Return (train, test) problems for the embedded domains (all four by default)."""
+    specs = [domain_spec(d) for d in domains] if domains else list(EMBEDDED_DOMAINS)
+    train: list[Problem] = []
+    test: list[Problem] = []
+    for spec in specs:
+        domain_train = _generate_unique(spec, train_per_domain, TRAIN_SEED, exclude=set())
+        seen = {p.prompt for p in domain_train}
+        domain_test = _generate_unique(spec, test_per_domain, TEST_SEED, exclude=seen)
+        train.extend(domain_train)
+        test.extend(domain_test)
+    return train, test

@@ -1,0 +1,22 @@
+"""The problem record every stage passes around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One verifiable prompt.
+
+    ``answer`` is the reference answer as a string (already extracted from
+    GSM8K ``#### 42`` or ``\\boxed{}`` forms); ``metadata`` carries what the
+    domain's verifier needs beyond the answer (reasoning-gym's entry metadata).
+    """
+
+    id: str
+    domain: str
+    prompt: str
+    answer: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -1,0 +1,238 @@
+"""Selection strategies, registered by name.
+
+Every strategy takes L2-normalized embeddings X (n x d), a budget k <= n, a seed, optional
+per-row domains and StrategyOptions, and returns k distinct row indices in rank order (the first
+r of them are the strategy's best r-subset where the strategy has such an order). The same seed
+gives the same picks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from polymath.errors import SelectionError
+
+from .clustering import fit_kmeans, nearest_to_centers
+from .config import StrategyOptions
+from .facility import facility_location
+
+Strategy = Callable[..., np.ndarray]
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(name: str) -> Callable[[Strategy], Strategy]:
+    """Add a strategy to the registry under ``name``."""
+
+    def wrap(fn: Strategy) -> Strategy:
+        STRATEGIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise SelectionError(
+            f"unknown selection strategy {name!r} (curate.strategy); choose one of: {', '.join(sorted(STRATEGIES))}"
+        ) from None
+
+
+def validate_embeddings(X: np.ndarray, ids: list[str] | None = None) -> None:
+    """Raise SelectionError unless X is a non-empty 2-D array of finite values."""
+    if X.ndim != 2:
+        raise SelectionError(f"embeddings must be a 2-D array (n x d), got shape {X.shape}")
+    if len(X) == 0:
+        raise SelectionError("no problems to select from; check the input set is not empty after filtering")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if len(bad):
+        names = [ids[i] for i in bad[:5]] if ids is not None else [str(i) for i in bad[:5]]
+        raise SelectionError(
+            f"{len(bad)} embeddings contain NaN or infinity (first: {', '.join(names)}); the embedding model "
+            "produced invalid vectors: check those prompts are non-empty text and the model loads correctly"
+        )
+
+
+def select(
+    name: str,
+    X: np.ndarray,
+    k: int,
+    *,
+    seed: int,
+    domains: np.ndarray | None = None,
+    options: StrategyOptions | None = None,
+) -> np.ndarray:
+    """Run strategy ``name``; raises SelectionError for unknown names, bad embeddings or k outside [1, n]."""
+    strategy = get_strategy(name)
+    validate_embeddings(X)
+    n = len(X)
+    if name != "full" and not 1 <= k <= n:
+        raise SelectionError(
+            f"curate.k={k} but only n={n} distinct problems are available; lower curate.k to at most {n}, "
+            "add problems, or set curate.on_small_input: clip to select all of them"
+        )
+    if domains is not None and len(domains) != n:
+        raise SelectionError(f"got {len(domains)} domains for {n} embeddings; pass one domain per row")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    picks = strategy(X, k, seed=seed, domains=domains, options=options or StrategyOptions())
+    return np.asarray(picks, dtype=np.int64)
+
+
+@register("full")
+def full(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+    """Every row, in input order."""
+    return np.arange(len(X))
+
+
+@register("random")
+def random(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+    """k rows uniformly without replacement."""
+    return np.random.default_rng(seed).choice(len(X), size=k, replace=False)
+
+
+@register("kmeans-centroid")
+def kmeans_centroid(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+    """The row nearest each of k k-means centroids, larger clusters first.
+
+    When two centroids share a nearest row, (centroid, row) pairs are assigned greedily by
+    increasing distance, so each centroid gets its nearest row not taken by a closer centroid.
+    """
+    centers, _ = fit_kmeans(X, k, seed=seed, batch_size=options.kmeans_batch_size, labels=False)
+    picks, labels = assign_nearest_distinct(X, centers)
+    sizes = np.bincount(labels, minlength=len(centers))
+    order = np.lexsort((np.arange(len(centers)), -sizes))  # by size descending, then centroid index
+    return picks[order]
+
+
+def assign_nearest_distinct(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(one distinct row per center, each row's nearest center); pairs are taken greedily by
+    increasing distance (needs len(centers) <= n)."""
+    k = len(centers)
+    pick = np.full(k, -1, dtype=np.int64)
+    taken = np.zeros(len(X), dtype=bool)
+    m = min(8, len(X))
+    idx, dist, labels = nearest_to_centers(X, centers, m, return_labels=True)
+    open_centers = np.arange(k)
+    while True:
+        order = np.argsort(dist, axis=None, kind="stable")
+        for flat in order:
+            c, r = divmod(int(flat), idx.shape[1])
+            center, row = open_centers[c], idx[c, r]
+            if pick[center] < 0 and not taken[row]:
+                pick[center] = row
+                taken[row] = True
+        open_centers = np.flatnonzero(pick < 0)
+        if len(open_centers) == 0:
+            return pick, labels
+        # a center whose m candidates were all taken by closer centers looks further
+        m = min(2 * m, len(X))
+        idx, dist = nearest_to_centers(X, centers[open_centers], m)
+
+
+def allocate(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Split k over cells in proportion to ``sizes`` (largest remainder), never above a cell's size."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    if k > total:
+        raise SelectionError(f"cannot take {k} items from cells holding {total}; lower curate.k")
+    if total == 0:
+        return np.zeros_like(sizes)
+    exact = sizes * (k / total)
+    quota = np.minimum(np.floor(exact).astype(np.int64), sizes)
+    remainder = exact - quota
+    short = k - int(quota.sum())
+    # most-deserving cells first: larger fractional remainder, then larger size, then lower index
+    for cell in np.lexsort((np.arange(len(sizes)), -sizes, -remainder)):
+        if short == 0:
+            break
+        if quota[cell] < sizes[cell]:
+            quota[cell] += 1
+            short -= 1
+    return quota
+
+
+def balance(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Split k as evenly as possible over cells, never above a cell's size (water filling)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if k > int(sizes.sum()):
+        raise SelectionError(f"cannot take {k} items from cells holding {int(sizes.sum())}; lower curate.k")
+    quota = np.zeros_like(sizes)
+    remaining = k
+    order = np.lexsort((np.arange(len(sizes)), sizes))  # smallest cells settle first
+    for pos, cell in enumerate(order):
+        share = remaining // (len(sizes) - pos)
+        quota[cell] = min(sizes[cell], share)
+        remaining -= quota[cell]
+    # integer division leaves at most len(sizes)-1 items; the largest cells absorb them
+    for cell in order[::-1]:
+        if remaining == 0:
+            break
+        extra = min(remaining, sizes[cell] - quota[cell])
+        quota[cell] += extra
+        remaining -= extra
+    return quota
+
+
+@register("kmeans-stratified")
+def kmeans_stratified(
+    X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions
+) -> np.ndarray:
+    """Uniform picks inside k-means clusters, each cluster's count proportional to its size.
+
+    With ``options.per_domain_balance`` the budget is first split evenly over domains, then
+    proportionally over clusters inside each domain.
+    """
+    rng = np.random.default_rng(seed)
+    n_strata = min(options.n_strata, len(X))
+    _, labels = fit_kmeans(X, n_strata, seed=seed, batch_size=options.kmeans_batch_size)
+    if options.per_domain_balance and domains is not None:
+        names, domain_of = np.unique(np.asarray(domains), return_inverse=True)
+        domain_quota = balance(np.bincount(domain_of, minlength=len(names)), k)
+        groups = [(np.flatnonzero(domain_of == d), int(domain_quota[d])) for d in range(len(names))]
+    else:
+        groups = [(np.arange(len(X)), k)]
+    picks = []
+    for members, quota in groups:
+        cell = labels[members]
+        quotas = allocate(np.bincount(cell, minlength=n_strata), quota)
+        for c in np.flatnonzero(quotas):
+            in_cell = members[cell == c]
+            picks.append(rng.choice(in_cell, size=int(quotas[c]), replace=False))
+    picks = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+    # a seeded shuffle as rank: a prefix of a stratified sample is close to stratified
+    return rng.permutation(picks)
+
+
+@register("kcenter")
+def kcenter(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+    """Farthest-first traversal (Gonzalez) from a seeded random start: a 2-approximation of the
+    minimum covering radius in Euclidean distance (monotone in cosine distance for unit rows)."""
+    n = len(X)
+    first = int(np.random.default_rng(seed).integers(n))
+    picks = [first]
+    nearest = 1.0 - X @ X[first]  # cosine distance to the nearest pick
+    nearest[first] = -np.inf
+    for _ in range(k - 1):
+        j = int(np.argmax(nearest))
+        picks.append(j)
+        np.minimum(nearest, 1.0 - X @ X[j], out=nearest)
+        nearest[j] = -np.inf
+    return np.asarray(picks, dtype=np.int64)
+
+
+@register("facility-location")
+def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+    """Greedy facility location on clipped cosine similarity (see curation.facility)."""
+    return facility_location(
+        X,
+        k,
+        seed=seed,
+        n_neighbors=options.facility_neighbors,
+        dense_limit=options.facility_dense_limit,
+        exact_knn_limit=options.facility_exact_knn_limit,
+        partition_size=options.facility_partition_size,
+        kmeans_batch_size=options.kmeans_batch_size,
+    )

@@ -1,0 +1,53 @@
+"""Configuration of the evaluate stage's sampling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class EvalConfig(BaseModel):
+    """How many completions to sample per problem, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(8, ge=1)
+    """Samples per problem (n of pass@k); the summaries report k = 1, 2, 4, ... up to this."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature; 0 decodes greedily (then k must be 1)."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+
+    max_new_tokens: int = Field(256, ge=1)
+    """Longest completion, in tokens; longer ones are cut (and usually scored wrong)."""
+
+    batch_size: int = Field(8, ge=1)
+    """Prompts per generate call on the HF backend; each yields k sequences, so rows = batch_size * k."""
+
+    seed: int = 0
+    """Seed of the sampling; the same config, model and prompts give the same samples."""
+
+    max_problems_per_benchmark: int | None = Field(None, ge=1)
+    """Evaluate only the first this-many problems of each benchmark (None: all of them)."""
+
+    backend: Literal["hf", "vllm", "auto"] = "auto"
+    """hf: transformers generate; vllm: vLLM (optional extra, CUDA); auto: vllm when it is installed,
+    a GPU is present and the model is given as a path, else hf."""
+
+    correct_threshold: float = Field(1.0, ge=0.0, le=1.0)
+    """A sample counts as correct when the verifier's score reaches this (partial credit stays below 1)."""
+
+    vllm_logprobs: int = Field(20, ge=1)
+    """vLLM only: log-probs returned per token; the entropy is estimated over these top tokens."""
+
+    @model_validator(mode="after")
+    def _greedy_is_single(self) -> EvalConfig:
+        if self.temperature == 0 and self.k > 1:
+            raise ValueError(
+                f"evaluate.temperature is 0 (greedy decoding), which gives k={self.k} identical samples; "
+                "set evaluate.k: 1 or a temperature above 0"
+            )
+        return self

@@ -1,0 +1,173 @@
+"""A markdown report with PNG plots, built from the results database alone.
+
+Every section queries the store; a table with no rows yet gets a "no data yet"
+line instead of a plot, so the report renders at any point of the pipeline.
+Figures are drawn on bare ``matplotlib.figure.Figure`` objects (Agg canvas),
+which leaves pyplot's global state alone.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+from evaluation.store import Store
+
+NO_DATA = "_No data yet: run the {stage} stage (`polymath run --stage {stage}`)._"
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table of ``df`` (floats rounded to ``digits``)."""
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    return name
+
+
+def _runs_section(store: Store) -> list[str]:
+    runs = store.query(
+        "SELECT stage, label, left(run_key, 12) AS run_key, status, round(seconds, 1) AS seconds "
+        "FROM runs ORDER BY started_at NULLS LAST, stage"
+    )
+    lines = ["## Runs", ""]
+    lines.append(markdown_table(runs, 1) if len(runs) else "_No runs recorded yet: `polymath run`._")
+    return lines
+
+
+def _curation_section(store: Store) -> list[str]:
+    metrics = store.query(
+        "SELECT strategy, metric, avg(value) AS value FROM curation_metrics GROUP BY ALL ORDER BY ALL"
+    )
+    lines = ["## Curation: diversity of the selection", ""]
+    if not len(metrics):
+        return lines + [NO_DATA.format(stage="curate")]
+    wide = metrics.pivot(index="strategy", columns="metric", values="value").reset_index()
+    return lines + ["Mean over seeds; `random` is the baseline.", "", markdown_table(wide)]
+
+
+def _training_section(store: Store, out_dir: Path) -> list[str]:
+    curves = store.query("SELECT run_key, expert, step, reward, entropy FROM train_curves ORDER BY ALL")
+    lines = ["## Training: reward and entropy per expert", ""]
+    if not len(curves):
+        return lines + [NO_DATA.format(stage="train")]
+    fig = Figure(figsize=(11, 4))
+    ax_reward, ax_entropy = fig.subplots(1, 2)
+    for (run_key, expert), g in curves.groupby(["run_key", "expert"], sort=True):
+        label = f"{expert} ({run_key[:8]})"
+        ax_reward.plot(g["step"], g["reward"], label=label)
+        ax_entropy.plot(g["step"], g["entropy"], label=label)
+    ax_reward.set(title="mean reward", xlabel="step")
+    ax_entropy.set(title="token entropy (nats)", xlabel="step")
+    ax_reward.legend(fontsize=8)
+    name = _save(fig, out_dir, "train_curves.png")
+    last = store.query(
+        "SELECT expert, left(run_key, 8) AS run, max(step) AS steps, "
+        "arg_max(reward, step) AS final_reward, arg_max(entropy, step) AS final_entropy "
+        "FROM train_curves GROUP BY ALL ORDER BY ALL"
+    )
+    return lines + [f"![training curves]({name})", "", markdown_table(last)]
+
+
+def _evaluation_section(store: Store, out_dir: Path) -> list[str]:
+    summary = store.query(
+        "SELECT * FROM eval_summary s WHERE k = (SELECT max(k) FROM eval_summary t "
+        "WHERE t.eval_run = s.eval_run AND t.model_label = s.model_label AND t.benchmark = s.benchmark) "
+        "ORDER BY eval_run, model_label, benchmark"
+    )
+    lines = ["## Evaluation: accuracy per model and benchmark", ""]
+    if not len(summary):
+        return lines + [NO_DATA.format(stage="evaluate")]
+    summary["cell"] = [
+        f"{a:.3f} / {p:.3f} / {m:.3f}" for a, p, m in zip(summary.avg_at_k, summary.pass_at_k, summary.maj_at_k)
+    ]
+    table = summary.pivot(index=["eval_run", "model_label"], columns="benchmark", values="cell").reset_index()
+    ks = sorted(set(summary["k"]))
+    lines += [
+        f"Cells: avg@k / pass@k / maj@k at k = n samples per problem ({', '.join(map(str, ks))}).",
+        "",
+        markdown_table(table),
+        "",
+        "### Diversity",
+        "",
+        markdown_table(summary[["eval_run", "model_label", "benchmark", "n_problems", "mean_entropy",
+                                "distinct_2", "unique_answer_ratio"]]),
+    ]
+    curve = store.query("SELECT model_label, benchmark, k, avg(pass_at_k) AS pass_at_k FROM eval_summary "
+                        "GROUP BY ALL ORDER BY ALL")
+    benchmarks = sorted(set(curve["benchmark"]))
+    fig = Figure(figsize=(4.5 * len(benchmarks), 3.6))
+    axes = fig.subplots(1, len(benchmarks), squeeze=False)[0]
+    for ax, bench in zip(axes, benchmarks):
+        for model, g in curve[curve["benchmark"] == bench].groupby("model_label", sort=True):
+            ax.plot(g["k"], g["pass_at_k"], marker="o", label=model)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set(title=bench, xlabel="k", ylabel="pass@k", ylim=(0, 1.02))
+    axes[0].legend(fontsize=8)
+    name = _save(fig, out_dir, "pass_at_k.png")
+    return lines + ["", "### pass@k against k", "", f"![pass@k]({name})"]
+
+
+def _entropy_section(store: Store, out_dir: Path) -> list[str]:
+    points = store.query(
+        "SELECT model_label, benchmark, mean_entropy, accuracy FROM eval_problems "
+        "WHERE mean_entropy IS NOT NULL ORDER BY ALL"
+    )
+    lines = ["## Entropy against accuracy (per prompt)", ""]
+    if not len(points):
+        return lines + [NO_DATA.format(stage="evaluate")]
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    for model, g in points.groupby("model_label", sort=True):
+        ax.scatter(g["mean_entropy"], g["accuracy"], s=12, alpha=0.6, label=model)
+    ax.set(xlabel="mean token entropy of the prompt's samples (nats)", ylabel="accuracy over samples")
+    ax.legend(fontsize=8)
+    name = _save(fig, out_dir, "entropy_vs_accuracy.png")
+    corr = store.query("SELECT * FROM entropy_vs_accuracy ORDER BY ALL")
+    return lines + [f"![entropy vs accuracy]({name})", "", "Spearman correlation per model and benchmark:", "",
+                    markdown_table(corr)]
+
+
+def _merge_section(store: Store) -> list[str]:
+    merges = store.query(
+        "SELECT method, rank, n_experts, seconds, mean_delta_norm, mean_expert_cosine, left(run_key, 8) AS run "
+        "FROM merge_runs ORDER BY ALL"
+    )
+    lines = ["## Merging", ""]
+    return lines + ([markdown_table(merges)] if len(merges) else [NO_DATA.format(stage="merge")])
+
+
+def write_report(store: Store, out_dir: Path) -> Path:
+    """Write ``report.md`` and its PNGs into ``out_dir``; returns the markdown path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = [
+        ["# polymath report", "", f"Results from `{store.path}`."],
+        _runs_section(store),
+        _curation_section(store),
+        _training_section(store, out_dir),
+        _evaluation_section(store, out_dir),
+        _entropy_section(store, out_dir),
+        _merge_section(store),
+    ]
+    path = out_dir / "report.md"
+    path.write_text("\n\n".join("\n".join(s) for s in sections) + "\n")
+    return path

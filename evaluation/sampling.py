@@ -1,0 +1,180 @@
+"""Evaluate a model: sample k completions per problem, score them, return eval_samples rows.
+
+The verifier is passed in as ``scorer(problem, completion) -> (extracted_answer,
+score)``, so this module knows nothing about answer formats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from curation.records import Problem
+from evaluation import schema
+from evaluation.config import EvalConfig
+from evaluation.hf_engine import hf_generate
+from evaluation.metrics import bigram_novelty
+from evaluation.samples import Sample
+from evaluation.vllm_engine import load_engine, lora_request, vllm_available, vllm_generate
+from polymath.errors import ConfigError, DataError, ModelError
+from training.prompting import format_prompt
+
+Scorer = Callable[[Problem, str], tuple[str | None, float]]
+
+EVAL_SAMPLE_COLUMNS = schema.TABLES["eval_samples"].column_names
+
+
+def _is_engine(model) -> bool:
+    return not isinstance(model, (torch.nn.Module, str, Path)) and callable(getattr(model, "generate", None))
+
+
+def resolve_backend(requested: str, model) -> str:
+    """'hf' or 'vllm' for the configured backend and the model given.
+
+    ``auto`` picks vLLM for an engine object, or for a model path when vLLM is
+    installed and a GPU is present; an in-memory transformers model stays on
+    HF, since vLLM would reload weights from disk that may differ from it.
+    """
+    if requested == "hf":
+        return "hf"
+    if requested == "vllm":
+        if isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                "evaluate.backend is 'vllm' but the model was given as an in-memory transformers model; "
+                "pass the saved model folder (vLLM loads by path) or set evaluate.backend: hf"
+            )
+        if not _is_engine(model) and not vllm_available():
+            raise ConfigError(
+                "evaluate.backend is 'vllm' but vllm is not installed; install the extra "
+                "(pip install 'polymath[vllm]') on a CUDA machine, or set evaluate.backend: hf"
+            )
+        return "vllm"
+    if requested != "auto":
+        raise ConfigError(f"evaluate.backend must be hf, vllm or auto, got {requested!r}")
+    if _is_engine(model):
+        return "vllm"
+    if isinstance(model, (str, Path)) and vllm_available() and torch.cuda.is_available():
+        return "vllm"
+    return "hf"
+
+
+def _select(benchmark: str, problems: Sequence[Problem], limit: int | None) -> list[Problem]:
+    if not problems:
+        raise DataError(
+            f"benchmark {benchmark!r} has no problems; check its data source or drop it from the evaluate stage"
+        )
+    seen: set[str] = set()
+    for p in problems:
+        if p.id in seen:
+            raise DataError(
+                f"benchmark {benchmark!r} lists problem id {p.id!r} twice; ids must be unique per benchmark "
+                "(deduplicate the data or give the copies distinct ids)"
+            )
+        seen.add(p.id)
+    return list(problems[:limit] if limit is not None else problems)
+
+
+def _score(scorer: Scorer, problem: Problem, text: str) -> tuple[str | None, float]:
+    result = scorer(problem, text)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ConfigError(
+            f"the scorer must return (extracted_answer or None, score in [0, 1]), got {result!r} "
+            f"for problem {problem.id!r}"
+        )
+    extracted, score = result
+    return (None if extracted is None else str(extracted)), float(score)
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    problems_by_benchmark: Mapping[str, Sequence[Problem]],
+    config: EvalConfig,
+    scorer: Scorer,
+    model_label: str,
+    eval_run: str,
+    *,
+    adapter_dir: Path | str | None = None,
+) -> pd.DataFrame:
+    """Sample ``config.k`` completions per problem and score them: eval_samples rows.
+
+    ``model`` is a transformers model (HF backend), a saved model folder, or a
+    vLLM engine object (``LLM``-like: ``generate(prompts, params, lora_request=...)``).
+    ``adapter_dir`` names a peft adapter to evaluate on top of it.
+    """
+    backend = resolve_backend(config.backend, model)
+    selected = {b: _select(b, ps, config.max_problems_per_benchmark) for b, ps in problems_by_benchmark.items()}
+    if not selected:
+        raise DataError("no benchmarks to evaluate; list at least one benchmark for the evaluate stage")
+
+    wrapped = None
+    if backend == "hf":
+        model, tokenizer = _hf_model(model, tokenizer, adapter_dir)
+        wrapped = model if adapter_dir is not None else None
+
+        def generate(prompts: list[str]) -> list[list[Sample]]:
+            return hf_generate(model, tokenizer, prompts, config, seed=config.seed)
+    else:
+        engine = model if _is_engine(model) else load_engine(
+            model, enable_lora=adapter_dir is not None, seed=config.seed, max_logprobs=config.vllm_logprobs
+        )
+        lora = lora_request(adapter_dir, model_label) if adapter_dir is not None else None
+        if tokenizer is None:
+            tokenizer = engine.get_tokenizer()
+
+        def generate(prompts: list[str]) -> list[list[Sample]]:
+            return vllm_generate(engine, prompts, config, seed=config.seed, lora=lora)
+
+    rows = []
+    try:
+        for benchmark, problems in selected.items():
+            prompts = [format_prompt(p, tokenizer) for p in problems]
+            for problem, samples in zip(problems, generate(prompts), strict=True):
+                novelty = bigram_novelty([s.text for s in samples])
+                for idx, (sample, (n_bigrams, new_bigrams)) in enumerate(zip(samples, novelty)):
+                    extracted, score = _score(scorer, problem, sample.text)
+                    rows.append((
+                        eval_run, model_label, benchmark, problem.id, idx, sample.text, extracted, score,
+                        score >= config.correct_threshold, sample.n_tokens,
+                        sample.mean_entropy if math.isfinite(sample.mean_entropy) else None,
+                        sample.sum_logprob if math.isfinite(sample.sum_logprob) else None,
+                        n_bigrams, new_bigrams,
+                    ))
+    finally:
+        if wrapped is not None:
+            # peft injected the adapter into the caller's model in place; take it out again
+            wrapped.unload()
+    return samples_frame(rows)
+
+
+def samples_frame(rows: list[tuple]) -> pd.DataFrame:
+    """eval_samples rows as a DataFrame with the table's column order and dtypes."""
+    df = pd.DataFrame(rows, columns=EVAL_SAMPLE_COLUMNS)
+    ints = {c: np.int32 for c in ("sample_idx", "n_tokens", "n_bigrams", "new_bigrams")}
+    floats = {c: np.float64 for c in ("score", "mean_entropy", "sum_logprob")}
+    return df.astype({**ints, **floats, "correct": bool})
+
+
+def _hf_model(model, tokenizer, adapter_dir):
+    if isinstance(model, (str, Path)):
+        from training.models import load_model
+
+        model, loaded_tokenizer = load_model(model)
+        tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+    if tokenizer is None:
+        raise ConfigError("evaluate_model needs the model's tokenizer for the HF backend; pass tokenizer=")
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter_dir) / "adapter_config.json").exists():
+            raise ModelError(
+                f"{adapter_dir}: not a peft adapter folder (no adapter_config.json); "
+                "pass the folder written by the train or merge stage"
+            )
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return model, tokenizer

@@ -1,0 +1,320 @@
+"""The results database's tables, views and derived-statistics SQL.
+
+Plain data and SQL text only; ``evaluation.store`` is the module that runs it.
+
+Two tables are derived rather than written by a stage: ``eval_problems`` and
+``eval_problems_at_k`` hold per-problem statistics computed inside the same
+transaction that ingests ``eval_samples`` (``DERIVED_SQL``), so the summary
+views only aggregate a few rows per problem instead of rescanning every
+completion. Everything "at k" is defined on the problem's samples as follows:
+
+- ``pass_at_k``: the unbiased estimator ``1 - C(n-c, k) / C(n, k)`` over all
+  ``n`` stored samples (``c`` correct), computed with ``lgamma``;
+- ``avg_at_k``: ``c / n``, the unbiased estimate of the mean accuracy of k samples;
+- ``maj_correct``, ``distinct_2``, ``unique_answer_ratio``: on the first ``k``
+  samples in ``sample_idx`` order (samples are i.i.d., so the prefix is an
+  unbiased draw of k of them).
+
+``k`` runs over the ladder 1, 2, 4, ... below ``n``, plus ``n`` itself.
+
+Distinct-2 needs the completions' text, and tokenizing a million completions
+would dominate an ingest. So each sample row carries ``n_bigrams`` (word
+bigrams in its completion) and ``new_bigrams`` (those absent from the samples
+before it in ``sample_idx`` order), computed where the completions are made
+(``evaluation.metrics.bigram_novelty``; a rounding error next to generation).
+Distinct-2 of the first k samples is then ``sum(new_bigrams) / sum(n_bigrams)``
+over them, integer sums in SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROBLEM_KEY = ("eval_run", "model_label", "benchmark", "problem_id")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str
+    description: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    description: str
+    columns: tuple[Column, ...]
+    derived: bool = False
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _c(name: str, sql_type: str, description: str, nullable: bool = True) -> Column:
+    return Column(name, sql_type, description, nullable)
+
+
+TABLES: dict[str, TableSpec] = {
+    "runs": TableSpec(
+        "one row per stage run: its key, config and timings",
+        (
+            _c("stage", "VARCHAR", "curate | train | evaluate | merge", False),
+            _c("run_key", "VARCHAR", "content hash naming the artifact folder", False),
+            _c("label", "VARCHAR", "human-readable name of the run"),
+            _c("config", "VARCHAR", "the stage config as JSON text"),
+            _c("status", "VARCHAR", "running | finished | failed | skipped"),
+            _c("started_at", "TIMESTAMP", "start time, UTC"),
+            _c("finished_at", "TIMESTAMP", "end time, UTC"),
+            _c("seconds", "DOUBLE", "wall-clock duration"),
+            _c("artifact_dir", "VARCHAR", "workspace/artifacts/<stage>/<key>"),
+        ),
+    ),
+    "curation_selection": TableSpec(
+        "the prompts a curation run selected",
+        (
+            _c("run_key", "VARCHAR", "curation run", False),
+            _c("problem_id", "VARCHAR", "selected problem", False),
+            _c("domain", "VARCHAR", "problem domain"),
+            _c("cluster", "INTEGER", "cluster the problem belongs to"),
+            _c("rank", "INTEGER", "order in which the strategy picked it"),
+        ),
+    ),
+    "curation_metrics": TableSpec(
+        "diversity metrics of each selection (long format)",
+        (
+            _c("run_key", "VARCHAR", "curation run", False),
+            _c("strategy", "VARCHAR", "selection strategy (random is the baseline)", False),
+            _c("seed", "INTEGER", "selection seed"),
+            _c("metric", "VARCHAR", "metric name, e.g. vendi_score", False),
+            _c("value", "DOUBLE", "metric value"),
+        ),
+    ),
+    "train_steps": TableSpec(
+        "per-step training metrics (long format; train_curves pivots them)",
+        (
+            _c("run_key", "VARCHAR", "training run", False),
+            _c("expert", "VARCHAR", "domain of the LoRA expert", False),
+            _c("step", "INTEGER", "optimizer step", False),
+            _c("metric", "VARCHAR", "metric name: reward, accuracy, entropy, ...", False),
+            _c("value", "DOUBLE", "metric value"),
+        ),
+    ),
+    "eval_samples": TableSpec(
+        "one row per sampled completion",
+        (
+            _c("eval_run", "VARCHAR", "evaluation run", False),
+            _c("model_label", "VARCHAR", "base | expert:<domain> | merged:<method>", False),
+            _c("benchmark", "VARCHAR", "benchmark name", False),
+            _c("problem_id", "VARCHAR", "problem", False),
+            _c("sample_idx", "INTEGER", "0..k-1 within the problem", False),
+            _c("completion", "VARCHAR", "generated text, special tokens removed"),
+            _c("extracted_answer", "VARCHAR", "answer the verifier extracted (NULL: none)"),
+            _c("score", "DOUBLE", "verifier score in [0, 1]"),
+            _c("correct", "BOOLEAN", "score >= the configured threshold", False),
+            _c("n_tokens", "INTEGER", "generated tokens, EOS included, padding excluded"),
+            _c("mean_entropy", "DOUBLE", "mean per-token entropy of the sampling distribution (nats)"),
+            _c("sum_logprob", "DOUBLE", "sum of log-probs of the sampled tokens under it"),
+            _c("n_bigrams", "INTEGER", "word bigrams in the completion", False),
+            _c("new_bigrams", "INTEGER", "of those, bigrams absent from the problem's earlier samples", False),
+        ),
+    ),
+    "merge_runs": TableSpec(
+        "one row per merge of LoRA experts",
+        (
+            _c("run_key", "VARCHAR", "merge run", False),
+            _c("method", "VARCHAR", "robustmerge | task-arithmetic | ties | dare | ...", False),
+            _c("params", "VARCHAR", "method parameters as JSON text"),
+            _c("rank", "INTEGER", "rank of the merged adapter"),
+            _c("n_experts", "INTEGER", "number of experts merged"),
+            _c("seconds", "DOUBLE", "time to merge"),
+            _c("mean_delta_norm", "DOUBLE", "mean Frobenius norm of the merged per-module deltas"),
+            _c("mean_expert_cosine", "DOUBLE", "mean cosine between merged and expert deltas"),
+            _c("stats", "VARCHAR", "further per-method statistics as JSON text"),
+        ),
+    ),
+    "eval_problems": TableSpec(
+        "derived from eval_samples at ingest: one row per problem",
+        (
+            _c("eval_run", "VARCHAR", "evaluation run", False),
+            _c("model_label", "VARCHAR", "model", False),
+            _c("benchmark", "VARCHAR", "benchmark", False),
+            _c("problem_id", "VARCHAR", "problem", False),
+            _c("n_samples", "INTEGER", "n: samples stored for the problem"),
+            _c("n_correct", "INTEGER", "c: correct samples"),
+            _c("accuracy", "DOUBLE", "c / n"),
+            _c("mean_entropy", "DOUBLE", "mean of the samples' mean token entropy"),
+            _c("mean_tokens", "DOUBLE", "mean completion length in tokens"),
+        ),
+        derived=True,
+    ),
+    "eval_problems_at_k": TableSpec(
+        "derived from eval_samples at ingest: one row per problem and k",
+        (
+            _c("eval_run", "VARCHAR", "evaluation run", False),
+            _c("model_label", "VARCHAR", "model", False),
+            _c("benchmark", "VARCHAR", "benchmark", False),
+            _c("problem_id", "VARCHAR", "problem", False),
+            _c("k", "INTEGER", "1, 2, 4, ... below n, and n", False),
+            _c("pass_at_k", "DOUBLE", "1 - C(n-c, k) / C(n, k)"),
+            _c("maj_correct", "BOOLEAN", "majority-voted answer of the first k samples is correct"),
+            _c("distinct_2", "DOUBLE", "unique / total word bigrams of the first k completions"),
+            _c("unique_answer_ratio", "DOUBLE", "distinct non-NULL answers of the first k / k"),
+        ),
+        derived=True,
+    ),
+}
+
+VIEW_DESCRIPTIONS: dict[str, str] = {
+    "eval_summary": "avg@k, pass@k, maj@k, entropy and diversity per run, model, benchmark and k",
+    "entropy_vs_accuracy": "Spearman correlation of per-problem mean entropy with accuracy",
+    "train_curves": "train_steps pivoted wide: one column per metric",
+}
+
+# Always present in train_curves so that reports and users can rely on them.
+CORE_TRAIN_METRICS = ("reward", "accuracy", "entropy")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_table_sql(name: str) -> str:
+    spec = TABLES[name]
+    cols = ",\n  ".join(
+        f"{quote_ident(c.name)} {c.sql_type}{'' if c.nullable else ' NOT NULL'}" for c in spec.columns
+    )
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n)"
+
+
+_KEY = ", ".join(PROBLEM_KEY)
+
+EVAL_SUMMARY_SQL = f"""
+CREATE OR REPLACE VIEW eval_summary AS
+SELECT {_KEY.replace(', problem_id', '')}, a.k,
+       count(*) AS n_problems,
+       sum(p.n_samples) AS n_samples,
+       avg(p.accuracy) AS avg_at_k,
+       avg(a.pass_at_k) AS pass_at_k,
+       avg(a.maj_correct::DOUBLE) AS maj_at_k,
+       avg(p.mean_entropy) AS mean_entropy,
+       avg(a.distinct_2) AS distinct_2,
+       avg(a.unique_answer_ratio) AS unique_answer_ratio
+FROM eval_problems_at_k a JOIN eval_problems p USING ({_KEY})
+GROUP BY ALL
+"""
+
+# Average ranks for ties: rank() gives the lowest rank of a tie group, the
+# group's size moves it to the middle. corr() of the ranks is Spearman's rho.
+ENTROPY_VS_ACCURACY_SQL = """
+CREATE OR REPLACE VIEW entropy_vs_accuracy AS
+WITH ranked AS (
+  SELECT eval_run, model_label, benchmark, mean_entropy, accuracy,
+         rank() OVER (PARTITION BY eval_run, model_label, benchmark ORDER BY mean_entropy)
+           + (count(*) OVER (PARTITION BY eval_run, model_label, benchmark, mean_entropy) - 1) / 2.0
+           AS entropy_rank,
+         rank() OVER (PARTITION BY eval_run, model_label, benchmark ORDER BY accuracy)
+           + (count(*) OVER (PARTITION BY eval_run, model_label, benchmark, accuracy) - 1) / 2.0
+           AS accuracy_rank
+  FROM eval_problems
+  WHERE mean_entropy IS NOT NULL AND NOT isnan(mean_entropy)
+)
+SELECT eval_run, model_label, benchmark,
+       count(*) AS n_problems,
+       CASE WHEN var_pop(entropy_rank) > 0 AND var_pop(accuracy_rank) > 0
+            THEN corr(entropy_rank, accuracy_rank) END AS spearman,
+       avg(mean_entropy) AS mean_entropy,
+       avg(accuracy) AS accuracy
+FROM ranked
+GROUP BY ALL
+"""
+
+
+def train_curves_sql(metrics: list[str]) -> str:
+    """The wide view of train_steps for the metrics present (plus the core ones).
+
+    DuckDB cannot keep a data-dependent PIVOT in a view, so the column list is
+    fixed when the view is (re)created: at ensure_schema and at every
+    train_steps ingest.
+    """
+    names = list(CORE_TRAIN_METRICS) + sorted(set(metrics) - set(CORE_TRAIN_METRICS))
+    cols = ",\n       ".join(
+        f"avg(value) FILTER (WHERE metric = '{m.replace(chr(39), chr(39) * 2)}') AS {quote_ident(m)}"
+        for m in names
+    )
+    return f"""
+CREATE OR REPLACE VIEW train_curves AS
+SELECT run_key, expert, step,
+       {cols}
+FROM train_steps
+GROUP BY run_key, expert, step
+ORDER BY run_key, expert, step
+"""
+
+
+# Derived statistics, computed at eval_samples ingest from the incoming rows
+# (registered as ``{incoming}`` with a ``_row`` column numbering them). Every
+# row of an ingest carries the replace key, so the incoming rows are exactly
+# the eval_samples rows of the problems being replaced. The problems are
+# numbered once (``pid``) and the samples within each (``pos``), so the window
+# and the joins below work on narrow integer rows rather than four strings.
+PROBLEMS_TEMP_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _polymath_p AS
+SELECT {_KEY}, min(_row) AS pid,
+       count(*) AS n, count(*) FILTER (WHERE correct) AS c,
+       avg(correct::DOUBLE) AS accuracy, avg(mean_entropy) AS mean_entropy, avg(n_tokens) AS mean_tokens
+FROM {{incoming}}
+GROUP BY {_KEY}
+"""
+
+SAMPLES_TEMP_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _polymath_s AS
+SELECT p.pid, p.n, i.correct, i.extracted_answer,
+       (row_number() OVER w - 1)::INTEGER AS pos,
+       sum(i.n_bigrams) OVER w AS cum_bigrams,
+       sum(i.new_bigrams) OVER w AS cum_new_bigrams
+FROM {{incoming}} i JOIN _polymath_p p USING ({_KEY})
+WINDOW w AS (PARTITION BY p.pid ORDER BY i.sample_idx, i._row
+             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+"""
+
+EVAL_PROBLEMS_SQL = f"""
+INSERT INTO eval_problems
+SELECT {_KEY}, n, c, accuracy, mean_entropy, mean_tokens FROM _polymath_p
+"""
+
+# The ladder rows are the samples at positions k - 1, where the running sums
+# already hold the prefix totals; (k & (k - 1)) = 0 picks the powers of two.
+EVAL_PROBLEMS_AT_K_SQL = f"""
+INSERT INTO eval_problems_at_k
+WITH ladder AS (
+  SELECT pid, n, pos + 1 AS k, cum_bigrams, cum_new_bigrams
+  FROM _polymath_s
+  WHERE pos + 1 = n OR ((pos + 1) & pos) = 0
+),
+votes AS (
+  SELECT l.pid, l.k, s.extracted_answer,
+         count(*) AS cnt, min(s.pos) AS first_pos, bool_or(s.correct) AS any_correct
+  FROM ladder l JOIN _polymath_s s ON s.pid = l.pid AND s.pos < l.k
+  WHERE s.extracted_answer IS NOT NULL
+  GROUP BY l.pid, l.k, s.extracted_answer
+),
+majority AS (
+  -- most votes wins; a tie goes to the answer that appeared first
+  SELECT pid, k,
+         arg_max(any_correct, {{'cnt': cnt, 'earliest': -first_pos}}) AS maj_correct,
+         count(*) AS distinct_answers
+  FROM votes GROUP BY pid, k
+)
+SELECT {', '.join('p.' + c for c in PROBLEM_KEY)}, l.k,
+       CASE WHEN p.n - p.c < l.k THEN 1.0
+            ELSE 1.0 - exp(lgamma(p.n - p.c + 1) - lgamma(p.n - p.c - l.k + 1)
+                           - lgamma(p.n + 1) + lgamma(p.n - l.k + 1)) END AS pass_at_k,
+       coalesce(m.maj_correct, false) AS maj_correct,
+       CASE WHEN l.cum_bigrams > 0 THEN l.cum_new_bigrams / l.cum_bigrams END AS distinct_2,
+       coalesce(m.distinct_answers, 0) / l.k AS unique_answer_ratio
+FROM ladder l
+JOIN _polymath_p p USING (pid)
+LEFT JOIN majority m USING (pid, k)
+"""

@@ -1,0 +1,120 @@
+"""Sampling with vLLM, an optional extra (``pip install polymath[vllm]``, CUDA).
+
+vLLM returns only the top ``config.vllm_logprobs`` log-probs per token, so the
+entropy is estimated over those tokens: exact when the sampling distribution
+(after top-p) has no more tokens than that, a slight underestimate otherwise.
+The engine is built with ``logprobs_mode="processed_logprobs"`` so the
+log-probs are those of the distribution tokens are drawn from (temperature and
+top-p applied), as on the HF backend.
+
+Everything here takes the engine, ``SamplingParams`` and ``LoRARequest``
+classes as arguments with vLLM's as defaults, so the logic runs (and is tested)
+without vLLM installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evaluation.config import EvalConfig
+from evaluation.samples import Sample
+from polymath.errors import ConfigError, ModelError
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _require_vllm() -> None:
+    if not vllm_available():
+        raise ConfigError(
+            "evaluate.backend is 'vllm' but vllm is not installed; install the extra "
+            "(pip install 'polymath[vllm]') on a CUDA machine, or set evaluate.backend: hf"
+        )
+
+
+def load_engine(model_path: Path | str, *, enable_lora: bool = False, max_lora_rank: int = 64,
+                seed: int = 0, max_logprobs: int = 20, **engine_kwargs: Any):
+    """A ``vllm.LLM`` for a local model folder (``save_pretrained`` output)."""
+    _require_vllm()
+    from vllm import LLM
+
+    folder = Path(model_path)
+    if not (folder / "config.json").exists():
+        raise ModelError(
+            f"{folder}: not a Hugging Face model folder (no config.json); vLLM loads models by path, "
+            "pass the folder the train or merge stage saved"
+        )
+    kwargs = dict(model=str(folder), seed=seed, max_logprobs=max_logprobs, enable_lora=enable_lora, **engine_kwargs)
+    if enable_lora:
+        kwargs["max_lora_rank"] = max_lora_rank
+    try:
+        return LLM(logprobs_mode="processed_logprobs", **kwargs)
+    except TypeError:
+        # vLLM before 0.10.2 has no logprobs_mode: its log-probs are the raw model's
+        return LLM(**kwargs)
+
+
+def lora_request(adapter_dir: Path | str, name: str, request_cls=None):
+    """A ``LoRARequest`` for a peft adapter folder; the id is stable per folder."""
+    if request_cls is None:
+        _require_vllm()
+        from vllm.lora.request import LoRARequest as request_cls
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").exists():
+        raise ModelError(
+            f"{folder}: not a peft adapter folder (no adapter_config.json); pass the folder written by "
+            "the train or merge stage"
+        )
+    lora_id = zlib.crc32(str(folder.resolve()).encode()) % (2**31 - 1) + 1
+    return request_cls(lora_name=name, lora_int_id=lora_id, lora_path=str(folder))
+
+
+def vllm_generate(engine, prompts: Sequence[str], config: EvalConfig, seed: int, *,
+                  lora=None, params_cls=None) -> list[list[Sample]]:
+    """k samples for each prompt, in prompt order, from ``engine.generate``."""
+    if params_cls is None:
+        _require_vllm()
+        from vllm import SamplingParams as params_cls
+    params = params_cls(
+        n=config.k,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_new_tokens,
+        logprobs=config.vllm_logprobs,
+        seed=seed,
+    )
+    kwargs = {"lora_request": lora} if lora is not None else {}
+    results = engine.generate(list(prompts), params, **kwargs)
+    if len(results) != len(prompts):
+        raise ModelError(f"vLLM returned {len(results)} results for {len(prompts)} prompts")
+    out = []
+    for result in results:
+        completions = sorted(result.outputs, key=lambda c: getattr(c, "index", 0))
+        out.append([_to_sample(c) for c in completions])
+    return out
+
+
+def _to_sample(completion) -> Sample:
+    token_ids = list(completion.token_ids)
+    positions = completion.logprobs or []
+    entropies, logprob_sum = [], 0.0
+    for token, top in zip(token_ids, positions):
+        values = [lp.logprob for lp in top.values() if math.isfinite(lp.logprob)]
+        entropies.append(-sum(math.exp(v) * v for v in values))
+        chosen = top.get(token)
+        logprob_sum += chosen.logprob if chosen is not None else math.nan
+    if not positions:
+        cumulative = getattr(completion, "cumulative_logprob", None)
+        logprob_sum = float(cumulative) if cumulative is not None else math.nan
+    return Sample(
+        text=completion.text,
+        token_ids=tuple(token_ids),
+        mean_entropy=sum(entropies) / len(entropies) if entropies else math.nan,
+        sum_logprob=logprob_sum,
+    )

@@ -1,0 +1,248 @@
+"""The ``polymath`` command line."""
+
+from __future__ import annotations
+
+import os
+
+# Offline by default: models load by local path, nothing is fetched from a hub at run time.
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "polymath",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from polymath.errors import PolymathError  # noqa: E402
+from polymath.workspace import Workspace  # noqa: E402
+
+app = typer.Typer(
+    name="polymath",
+    help="Reasoning RL that stays exploratory: curate, train, evaluate, merge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+experiment_app = typer.Typer(help="Experiments that reproduce published findings in miniature.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Stage(str, Enum):
+    curate = "curate"
+    train = "train"
+    evaluate = "evaluate"
+    merge = "merge"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class Runner(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    raise typer.Exit(code=1)
+
+
+def _workspace(workspace: Optional[Path]) -> Workspace:
+    return Workspace(workspace)
+
+
+def _frame_table(frame, title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col in frame.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+@app.command()
+def run(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or profile name (default: demo)."),
+    stage: Optional[Stage] = typer.Option(None, "--stage", help="Run one stage (its missing upstream runs too)."),
+    force: bool = typer.Option(False, "--force", help="Rerun even when a finished run exists."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default ./workspace or $POLYMATH_HOME."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
+    runner: Runner = typer.Option(Runner.local, "--runner", help="local, or ray (prefect-ray) for parallel tasks."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (--runner ray)."),
+) -> None:
+    """Run the pipeline (or one stage) and print the accuracy table and the report's path."""
+    from flows.pipeline import ALL_STAGES, STAGE_FLOWS, pipeline
+    from flows.runners import make_task_runner
+    from polymath.config import load_config
+
+    try:
+        cfg = load_config(config, overrides)
+        ws = _workspace(workspace)
+        ws.root.mkdir(parents=True, exist_ok=True)
+        root = str(ws.root.resolve())
+        force_set = ([stage.value] if stage else list(ALL_STAGES)) if force else []
+        flow_fn = STAGE_FLOWS[stage.value] if stage else pipeline
+        kwargs = {}
+        if runner is Runner.ray:
+            flow_fn = flow_fn.with_options(task_runner=make_task_runner("ray", ray_address))
+            if flow_fn.name != "curate":
+                kwargs["parallel"] = True
+        result = flow_fn(cfg, root, force_set, **kwargs)
+        _print_results(ws, result, stage)
+    except PolymathError as exc:
+        _fail(exc)
+
+
+def _print_results(ws: Workspace, result: dict, stage: Optional[Stage]) -> None:
+    from evaluation.report import write_report
+    from evaluation.store import Store
+
+    store = Store(ws.db_path)
+    evals = result.get("evals") or []
+    if evals:
+        keys = ", ".join(f"'{r.key}'" for r in evals)
+        frame = store.query(
+            f"SELECT model_label, benchmark, avg_at_k FROM eval_summary WHERE eval_run IN ({keys})"
+        )
+        wide = frame.pivot_table(index="model_label", columns="benchmark", values="avg_at_k")
+        wide["mean"] = wide.mean(axis=1)
+        order = [r.label for r in evals if r.label in wide.index]
+        wide = wide.loc[order].reset_index().rename(columns={"model_label": "model"})
+        console.print(_frame_table(wide.round(4), title="avg@k accuracy per domain (test split)"))
+    elif result.get("experts"):
+        rows = [r.manifest()["summary"] for r in result["experts"]]
+        console.print(_frame_table(_summaries(rows), title="experts"))
+    elif result.get("curate"):
+        s = result["curate"].manifest()["summary"]
+        console.print(f"selected {s['k']} prompts with {s['strategy']}: {result['curate'].dir}")
+    if stage is None or stage in (Stage.evaluate, Stage.merge):
+        path = write_report(store, ws.reports_dir)
+        console.print(f"report: {path}")
+    console.print(f"results: {ws.db_path}  (polymath sql \"SELECT * FROM eval_summary\")")
+
+
+def _summaries(rows: list[dict]):
+    import pandas as pd
+
+    keep = ["expert", "problems", "initial_entropy", "last_half_entropy", "first_reward", "last_half_reward", "train_seconds"]
+    return pd.DataFrame([{k: r.get(k) for k in keep} for r in rows])
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL to run read-only against the results database."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="table, csv or json."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w"),
+) -> None:
+    """Query the results database (read-only)."""
+    from evaluation.store import Store
+
+    try:
+        frame = Store(_workspace(workspace).db_path).query(query)
+    except PolymathError as exc:
+        _fail(exc)
+    if format is Format.csv:
+        sys.stdout.write(frame.to_csv(index=False))
+    elif format is Format.json:
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso", default_handler=str) + "\n")
+    else:
+        console.print(_frame_table(frame))
+
+
+@app.command()
+def tables(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w")) -> None:
+    """List tables and views with row counts and what they hold."""
+    from evaluation.store import Store
+
+    try:
+        store = Store(_workspace(workspace).db_path)
+        store.ensure_schema()
+        frame = store.tables()
+    except PolymathError as exc:
+        _fail(exc)
+    console.print(_frame_table(frame))
+
+
+@app.command()
+def report(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w")) -> None:
+    """Write the markdown report with plots from DuckDB alone and print its path."""
+    from evaluation.report import write_report
+    from evaluation.store import Store
+
+    try:
+        ws = _workspace(workspace)
+        store = Store(ws.db_path)
+        store.ensure_schema()
+        path = write_report(store, ws.reports_dir)
+    except PolymathError as exc:
+        _fail(exc)
+    console.print(str(path))
+
+
+@app.command()
+def merge(
+    adapters: list[Path] = typer.Argument(..., help="peft LoRA adapter folders on one base model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged adapter."),
+    method: str = typer.Option("robustmerge", "--method", "-m", help="robustmerge | robustmerge-reference | task-arithmetic | ties | dare"),
+    keep: Optional[float] = typer.Option(None, "--keep", help="RobustMerge keep ratio (default 0.2)."),
+    lam: Optional[float] = typer.Option(None, "--lam", help="RobustMerge lambda (default 2.0)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Target rank (default: exact)."),
+    density: Optional[float] = typer.Option(None, "--density", help="TIES/DARE density."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base model folder (TIES/DARE/task arithmetic)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Also record the merge in this workspace's DuckDB."),
+) -> None:
+    """Merge LoRA experts into one peft adapter (like mergekit, for adapters)."""
+    import pandas as pd
+
+    from merging.config import MergeConfig
+    from merging.merge import merge_adapters
+    from tasks.stages import merge_row
+
+    try:
+        params = {"method": method, "keep": keep, "lam": lam, "rank": rank, "density": density, "base_model": base_model}
+        cfg = MergeConfig.model_validate({k: v for k, v in params.items() if v is not None})
+        report_ = merge_adapters(adapters, out, cfg, overwrite=overwrite)
+        if workspace is not None:
+            from evaluation.store import Store
+
+            key = "cli-" + hashlib.sha256(
+                json.dumps([str(a.resolve()) for a in adapters] + [cfg.model_dump_json()]).encode()
+            ).hexdigest()[:12]
+            store = Store(Workspace(workspace).db_path)
+            store.ensure_schema()
+            store.replace("merge_runs", pd.DataFrame([merge_row(report_, key)]), {"run_key": key})
+    except PolymathError as exc:
+        _fail(exc)
+    console.print(f"{report_.method}: rank {report_.rank}, {report_.seconds:.2f}s -> {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

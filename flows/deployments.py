@@ -1,0 +1,34 @@
+"""Flows for Prefect deployments: parameters are a profile name and overrides, not a config object.
+
+A deployment stores its parameters as JSON; these entry points load and
+validate the profile on the worker, then run the same flows the CLI runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+
+from polymath.config import load_config
+from polymath.workspace import Workspace
+
+from .pipeline import ALL_STAGES, STAGE_FLOWS, pipeline
+
+
+@flow(name="polymath")
+def run_profile(
+    config: str = "demo",
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    stage: Literal["curate", "train", "evaluate", "merge"] | None = None,
+    force: bool = False,
+) -> dict:
+    """Run the pipeline (or one stage) of a profile: what a scheduled deployment calls."""
+    cfg = load_config(config, overrides)
+    ws = Workspace(workspace)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    force_set = ([stage] if stage else list(ALL_STAGES)) if force else []
+    flow_fn = STAGE_FLOWS[stage] if stage else pipeline
+    result = flow_fn(cfg, str(ws.root.resolve()), force_set)
+    return {k: [r.key for r in v] if isinstance(v, list) else getattr(v, "key", v) for k, v in result.items()}

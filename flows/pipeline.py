@@ -1,0 +1,27 @@
+"""The whole pipeline: curate -> train -> evaluate -> merge, as subflows in order."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from polymath.config import PolymathConfig
+
+from .stages import curate_flow, evaluate_flow, merge_flow, train_flow
+
+ALL_STAGES = ["data", "curate", "model", "train", "evaluate", "merge"]
+
+
+@flow(name="pipeline")
+def pipeline(cfg: PolymathConfig, workspace: str, force: list[str] | None = None, parallel: bool = False) -> dict:
+    up = curate_flow(cfg, workspace, force)
+    up = train_flow(cfg, workspace, force, parallel, up=up)
+    up = evaluate_flow(cfg, workspace, force, parallel, up=up)
+    return merge_flow(cfg, workspace, force, parallel, up=up)
+
+
+STAGE_FLOWS = {
+    "curate": curate_flow,
+    "train": train_flow,
+    "evaluate": evaluate_flow,
+    "merge": merge_flow,
+}

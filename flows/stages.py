@@ -1,0 +1,134 @@
+"""One Prefect flow per stage; each reads like its box in the pipeline diagram.
+
+A stage flow takes its upstream runs as ``up`` (the pipeline passes them on);
+called alone, it makes sure they exist first (finished runs are reused in well
+under a second). ``force`` is the set of stage names to rerun even when a
+finished run exists: ``polymath run --stage train --force`` forces {"train"}
+only, a bare ``--force`` every stage, the data and base model included.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from polymath.config import PolymathConfig
+from polymath.workspace import Workspace
+from tasks.prefect_tasks import (
+    curate_task,
+    data_task,
+    evaluate_task,
+    ingest_task,
+    merge_task,
+    model_task,
+    train_task,
+)
+from tasks.stages import StageRef, expert_domains
+
+from .runners import ray_options
+
+
+@flow(name="curate")
+def curate_flow(cfg: PolymathConfig, workspace: str, force: list[str] | None = None) -> dict:
+    force = force or []
+    ws = Workspace(workspace)
+    data = data_task(cfg, ws, "data" in force)
+    curate = curate_task(cfg, ws, data, "curate" in force) if cfg.curate.enabled else None
+    ingest_task(ws, [r for r in (data, curate) if r])
+    return {"data": data, "curate": curate}
+
+
+@flow(name="train")
+def train_flow(
+    cfg: PolymathConfig, workspace: str, force: list[str] | None = None, parallel: bool = False, up: dict | None = None
+) -> dict:
+    force = force or []
+    ws = Workspace(workspace)
+    up = up or curate_flow(cfg, workspace, force)
+    data, curate = up["data"], up["curate"]
+    model = model_task(cfg, ws, data, "model" in force)
+    ingest_task(ws, [model])
+    domains = expert_domains(cfg, data)
+    progress = create_progress_artifact(0.0, description=f"experts trained of {len(domains)}")
+    experts: list[StageRef] = []
+    if parallel:
+        with ray_options(num_gpus=1.0 if cfg.train.use_vllm or cfg.train.bf16 else 0.0):
+            futures = [train_task.submit(cfg, ws, model, data, curate, d, "train" in force) for d in domains]
+        for i, fut in enumerate(futures, 1):
+            experts.append(fut.result())
+            update_progress_artifact(progress, 100.0 * i / len(domains))
+    else:
+        for i, domain in enumerate(domains, 1):
+            experts.append(train_task(cfg, ws, model, data, curate, domain, "train" in force))
+            update_progress_artifact(progress, 100.0 * i / len(domains))
+    ingest_task(ws, experts)
+    _curves_artifact(experts)
+    return {**up, "model": model, "experts": experts}
+
+
+def _curves_artifact(experts: list[StageRef]) -> None:
+    rows = []
+    for ref in experts:
+        s = ref.manifest()["summary"]
+        rows.append(
+            {
+                "expert": s["expert"],
+                "initial_entropy": round(s["initial_entropy"], 4),
+                "last_half_entropy": round(s["last_half_entropy"] or 0.0, 4),
+                "first_reward": round(s["first_reward"] or 0.0, 4),
+                "last_half_reward": round(s["last_half_reward"] or 0.0, 4),
+                "curves_png": str(ref.dir / "curves.png"),
+            }
+        )
+    create_table_artifact(rows, key="training-curves", description="Entropy and reward per expert")
+
+
+@flow(name="evaluate")
+def evaluate_flow(
+    cfg: PolymathConfig, workspace: str, force: list[str] | None = None, parallel: bool = False, up: dict | None = None
+) -> dict:
+    force = force or []
+    ws = Workspace(workspace)
+    up = up or train_flow(cfg, workspace, force, parallel)
+    targets: list[StageRef | None] = ([None] if cfg.evaluate.include_base else []) + list(up["experts"])
+    evals = _evaluate_all(cfg, ws, up, targets, "evaluate" in force, parallel)
+    return {**up, "evals": evals}
+
+
+def _evaluate_all(cfg, ws, up, targets, force, parallel) -> list[StageRef]:
+    labels = [t.label if t else "base" for t in targets]
+    if parallel:
+        with ray_options(num_gpus=1.0 if cfg.evaluate.backend == "vllm" else 0.0):
+            futures = [
+                evaluate_task.submit(cfg, ws, up["model"], up["data"], t, label, force) for t, label in zip(targets, labels)
+            ]
+        evals = [f.result() for f in futures]
+    else:
+        evals = [evaluate_task(cfg, ws, up["model"], up["data"], t, label, force) for t, label in zip(targets, labels)]
+    ingest_task(ws, evals)
+    _accuracy_artifact(evals, key="evaluation-accuracy")
+    return evals
+
+
+def _accuracy_artifact(evals: list[StageRef], key: str) -> None:
+    rows = []
+    for ref in evals:
+        acc = ref.manifest()["summary"]["accuracy"]
+        rows.append({"model": ref.label, **acc, "mean": round(sum(acc.values()) / max(1, len(acc)), 4)})
+    create_table_artifact(rows, key=key, description="avg@k accuracy per domain")
+
+
+@flow(name="merge")
+def merge_flow(
+    cfg: PolymathConfig, workspace: str, force: list[str] | None = None, parallel: bool = False, up: dict | None = None
+) -> dict:
+    force = force or []
+    ws = Workspace(workspace)
+    up = up or evaluate_flow(cfg, workspace, force, parallel)
+    merges = [merge_task(cfg, ws, up["model"], up["experts"], m, "merge" in force) for m in cfg.merge.methods]
+    ingest_task(ws, merges)
+    # A merged adapter is evaluated whenever its merge reran, so its scores never go stale.
+    merge_evals = _evaluate_all(cfg, ws, up, merges, "evaluate" in force or "merge" in force, parallel)
+    get_run_logger().info("merged %d ways: %s", len(merges), ", ".join(m.label for m in merges))
+    _accuracy_artifact(up["evals"] + merge_evals, key="merge-comparison")
+    return {**up, "merges": merges, "evals": up["evals"] + merge_evals}

@@ -1,0 +1,96 @@
+"""Configuration of one merge run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MethodName = Literal["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare"]
+
+#: Density a baseline uses when ``MergeConfig.density`` is None. TIES keeps the
+#: top 20% of each task vector (the TIES paper's k); DARE drops half of the
+#: entries, a rate at which the DARE paper found rescaled LoRA/SFT deltas intact.
+DEFAULT_DENSITY: dict[str, float] = {"ties": 0.2, "dare": 0.5}
+
+
+class MergeConfig(BaseModel):
+    """How to merge N LoRA experts into one adapter.
+
+    A method reads only the fields it uses; the others are ignored, so one config
+    block can be reused across methods, and ``MergeReport.parameters`` records
+    exactly the values the method ran with.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    method: MethodName = "robustmerge"
+    """Merge method: ``robustmerge`` (paper form, exact rank N*r sum),
+    ``robustmerge-reference`` (the official code's product of sums),
+    ``task-arithmetic``, ``ties`` or ``dare``."""
+
+    keep: float = Field(default=0.2, gt=0.0, le=1.0)
+    """RobustMerge: fraction of each LoRA factor's entries kept by magnitude pruning
+    (0.2 in the paper's code)."""
+
+    lam: float = 2.0
+    """RobustMerge: global scale lambda of the merged update (2.0 in the paper and code;
+    the reference form applies it to both factors, as the official code does)."""
+
+    normalize: bool = True
+    """RobustMerge (paper form): divide each expert's row scales by their sum across
+    experts (the paper's cross-task normalization; False gives the prune-and-scale
+    ablation)."""
+
+    clamp_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
+    """RobustMerge reference form: each expert's row scales are clamped from below at
+    its own sorted scale of index floor(r * (1 - clamp_ratio)), as the official code does
+    (1.0 turns the clamp off)."""
+
+    rank: int | None = Field(default=None, ge=1)
+    """Rank of the merged adapter. None: exact (robustmerge, task arithmetic: the sum of
+    the experts' ranks; reference form: the experts' rank; TIES/DARE, whose merged delta
+    is full rank: truncated to the sum of the experts' ranks). A rank below the exact
+    rank compresses by truncated SVD."""
+
+    seed: int = 0
+    """Seed of the random drop masks (DARE)."""
+
+    density: float | None = Field(default=None, gt=0.0, le=1.0)
+    """TIES/DARE: fraction of each task vector's entries kept. None: 0.2 for TIES,
+    0.5 for DARE."""
+
+    weights: list[float] | None = None
+    """Baselines: one weight per expert, in the order of the adapter folders.
+    None: 1.0 each (a plain sum for task arithmetic and DARE, a mean over agreeing
+    signs for TIES)."""
+
+    majority_sign_method: Literal["total", "frequency"] = "total"
+    """TIES: elect each entry's sign by the sum of the values (``total``, the TIES paper)
+    or by counting signs (``frequency``)."""
+
+    base_model: Path | None = None
+    """Local folder of the base model, loaded by the peft baselines (TIES, DARE, task
+    arithmetic). None: the experts' ``base_model_name_or_path``, which must then be a
+    local folder."""
+
+    device: str = "cpu"
+    """Torch device the merge computes on (``cuda`` speeds up the dense SVDs of the
+    TIES/DARE baselines); the adapter is always written from CPU."""
+
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the saved factors; ``auto`` keeps the first expert's dtype. The merge
+    itself always computes in float32."""
+
+    @model_validator(mode="after")
+    def _weights_positive_count(self) -> MergeConfig:
+        if self.weights is not None and len(self.weights) == 0:
+            raise ValueError("weights must list one value per adapter (or be omitted for 1.0 each)")
+        return self
+
+    def resolved_density(self) -> float:
+        """The density a TIES/DARE merge uses (``density`` or the method's default)."""
+        if self.density is not None:
+            return self.density
+        return DEFAULT_DENSITY.get(self.method, 1.0)

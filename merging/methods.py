@@ -1,0 +1,169 @@
+"""Merge methods behind a name registry: one class per method, ``get_method(name)``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from merging.adapters import LoraAdapter
+from merging.baselines import CombinationType, peft_merge
+from merging.config import MergeConfig
+from merging.lowrank import LoraFactors, truncate
+from merging.robustmerge import robustmerge, robustmerge_reference
+from polymath.errors import ConfigError
+
+#: Per module: merged factors (scaling folded, scaling 1) and the relative error of
+#: the rank truncation (None when exact or not measured).
+MergedModules = dict[str, tuple[LoraFactors, float | None]]
+
+
+class MergeMethod(ABC):
+    """A way to combine N validated LoRA experts into one LoRA."""
+
+    name: ClassVar[str]
+    equal_ranks: ClassVar[bool] = False
+    """Whether every expert must have the same rank in each module."""
+
+    @abstractmethod
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        """The hyperparameters this method reads from ``config``, defaults resolved."""
+
+    @abstractmethod
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        """Merge every module of the (validated) experts."""
+
+
+_REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """The registered method names."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> MergeMethod:
+    """A fresh instance of the method registered under ``name``."""
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ConfigError(f"merge method {name!r} is unknown; choose one of {', '.join(method_names())}") from None
+
+
+def _per_module(
+    experts: Sequence[LoraAdapter], config: MergeConfig, merge_one: Callable[[list[LoraFactors]], LoraFactors]
+) -> MergedModules:
+    out: MergedModules = {}
+    for module in experts[0].modules:
+        parts = [e.modules[module].to(device=config.device) for e in experts]
+        merged = merge_one(parts)
+        if config.rank is not None and config.rank < merged.rank:
+            factors, error = truncate(merged, config.rank)
+            out[module] = (factors.to(device="cpu"), error)
+        else:
+            out[module] = (merged.folded().to(device="cpu"), None)
+    return out
+
+
+@register
+class RobustMerge(MergeMethod):
+    """Paper form: exact rank N*r sum lam * sum_n c_n B~_n S~_n A~_n (optionally truncated)."""
+
+    name = "robustmerge"
+    equal_ranks = True
+
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        return {"keep": config.keep, "lam": config.lam, "normalize": config.normalize, "rank": config.rank}
+
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        return _per_module(experts, config, lambda p: robustmerge(p, config.keep, config.lam, config.normalize))
+
+
+@register
+class RobustMergeReference(MergeMethod):
+    """Official code form: rank r product of sums c_1 B* A* (optionally truncated)."""
+
+    name = "robustmerge-reference"
+    equal_ranks = True
+
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        return {"keep": config.keep, "lam": config.lam, "clamp_ratio": config.clamp_ratio, "rank": config.rank}
+
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        return _per_module(
+            experts, config, lambda p: robustmerge_reference(p, config.keep, config.lam, config.clamp_ratio)
+        )
+
+
+class _PeftBaseline(MergeMethod):
+    combination_type: ClassVar[CombinationType]
+    uses_density: ClassVar[bool] = True
+
+    def _weights(self, config: MergeConfig, n_experts: int) -> list[float]:
+        if config.weights is None:
+            return [1.0] * n_experts
+        if len(config.weights) != n_experts:
+            raise ConfigError(
+                f"merge weights has {len(config.weights)} values for {n_experts} adapters; give one weight per adapter"
+            )
+        return list(config.weights)
+
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "combination_type": self.combination_type,
+            "weights": self._weights(config, n_experts),
+            "rank": config.rank,
+        }
+        if self.uses_density:
+            params["density"] = config.resolved_density()
+        return params
+
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        return peft_merge(
+            experts,
+            self.combination_type,
+            weights=self._weights(config, len(experts)),
+            rank=config.rank,
+            density=config.resolved_density() if self.uses_density else None,
+            majority_sign_method=config.majority_sign_method,
+            base_model=config.base_model,
+            seed=config.seed,
+            device=config.device,
+            method=self.name,
+        )
+
+
+@register
+class TaskArithmetic(_PeftBaseline):
+    """sum_n w_n c_n B_n A_n, exact (peft ``cat``)."""
+
+    name = "task-arithmetic"
+    combination_type = "cat"
+    uses_density = False
+
+
+@register
+class Ties(_PeftBaseline):
+    """TIES on the dense updates, truncated by SVD (peft ``ties_svd``)."""
+
+    name = "ties"
+    combination_type = "ties_svd"
+
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        return {**super().parameters(config, n_experts), "majority_sign_method": config.majority_sign_method}
+
+
+@register
+class Dare(_PeftBaseline):
+    """DARE (random drop + rescale) then task arithmetic on the dense updates (peft ``dare_linear_svd``)."""
+
+    name = "dare"
+    combination_type = "dare_linear_svd"
+
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        return {**super().parameters(config, n_experts), "seed": config.seed}

@@ -1,0 +1,181 @@
+"""The pipeline's configuration: one pydantic model per stage, YAML profiles, ``--set`` overrides.
+
+A profile (``configs/<name>.yaml``) is validated against :class:`PolymathConfig`;
+``--set section.key=value`` overrides are parsed as YAML scalars and applied
+before validation, so they are type-checked like the file. Unknown keys are
+errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curation.config import CurateConfig
+from curation.data import DataConfig
+from evaluation.config import EvalConfig
+from merging.config import MergeConfig, MethodName
+from polymath.errors import ConfigError
+from training.config import TrainConfig
+from training.models import ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PROFILE = "demo"
+STAGES = ("curate", "train", "evaluate", "merge")
+
+
+class CurateStage(CurateConfig):
+    """Curation settings plus whether the stage runs at all."""
+
+    enabled: bool = True
+    """False trains on the full training split (no selection)."""
+
+
+class TrainStage(TrainConfig):
+    """Training settings plus which experts to train."""
+
+    domains: list[str] | None = None
+    """Domains that get an expert (None: every domain of the training data)."""
+
+
+class EvaluateStage(EvalConfig):
+    """Evaluation settings plus what is evaluated."""
+
+    include_base: bool = True
+    """Evaluate the base model beside the experts and merges."""
+
+
+ALL_METHODS: list[str] = ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare"]
+
+
+class MergeStage(MergeConfig):
+    """Merge settings shared by every method, plus the methods the stage runs."""
+
+    methods: list[MethodName] = Field(default_factory=lambda: list(ALL_METHODS))
+    """Merge methods to run and evaluate (the ``method`` field is set per run)."""
+
+
+class PolymathConfig(BaseModel):
+    """Everything one pipeline run needs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = DEFAULT_PROFILE
+    """Profile name (shown in reports)."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Where the prompts come from."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model."""
+    curate: CurateStage = Field(default_factory=CurateStage)
+    """Prompt subset selection."""
+    train: TrainStage = Field(default_factory=TrainStage)
+    """GRPO training of one LoRA expert per domain."""
+    evaluate: EvaluateStage = Field(default_factory=EvaluateStage)
+    """Sampling and scoring."""
+    merge: MergeStage = Field(default_factory=MergeStage)
+    """Merging the experts."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+def resolve_profile(config: str | Path | None) -> Path:
+    """A path to a YAML file, or a profile name from configs/ (None: the demo)."""
+    if config is None:
+        config = DEFAULT_PROFILE
+    path = Path(config)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.exists():
+            raise ConfigError(f"{path}: no such config file; pass an existing YAML file or a profile name")
+        return path
+    named = CONFIG_DIR / f"{config}.yaml"
+    if not named.exists():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {str(config)!r}; profiles in {CONFIG_DIR}: {', '.join(names)}")
+    return named
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(parts[:-1])} is a value, not a section; cannot set {dotted}")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.steps=20")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key; expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: cannot parse the value ({exc})") from None
+    return key, value
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid field names of the (nested) model that ``loc`` points into."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _explain(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(PolymathConfig, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
+            where = ".".join(map(str, loc[:-1])) or "the top level"
+            lines.append(f"unknown key {dotted!r}{hint} (valid keys in {where}: {', '.join(valid)})")
+        else:
+            lines.append(f"{dotted or '(root)'}: {err['msg']} (got {err.get('input')!r})")
+    return f"{origin}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> PolymathConfig:
+    """Read a profile or YAML file, apply ``--set`` overrides, validate."""
+    path = resolve_profile(config)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, curate, ...) at the top")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value, origin=f"--set {item}")
+    origin = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    try:
+        return PolymathConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin)) from None
+
+
+def stage_section(cfg: PolymathConfig, stage: str) -> dict:
+    """The JSON-able config that defines one stage (hashed into its key)."""
+    return getattr(cfg, stage).model_dump(mode="json")

@@ -1,0 +1,147 @@
+"""Content-addressed stage folders.
+
+``workspace/artifacts/<stage>/<key>/`` holds one stage run: its outputs and a
+``manifest.json`` (inputs, config, versions, timings, metrics summary). The key
+hashes the upstream keys, the stage config and the code version, so a changed
+config reruns that stage and what depends on it, nothing upstream.
+
+A stage writes into a temporary sibling folder and renames it into place only
+when it finished: a crash never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+
+MANIFEST = "manifest.json"
+_TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "sentence-transformers", "scikit-learn", "duckdb")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("POLYMATH_HOME", "workspace"))
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def source_digest(*packages: str) -> str:
+    """Hash of the Python sources of the given top-level packages: code changes invalidate keys."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(__version__.encode())
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def stage_key(stage: str, config: Any, inputs: dict[str, str], code: str) -> str:
+    payload = {"stage": stage, "config": config, "inputs": inputs, "code": code}
+    return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class StageRun:
+    """A stage run being written: outputs go into ``tmp``; ``summary`` lands in the manifest."""
+
+    stage: str
+    key: str
+    tmp: Path
+    final: Path
+    summary: dict[str, Any]
+
+
+class Workspace:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "polymath.duckdb"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def stage_dir(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / key
+
+    def manifest(self, stage: str, key: str) -> dict[str, Any] | None:
+        path = self.stage_dir(stage, key) / MANIFEST
+        if not path.exists():
+            return None
+        with path.open() as fh:
+            return json.load(fh)
+
+    def is_finished(self, stage: str, key: str) -> bool:
+        m = self.manifest(stage, key)
+        return bool(m and m.get("status") == "finished")
+
+    @contextmanager
+    def stage_run(
+        self, stage: str, key: str, config: Any, inputs: dict[str, str]
+    ) -> Iterator[StageRun]:
+        """Write a stage run atomically; an exception discards the temporary folder."""
+        final = self.stage_dir(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        run = StageRun(stage=stage, key=key, tmp=tmp, final=final, summary={})
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        try:
+            yield run
+            manifest = {
+                "stage": stage,
+                "key": key,
+                "status": "finished",
+                "inputs": inputs,
+                "config": config,
+                "polymath_version": __version__,
+                "packages": package_versions(),
+                "started_at": started.isoformat(),
+                "finished_at": datetime.now(timezone.utc).isoformat(),
+                "seconds": round(time.perf_counter() - t0, 3),
+                "summary": run.summary,
+            }
+            with (tmp / MANIFEST).open("w") as fh:
+                json.dump(manifest, fh, indent=2, default=str)
+            if final.exists():
+                # --force: move the old run aside first so the swap is two renames, never a half state.
+                trash = final.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
+                final.rename(trash)
+                tmp.rename(final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

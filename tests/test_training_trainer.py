@@ -1,0 +1,269 @@
+"""The GRPO trainer subclass and train_expert on a tiny random Qwen2 with a character tokenizer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from safetensors.torch import load_file  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from trl import GRPOTrainer  # noqa: E402
+
+from curation.records import Problem  # noqa: E402
+from polymath.errors import DataError, ModelError, TrainingError  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.controllers import STATE_FILE, Controllers  # noqa: E402
+from training.expert import build_dataset, grpo_config, make_reward_func, train_expert  # noqa: E402
+from training.grpo import STEP_METRICS, PolymathGRPOTrainer  # noqa: E402
+
+DIGITS = set("0123456789")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for ch in string.printable[:95] + "\n":
+        vocab.setdefault(ch, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = char_tokenizer()
+    config = Qwen2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(tokenizer), max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = 1
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def problems() -> list[Problem]:
+    return [Problem(id=f"p{i}", domain="toy", prompt=f"Count to {i}: ", answer=str(i)) for i in range(8)]
+
+
+def digit_reward(problem: Problem, completion: str) -> float:
+    """Toy reward: the share of digits in the completion (varies within every group)."""
+    return sum(ch in DIGITS for ch in completion) / max(len(completion), 1)
+
+
+def small_config(**overrides) -> TrainConfig:
+    base = dict(
+        steps=3, lr=5e-3, prompts_per_step=2, num_generations=4, max_new_tokens=8, max_prompt_length=64,
+        cpu_threads=1, lora={"r": 4, "alpha": 8},
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_train_expert_end_to_end(model_dir, problems, tmp_path):
+    config = small_config(
+        entropy={"mode": "aer", "coef": 0.01, "delta": 0.005, "c_max": 0.1}, par={"schedule": "staged"}
+    )
+    result = train_expert(model_dir, problems, digit_reward, config, tmp_path, "toy")
+
+    assert result.adapter_dir == tmp_path / "adapter"
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert len(lora_b) == 2 * 7  # 2 layers x q/k/v/o/gate/up/down
+    assert all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: training moved every adapter
+
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert list(steps.columns) == ["expert", "step", "metric", "value"]
+    assert set(steps["expert"]) == {"toy"}
+    assert sorted(steps["step"].unique()) == [1, 2, 3]
+    for _, rows in steps.groupby("step"):
+        assert sorted(rows["metric"]) == sorted(STEP_METRICS)
+    wide = steps.pivot(index="step", columns="metric", values="value")
+    assert wide.notna().all().all()
+    assert (wide["entropy_p10"] <= wide["entropy"]).all() and (wide["entropy"] <= wide["entropy_p90"]).all()
+    assert wide["par_lambda"].tolist() == pytest.approx([0.0, 1 / 3, 1.0])  # staged: 0 until 1.5, then linear
+    assert wide["entropy_target"].tolist() == pytest.approx([0.4 * result.initial_entropy] * 3)
+    assert result.initial_entropy == pytest.approx(wide.loc[1, "entropy"])
+    assert 0 < wide["response_length"].min() and wide["response_length"].max() <= 8
+    assert (wide["lr"] == 5e-3).all() and (wide["step_time"] > 0).all() and (wide["grad_norm"] > 0).all()
+    pd.testing.assert_frame_equal(result.steps.reset_index(drop=True), steps.astype(result.steps.dtypes))
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "checkpoints").exists()
+    assert result.seconds > 0
+
+
+def test_resume_restores_controller_state(model_dir, problems, tmp_path):
+    # adaptive with a target far above the entropy: the coefficient grows by delta after every step
+    config = small_config(
+        steps=4, save_steps=2, entropy={"mode": "adaptive", "coef": 0.0, "target": 50.0, "delta": 0.01, "c_max": 1.0}
+    )
+    first = train_expert(model_dir, problems, digit_reward, config, tmp_path, "toy")
+    coef = first.steps[first.steps.metric == "entropy_coef"].set_index("step")["value"]
+    assert coef.tolist() == pytest.approx([0.0, 0.01, 0.02, 0.03])
+    saved = (tmp_path / "checkpoints" / "checkpoint-2" / STATE_FILE).read_text()
+    assert '"steps_done": 2' in saved
+
+    # Lose the last checkpoint and rerun: training resumes after step 2 with the saved controllers.
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-4")
+    resumed = train_expert(model_dir, problems, digit_reward, config, tmp_path, "toy")
+    coef = resumed.steps[resumed.steps.metric == "entropy_coef"].set_index("step")["value"]
+    assert sorted(coef.index) == [1, 2, 3, 4]
+    assert coef.tolist() == pytest.approx([0.0, 0.01, 0.02, 0.03])  # fresh controllers would give 0.0 at step 3
+    assert resumed.initial_entropy == pytest.approx(first.initial_entropy)
+
+
+def _trainer_and_inputs(model_dir, problems, tmp_path, **config_overrides):
+    config = small_config(**config_overrides)
+    from training.expert import _load, _lora_config
+
+    model, tokenizer = _load(model_dir)
+    trainer = PolymathGRPOTrainer(
+        model=model,
+        reward_funcs=[make_reward_func(problems, digit_reward, "toy")],
+        args=grpo_config(config, tmp_path),
+        train_dataset=build_dataset(problems, tokenizer),
+        processing_class=tokenizer,
+        peft_config=_lora_config(config),
+        controllers=Controllers(config.entropy, config.par, config.steps),
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    # Move the adapter off its zero init so the policy differs from the base model.
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                noise = torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name)))
+                p.copy_(0.05 * noise)
+    g = torch.Generator().manual_seed(1)
+    b, prompt_len, completion_len = 8, 6, 5
+    completion_mask = torch.ones(b, completion_len, dtype=torch.long)
+    completion_mask[::3, 3:] = 0
+    prompt_mask = torch.ones(b, prompt_len, dtype=torch.long)
+    prompt_mask[1::2, :2] = 0
+    inputs = {
+        "prompt_ids": torch.randint(3, 90, (b, prompt_len), generator=g),
+        "prompt_mask": prompt_mask,
+        "completion_ids": torch.randint(3, 90, (b, completion_len), generator=g),
+        "completion_mask": completion_mask,
+        "advantages": torch.randn(b, generator=g),
+        "num_items_in_batch": completion_mask.sum(),
+        "entropy_weight": torch.ones(b),
+    }
+    inputs = {k: v.to(trainer.accelerator.device) for k, v in inputs.items()}
+    prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([prompt_mask, completion_mask], 1),
+            completion_len,
+        )
+    # Old log-probs off by up to +-0.4 nats: some ratios fall outside the clip range.
+    inputs["old_per_token_logps"] = logps + 0.4 * (2 * torch.rand(logps.shape, generator=g) - 1).to(logps.device)
+    return trainer, inputs
+
+
+def _loss_and_grads(fn, trainer, inputs):
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = fn(trainer.model, inputs)
+    return loss.detach(), torch.autograd.grad(loss, params)
+
+
+def test_loss_matches_trl_dapo_loss_and_its_entropy_bonus(model_dir, problems, tmp_path):
+    trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path)
+    ours, ours_g = _loss_and_grads(trainer._compute_loss, trainer, inputs)
+    trl, trl_g = _loss_and_grads(lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), trainer, inputs)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5, abs=1e-7)
+    for a, b in zip(ours_g, trl_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert trainer._step_record["clip_frac_low"] + trainer._step_record["clip_frac_high"] > 0
+
+    # PAR lambda = 0.5 equals TRL's loss with the positive advantages halved.
+    trainer.controllers.par.value = 0.5
+    ours, _ = _loss_and_grads(trainer._compute_loss, trainer, inputs)
+    adv = inputs["advantages"]
+    halved = dict(inputs, advantages=torch.where(adv > 0, 0.5 * adv, adv))
+    trl, _ = _loss_and_grads(lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), trainer, halved)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5, abs=1e-7)
+
+    # A fixed entropy coefficient equals TRL's own static entropy bonus (loss - c * mean H).
+    trainer.controllers.par.value = 1.0
+    trainer.controllers.entropy.settings = trainer.controllers.entropy.settings.model_copy(update={"mode": "fixed"})
+    trainer.controllers.entropy.coef = 0.05
+    ours, ours_g = _loss_and_grads(trainer._compute_loss, trainer, inputs)
+    trainer.entropy_coef, trainer._entropy_bonus_enabled = 0.05, True
+    trl, trl_g = _loss_and_grads(lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), trainer, inputs)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5, abs=1e-7)
+    for a, b in zip(ours_g, trl_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_trainer_rejects_trl_options_it_replaces(model_dir, problems, tmp_path):
+    config = small_config()
+    args = grpo_config(config, tmp_path)
+    args.loss_type = "grpo"
+    from training.expert import _load
+
+    model, tokenizer = _load(model_dir)
+    with pytest.raises(TrainingError, match="loss_type"):
+        PolymathGRPOTrainer(
+            model=model,
+            reward_funcs=[make_reward_func(problems, digit_reward, "toy")],
+            args=args,
+            train_dataset=build_dataset(problems, tokenizer),
+            processing_class=tokenizer,
+            controllers=Controllers(config.entropy, config.par, config.steps),
+        )
+
+
+def test_user_errors_name_the_fix(model_dir, problems, tmp_path):
+    config = small_config(steps=1)
+    with pytest.raises(DataError, match="no training problems"):
+        train_expert(model_dir, [], digit_reward, config, tmp_path, "toy")
+    with pytest.raises(DataError, match="prompts_per_step"):
+        train_expert(model_dir, problems[:1], digit_reward, config, tmp_path, "toy")
+    with pytest.raises(DataError, match="appears twice"):
+        train_expert(model_dir, problems + problems[:1], digit_reward, config, tmp_path, "toy")
+    with pytest.raises(ModelError, match="config.json"):
+        train_expert(tmp_path / "nowhere", problems, digit_reward, config, tmp_path, "toy")
+    threads = torch.get_num_threads()
+    with pytest.raises(TrainingError, match=r"\[0, 1\]"):
+        bad_config = small_config(steps=1, cpu_threads=threads + 1)
+        train_expert(model_dir, problems, lambda p, c: 2.0, bad_config, tmp_path / "bad", "toy")
+    assert torch.get_num_threads() == threads  # restored even when training fails
+
+
+def test_merged_adapter_sampling_matches_unmerged_and_restores_weights(model_dir, problems, tmp_path):
+    trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path)
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prompts = [inputs["prompt_ids"][i].tolist() for i in range(4)]
+    merges = []
+    original_merge = model.merge_adapter
+    model.merge_adapter = lambda *a, **k: (merges.append(1), original_merge(*a, **k))[1]
+    outputs = {}
+    for merge in (False, True):
+        trainer.merge_adapter_for_generation = merge
+        torch.manual_seed(3)
+        outputs[merge] = trainer._generate_single_turn(prompts, None, {}, 4)[0]
+    assert merges == [1]  # only the merged run merged
+    assert outputs[True] == outputs[False]
+    assert any(len(c) > 0 for c in outputs[True])
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=1e-6)
+    assert not any(getattr(m, "merged", False) for m in model.modules())

@@ -1,0 +1,180 @@
+"""Configuration of one GRPO training run (one expert).
+
+Every field carries a docstring: they become the reference for the ``train``
+section of the YAML profiles. Defaults follow the papers cited in
+shared/reference/entropy-control.md; the demo profile overrides sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from polymath.errors import ConfigError
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraSettings(BaseModel):
+    """Which parameters are trained: a LoRA adapter (default) or the whole model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (``lora_alpha``); the update is scaled by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input; 0 keeps old and new log-probabilities comparable across iterations."""
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    """Module names (suffixes) that receive an adapter; the default covers attention and MLP projections."""
+    full_finetune: bool = False
+    """Train every weight instead of an adapter; the output is then a whole model, not an adapter."""
+
+
+class EntropySettings(BaseModel):
+    """Entropy bonus: loss = policy_loss - c * H (token mean over the step's batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "fixed", "adaptive", "aer"] = "none"
+    """none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target``.
+    aer: target = ``target_fraction`` x initial entropy, per-prompt coefficients scaled by difficulty."""
+    coef: float = Field(0.0, ge=0)
+    """The coefficient for ``fixed``; the starting coefficient c0 for ``adaptive`` and ``aer``."""
+    target: float = Field(0.2, gt=0)
+    """Target token entropy in nats for ``adaptive`` (Skywork-OR1 uses 0.2)."""
+    target_fraction: float = Field(0.4, gt=0, le=1.5)
+    """``aer`` only: the target is this fraction of the entropy measured on the first rollout batch."""
+    delta: float = Field(1e-4, gt=0)
+    """Coefficient change per optimizer step: c += delta * sign(target - H)."""
+    c_min: float = Field(0.0, ge=0)
+    """Lower clamp of the adaptive coefficient."""
+    c_max: float = Field(0.005, ge=0)
+    """Upper clamp of the adaptive coefficient (Skywork-OR1: 0.005)."""
+    difficulty_power: float = Field(1.0, ge=0)
+    """``aer`` only: a prompt's coefficient is proportional to (1 - group accuracy) ** power, rescaled so the
+    batch mean is the global coefficient; 0 gives every prompt the same coefficient."""
+
+    @model_validator(mode="after")
+    def _clamp_range(self) -> EntropySettings:
+        if self.c_min > self.c_max:
+            raise ValueError(
+                f"entropy.c_min ({self.c_min}) is larger than entropy.c_max ({self.c_max}); "
+                "set c_min <= c_max"
+            )
+        return self
+
+
+class ParSettings(BaseModel):
+    """Positive-advantage reweighting: the loss of tokens with advantage > 0 is multiplied by lambda."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: Literal["constant", "staged", "entropy-guided"] = "constant"
+    """constant: lambda = lambda0 throughout. staged: 0 for the first ``staged_fraction`` of the steps, then
+    linear to 1 at the last step. entropy-guided: lambda -= step when H < delta, else += step, in [0, 1]."""
+    lambda0: float = Field(1.0, ge=0, le=1)
+    """Starting lambda (constant: the value used throughout; 1 is plain GRPO)."""
+    step: float = Field(0.05, gt=0, le=1)
+    """entropy-guided: change of lambda per optimizer step."""
+    delta: float = Field(0.2, gt=0)
+    """entropy-guided: entropy threshold in nats below which lambda decreases."""
+    staged_fraction: float = Field(0.5, ge=0, lt=1)
+    """staged: fraction of the run trained with lambda = 0 before the linear ramp to 1."""
+
+
+class TrainConfig(BaseModel):
+    """One GRPO run: rollouts, clipped surrogate, entropy control and what is trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(40, ge=1)
+    """Number of optimizer steps (TRL ``max_steps``)."""
+    lr: float = Field(5e-4, gt=0)
+    """Learning rate (AdamW, constant schedule)."""
+    prompts_per_step: int = Field(4, ge=1)
+    """Distinct prompts sampled per optimizer step; the batch holds prompts_per_step x num_generations completions."""
+    num_generations: int = Field(8, ge=2)
+    """Completions per prompt (the GRPO group size)."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Completions per forward/backward pass; must divide the step's batch. None: the whole batch at once."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the rollouts (log-probabilities are computed at the same temperature)."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Maximum completion length in tokens."""
+    max_prompt_length: int | None = Field(512, ge=1)
+    """Prompts longer than this many tokens keep their last tokens (the answer cue); None keeps everything."""
+    eps_low: float = Field(0.2, gt=0, lt=1)
+    """Lower clip: ratios below 1 - eps_low stop pulling down negative-advantage tokens."""
+    eps_high: float = Field(0.28, gt=0)
+    """Upper clip (clip-higher, DAPO: 0.28): ratios above 1 + eps_high stop pushing up positive-advantage tokens."""
+    num_iterations: int = Field(1, ge=1)
+    """Optimizer steps per rollout batch (off-policy updates; 1 is on-policy)."""
+    beta: float = Field(0.0, ge=0)
+    """KL penalty weight against the initial policy (k3 estimator); 0 disables it and skips the reference pass."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    seed: int = 0
+    """Seed for adapter initialisation, prompt order and sampling."""
+    bf16: bool = False
+    """Train in bfloat16 mixed precision; only honoured on CUDA (CPU runs stay in float32)."""
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    """Adapter (or full fine-tuning) settings."""
+    entropy: EntropySettings = Field(default_factory=EntropySettings)
+    """Entropy bonus and its controller."""
+    par: ParSettings = Field(default_factory=ParSettings)
+    """Positive-advantage reweighting and its schedule."""
+    token_filter: Literal["all", "nonneg", "nonpos"] = "all"
+    """Tokens the policy gradient uses: all, only advantage >= 0, or only advantage <= 0 (ablations)."""
+    merge_lora_for_rollouts: bool = True
+    """Merge the adapter into the (float32) base weights while HF generate samples rollouts, unmerged right
+    after: one matmul per projection instead of three, about a quarter faster sampling for small models."""
+    use_vllm: bool = False
+    """Generate rollouts with vLLM colocated on the training GPU (needs vllm and CUDA)."""
+    save_steps: int = Field(0, ge=0)
+    """Checkpoint every this many steps (resumable, controller state included); 0 saves none."""
+    show_progress: bool = False
+    """Show a progress bar while training."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """Torch CPU threads during the run (restored afterwards); None keeps torch's setting. Tiny models train
+    several times faster with 1 thread, above all on a shared machine."""
+
+    @model_validator(mode="after")
+    def _batch_shape(self) -> TrainConfig:
+        batch = self.prompts_per_step * self.num_generations
+        if self.micro_batch_size is not None and batch % self.micro_batch_size != 0:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide prompts_per_step x num_generations "
+                f"({self.prompts_per_step} x {self.num_generations} = {batch}); pick a divisor of {batch} or null"
+            )
+        return self
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        if self.micro_batch_size is None:
+            return 1
+        return self.completions_per_step // self.micro_batch_size
+
+
+def parse_train_config(data: dict, source: str = "train") -> TrainConfig:
+    """Validate a mapping (a YAML ``train`` section) into a TrainConfig.
+
+    Raises ConfigError naming each offending key as ``source.path.to.key``.
+    """
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in (source, *err["loc"]))
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError(
+            "invalid training config:\n  " + "\n  ".join(problems)
+            + "\nfix the keys above (see training/config.py for each field's meaning and range)"
+        ) from None

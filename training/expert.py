@@ -1,0 +1,281 @@
+"""Train one domain expert: a LoRA adapter (or a full model) by GRPO on one domain's problems.
+
+    result = train_expert(model_dir, problems, reward_fn, TrainConfig(), out_dir, "arithmetic")
+
+writes to out_dir:
+    adapter/          peft adapter (save_pretrained, safetensors); model/ instead for full fine-tuning
+    steps.parquet     one row per (step, metric): expert, step, metric, value
+    curves.png        entropy and reward against step
+    checkpoints/      only when config.save_steps > 0; a rerun resumes from the last one
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig
+
+from curation.records import Problem
+from polymath.errors import DataError, ModelError, TrainingError
+from training.config import TrainConfig
+from training.controllers import Controllers
+from training.curves import plot_curves
+from training.grpo import STEP_METRICS, PolymathGRPOTrainer, step_records
+from training.prompting import format_prompt
+
+RewardFn = Callable[[Problem, str], float]
+
+
+@dataclass
+class TrainResult:
+    """What one expert's training produced."""
+
+    adapter_dir: Path
+    """The saved adapter folder (the whole model's folder for full fine-tuning)."""
+    steps: pd.DataFrame
+    """Long format: expert, step, metric, value; one row per optimizer step and STEP_METRICS name."""
+    initial_entropy: float
+    """Token-mean entropy of the untrained policy on the first rollout batch (nats)."""
+    seconds: float
+    """Wall time of the whole call, loading and saving included."""
+
+
+def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
+    """The TRL GRPOConfig equivalent of a TrainConfig (token-mean 'dapo' loss, no eval, log every step)."""
+    cuda = torch.cuda.is_available()
+    micro = config.micro_batch_size or config.completions_per_step
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=config.steps,
+        learning_rate=config.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=config.max_grad_norm,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_generations=config.num_generations,
+        temperature=config.temperature,
+        top_p=1.0,
+        top_k=0,
+        max_completion_length=config.max_new_tokens,
+        loss_type="dapo",
+        epsilon=config.eps_low,
+        epsilon_high=config.eps_high,
+        num_iterations=config.num_iterations,
+        beta=config.beta,
+        use_vllm=config.use_vllm,
+        vllm_mode="colocate",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bool(config.bf16 and cuda),
+        fp16=False,
+        use_cpu=not cuda,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        logging_strategy="steps",
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=max(config.save_steps, 1),
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=not config.show_progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,
+        log_completions=False,
+    )
+
+
+def build_dataset(problems: Sequence[Problem], tokenizer) -> Dataset:
+    """The TRL dataset: ``prompt`` (formatted for the tokenizer) and ``problem_id``."""
+    return Dataset.from_dict(
+        {"prompt": [format_prompt(p, tokenizer) for p in problems], "problem_id": [p.id for p in problems]}
+    )
+
+
+def make_reward_func(problems: Sequence[Problem], reward_fn: RewardFn, expert: str):
+    """Adapt reward_fn(problem, completion) to TRL's batched reward-function signature."""
+    by_id = {p.id: p for p in problems}
+
+    def reward(prompts, completions, problem_id, **_):
+        values = []
+        for pid, completion in zip(problem_id, completions, strict=True):
+            value = float(reward_fn(by_id[pid], completion))
+            if not (0.0 <= value <= 1.0):
+                raise TrainingError(
+                    f"expert {expert!r}: the reward function returned {value!r} for problem {pid!r}; "
+                    "rewards must lie in [0, 1]: fix the domain's verifier"
+                )
+            values.append(value)
+        return values
+
+    reward.__name__ = "reward"
+    return reward
+
+
+def steps_frame(log_history: list[dict], expert: str) -> pd.DataFrame:
+    """Long-format step table (expert, step, metric, value) from a Trainer log history."""
+    rows = [
+        (expert, rec["step"], name, rec[name]) for rec in step_records(log_history) for name in STEP_METRICS
+    ]
+    frame = pd.DataFrame(rows, columns=["expert", "step", "metric", "value"])
+    return frame.astype({"expert": "string", "step": "int64", "metric": "string", "value": "float64"})
+
+
+def _check_inputs(model_dir: Path, problems: Sequence[Problem], config: TrainConfig, expert: str) -> None:
+    if not problems:
+        raise DataError(f"expert {expert!r} has no training problems; select at least one problem for its domain")
+    if len(problems) < config.prompts_per_step:
+        # TRL's sampler drops incomplete prompt batches: fewer problems than one step's batch yields no step.
+        raise DataError(
+            f"expert {expert!r} has {len(problems)} problems but train.prompts_per_step is "
+            f"{config.prompts_per_step}; lower prompts_per_step or select more problems for this domain"
+        )
+    seen: set[str] = set()
+    for p in problems:
+        if p.id in seen:
+            raise DataError(f"expert {expert!r}: problem id {p.id!r} appears twice; problem ids must be unique")
+        seen.add(p.id)
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(
+            f"{model_dir} holds no config.json: not a Hugging Face model folder; "
+            "pass the folder written by save_pretrained (or bootstrap the demo model first)"
+        )
+
+
+def _load(model_dir: Path):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left", truncation_side="left")
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load the model or tokenizer in {model_dir}: {exc}; "
+            "check the folder holds a causal LM and its tokenizer saved with save_pretrained"
+        ) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"the tokenizer in {model_dir} has neither a pad nor an eos token; add an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _lora_config(config: TrainConfig):
+    if config.lora.full_finetune:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+class _QuietProgress(ProgressCallback):
+    """A progress bar without a printed line per logged step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
+
+
+def train_expert(
+    model_dir: Path,
+    problems: list[Problem],
+    reward_fn: RewardFn,
+    config: TrainConfig,
+    out_dir: Path,
+    expert: str,
+) -> TrainResult:
+    """Train one expert by GRPO and write its adapter, step table and curves under ``out_dir``.
+
+    reward_fn(problem, completion) must return a float in [0, 1]. If
+    out_dir/checkpoints holds a checkpoint (config.save_steps > 0 on an
+    interrupted run), training resumes from it with the controllers' state.
+    """
+    started = time.perf_counter()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_inputs(model_dir, problems, config, expert)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _train(model_dir, problems, reward_fn, config, out_dir, expert, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    model_dir: Path,
+    problems: list[Problem],
+    reward_fn: RewardFn,
+    config: TrainConfig,
+    out_dir: Path,
+    expert: str,
+    started: float,
+) -> TrainResult:
+    model, tokenizer = _load(model_dir)
+    checkpoints = out_dir / "checkpoints"
+    args = grpo_config(config, checkpoints)
+    controllers = Controllers(config.entropy, config.par, config.steps)
+    try:
+        trainer = PolymathGRPOTrainer(
+            model=model,
+            reward_funcs=[make_reward_func(problems, reward_fn, expert)],
+            args=args,
+            train_dataset=build_dataset(problems, tokenizer),
+            processing_class=tokenizer,
+            peft_config=_lora_config(config),
+            controllers=controllers,
+            token_filter=config.token_filter,
+            max_prompt_length=config.max_prompt_length,
+            merge_adapter_for_generation=config.merge_lora_for_rollouts and not config.lora.full_finetune,
+        )
+    except ValueError as exc:
+        # TRL rejects some combinations (e.g. target modules missing from the model) with ValueError.
+        raise TrainingError(f"expert {expert!r}: TRL refused the training setup: {exc}") from None
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if config.show_progress:
+        trainer.add_callback(_QuietProgress)
+
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+
+    if config.lora.full_finetune:
+        adapter_dir = out_dir / "model"
+        trainer.save_model(str(adapter_dir))
+        tokenizer.save_pretrained(adapter_dir)
+    else:
+        adapter_dir = out_dir / "adapter"
+        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+
+    steps = steps_frame(trainer.state.log_history, expert)
+    if steps.empty:
+        raise TrainingError(f"expert {expert!r}: training logged no step; check train.steps >= 1")
+    tmp = out_dir / "steps.parquet.tmp"
+    steps.to_parquet(tmp, index=False)
+    tmp.replace(out_dir / "steps.parquet")
+    plot_curves(steps, out_dir / "curves.png", title=f"GRPO expert: {expert}")
+
+    initial = controllers.initial_entropy
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        steps=steps,
+        initial_entropy=math.nan if initial is None else initial,
+        seconds=time.perf_counter() - started,
+    )

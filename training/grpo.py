@@ -1,0 +1,366 @@
+"""TRL's GRPOTrainer with polymath's objective and controllers.
+
+TRL keeps generation (HF generate or colocated vLLM), reward plumbing,
+advantages, batching, accelerate and checkpointing. We override:
+
+- ``_compute_loss``: the per-token loss is training/objective.py's
+  ``grpo_loss`` (clip-higher, PAR, token filter, per-sequence entropy bonus,
+  KL), fed by TRL's own fused log-prob/entropy forward;
+- ``_generate_and_score_completions``: adds each completion's entropy weight
+  (AER difficulty scaling from its group's accuracy) to the batch and keeps
+  the rollout's reward, accuracy and length for the step record;
+- ``log``: puts the step record (exact metric names, see STEP_METRICS) into
+  TRL's log, hence ``state.log_history``;
+- checkpoint save/load: the controllers' state travels with the checkpoint.
+
+Written against TRL 1.16 (``_compute_loss`` / ``_get_per_token_logps_and_entropies``
+signatures); tests/test_training_trainer.py checks our loss equals TRL's own
+"dapo" loss when entropy control is off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+from polymath.errors import TrainingError
+from training.controllers import Controllers
+from training.objective import TOKEN_FILTERS, grpo_loss
+
+# A completion counts as correct when its reward reaches 1 (the verifiers give 1.0 for a correct answer and
+# partial credit below it); the tolerance absorbs float noise from weighted reward sums.
+ACCURACY_THRESHOLD = 1.0 - 1e-6
+
+# Exactly the metric names every optimizer step records (steps.parquet / DuckDB train_steps).
+STEP_METRICS = (
+    "reward",
+    "accuracy",
+    "entropy",
+    "entropy_p10",
+    "entropy_p90",
+    "entropy_coef",
+    "entropy_target",
+    "par_lambda",
+    "pos_adv_token_frac",
+    "clip_frac_low",
+    "clip_frac_high",
+    "response_length",
+    "grad_norm",
+    "lr",
+    "step_time",
+)
+# Names the record takes from Trainer/TRL's own log entries.
+TRAINER_LOG_NAMES = {"grad_norm": "grad_norm", "lr": "learning_rate", "step_time": "step_time"}
+
+# Inputs forwarded to the model as TRL forwards them (multimodal batches); absent keys are None.
+_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+class PolymathGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose loss and per-step record are polymath's.
+
+    Extra arguments: ``controllers`` (entropy coefficient and PAR lambda,
+    advanced once per optimizer step), ``token_filter`` ("all", "nonneg",
+    "nonpos"), ``max_prompt_length`` (prompts keep their last tokens) and
+    ``merge_adapter_for_generation`` (sample HF-generate rollouts from the
+    adapter merged into float32 base weights, unmerged right after).
+    The GRPOConfig must use ``loss_type="dapo"`` (token-mean) and leave TRL's
+    own entropy options off: the controllers replace them.
+    """
+
+    def __init__(
+        self,
+        *args,
+        controllers: Controllers,
+        token_filter: str = "all",
+        max_prompt_length: int | None = None,
+        merge_adapter_for_generation: bool = False,
+        **kwargs,
+    ):
+        if token_filter not in TOKEN_FILTERS:
+            raise TrainingError(f"token_filter must be one of {TOKEN_FILTERS}, got {token_filter!r}")
+        self.controllers = controllers
+        self.token_filter = token_filter
+        self.max_prompt_length = max_prompt_length
+        self.merge_adapter_for_generation = merge_adapter_for_generation
+        self._gathered_rewards: torch.Tensor | None = None
+        self._rollout_stats: dict[str, float] = {}
+        self._step_record: dict[str, float] = {}
+        self._window = _StepWindow()
+        super().__init__(*args, **kwargs)
+        self._check_supported()
+
+    def _check_supported(self) -> None:
+        a = self.args
+        unsupported = []
+        if a.loss_type != "dapo":
+            unsupported.append(f"loss_type={a.loss_type!r} (use 'dapo': token-mean aggregation)")
+        if a.importance_sampling_level != "token":
+            unsupported.append(f"importance_sampling_level={a.importance_sampling_level!r} (use 'token')")
+        if a.top_entropy_quantile < 1.0:
+            unsupported.append(f"top_entropy_quantile={a.top_entropy_quantile} (use 1.0)")
+        if a.off_policy_mask_threshold is not None:
+            unsupported.append("off_policy_mask_threshold (leave None)")
+        if a.delta is not None:
+            unsupported.append("delta (two-sided clipping; leave None)")
+        if a.entropy_coef != 0.0 or a.use_adaptive_entropy:
+            unsupported.append("TRL's entropy_coef/use_adaptive_entropy (use TrainConfig.entropy instead)")
+        if unsupported:
+            raise TrainingError(
+                "PolymathGRPOTrainer does not support these GRPOConfig settings: "
+                + "; ".join(unsupported)
+                + ". Build the config with training.expert.grpo_config(TrainConfig)."
+            )
+
+    # ---- rollouts -------------------------------------------------------------------------------------
+
+    def _tokenize_prompts(self, prompts: list):
+        prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
+        if self.max_prompt_length is not None and images is None:
+            # Keep the end of the prompt: it holds the question's tail and the answer cue.
+            prompt_ids = [ids[-self.max_prompt_length :] for ids in prompt_ids]
+        return prompt_ids, images, multimodal_fields
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        model = self.accelerator.unwrap_model(self.model)
+        merge = (
+            self.merge_adapter_for_generation
+            and not self.use_vllm
+            and is_peft_model(model)
+            # Merging then unmerging rounds the base weights; in float32 that is ~1e-7 relative, in bf16 it is not.
+            and all(p.dtype == torch.float32 for p in model.get_base_model().parameters())
+        )
+        if not merge:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        # One matmul per projection instead of three: small models sample about a quarter faster.
+        model.merge_adapter()
+        try:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        finally:
+            model.unmerge_adapter()
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        rewards_per_func = self._gathered_rewards
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+        correct = (rewards >= ACCURACY_THRESHOLD).float()
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        group_accuracy = correct.view(-1, group).mean(dim=1).repeat_interleave(group)
+        entropy_weight = self.controllers.entropy.sequence_weights(group_accuracy)
+        local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
+        output["entropy_weight"] = entropy_weight[local].to(output["advantages"].device)
+
+        lengths = self.accelerator.gather(output["completion_mask"].sum(dim=1).float())
+        scored = rewards[~unscorable]
+        self._rollout_stats = {
+            "reward": scored.mean().item() if scored.numel() else math.nan,
+            "accuracy": correct[~unscorable].mean().item() if scored.numel() else math.nan,
+            "response_length": lengths.mean().item(),
+        }
+        return output
+
+    # ---- loss -----------------------------------------------------------------------------------------
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in _FORWARD_KEYS},
+        )
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+
+        mode = "train" if self.model.training else "eval"
+        training = mode == "train"
+        # Token-mean over the optimizer step: num_items_in_batch counts the tokens of the whole generation batch,
+        # which is split into steps_per_generation micro-batches, current_gradient_accumulation_steps per step.
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if training:
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+
+        fmask = mask.float()
+        with torch.no_grad():
+            ent_stats = self.accelerator.reduce(
+                torch.stack([(entropies.detach() * fmask).sum(), fmask.sum()]), reduction="sum"
+            )
+        batch_entropy = (ent_stats[0] / ent_stats[1].clamp(min=1.0)).item()
+        coef = self.controllers.entropy.applied_coef(batch_entropy)
+        entropy_coefs = coef * inputs["entropy_weight"] if coef != 0.0 else None
+        use_is = self.use_vllm and self.vllm_importance_sampling_correction
+
+        out = grpo_loss(
+            logps,
+            old_logps,
+            inputs["advantages"],
+            mask,
+            eps_low=self.epsilon_low,
+            eps_high=self.epsilon_high,
+            par_lambda=self.controllers.par.value,
+            token_filter=self.token_filter,
+            entropies=entropies,
+            entropy_coefs=entropy_coefs,
+            ref_logp=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
+            beta=self.beta,
+            is_ratio=inputs["importance_sampling_ratio"] if use_is else None,
+            normalizer=normalizer,
+        )
+        loss = out.loss
+        if self.aux_loss_enabled:
+            accumulation = self.current_gradient_accumulation_steps if training else 1.0
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+
+        if training:
+            adv = inputs["advantages"]
+            adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
+            self._window.add(
+                entropies=entropies.detach()[mask.bool()],
+                entropy_sum=ent_stats[0],
+                tokens=ent_stats[1],
+                clipped_low=(out.clipped_low * fmask).sum(),
+                clipped_high=(out.clipped_high * fmask).sum(),
+                positive=((adv > 0) * fmask).sum(),
+                coef=coef,
+                kl=None if out.kl is None else (out.kl * fmask).sum(),
+            )
+            if self.accelerator.sync_gradients:
+                self._close_step()
+        return loss
+
+    def _close_step(self) -> None:
+        """Optimizer-step boundary: build the step record, then advance the controllers."""
+        w = self._window
+        local = torch.stack([w.clipped_low, w.clipped_high, w.positive] + ([w.kl] if w.kl is not None else []))
+        totals = self.accelerator.reduce(local, reduction="sum")
+        tokens = max(w.tokens, 1.0)
+        entropy = w.entropy_sum / tokens
+        values = torch.cat(w.entropies) if w.entropies else torch.zeros(0)
+        padded = self.accelerator.pad_across_processes(values.float(), dim=0, pad_index=-1.0)
+        gathered = self.accelerator.gather(padded)
+        gathered = gathered[gathered >= 0]
+        if gathered.numel():
+            p10, p90 = torch.quantile(gathered, torch.tensor([0.1, 0.9], device=gathered.device)).tolist()
+        else:
+            p10 = p90 = math.nan
+        par_lambda = self.controllers.par.value
+        self.controllers.end_step(entropy)
+        target = self.controllers.entropy.target
+        record = {
+            **self._rollout_stats,
+            "entropy": entropy,
+            "entropy_p10": p10,
+            "entropy_p90": p90,
+            "entropy_coef": sum(w.coefs) / len(w.coefs),
+            "entropy_target": math.nan if target is None else target,
+            "par_lambda": par_lambda,
+            "pos_adv_token_frac": totals[2].item() / tokens,
+            "clip_frac_low": totals[0].item() / tokens,
+            "clip_frac_high": totals[1].item() / tokens,
+        }
+        if w.kl is not None:
+            record["kl"] = totals[3].item() / tokens
+        self._step_record = record
+        self._window = _StepWindow()
+
+    # ---- logging and checkpoints ----------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self._step_record:
+            # One value per name: TRL averages each list, and ours replace TRL's same-named entries.
+            for name, value in self._step_record.items():
+                self._metrics["train"][name] = [value]
+            self._step_record = {}
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)
+            self.controllers.save(folder)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.controllers.load(checkpoint)
+
+
+class _StepWindow:
+    """Running sums over the micro-batches of one optimizer step."""
+
+    def __init__(self):
+        self.entropies: list[torch.Tensor] = []
+        self.entropy_sum = 0.0
+        self.tokens = 0.0
+        self.clipped_low = torch.zeros(())
+        self.clipped_high = torch.zeros(())
+        self.positive = torch.zeros(())
+        self.kl: torch.Tensor | None = None
+        self.coefs: list[float] = []
+
+    def add(self, *, entropies, entropy_sum, tokens, clipped_low, clipped_high, positive, coef, kl) -> None:
+        self.entropies.append(entropies.float())
+        # entropy_sum and tokens are already reduced across processes.
+        self.entropy_sum += entropy_sum.item()
+        self.tokens += tokens.item()
+        device = clipped_low.device
+        self.clipped_low = self.clipped_low.to(device) + clipped_low
+        self.clipped_high = self.clipped_high.to(device) + clipped_high
+        self.positive = self.positive.to(device) + positive
+        if kl is not None:
+            self.kl = kl if self.kl is None else self.kl + kl
+        self.coefs.append(coef)
+
+
+def step_records(log_history: list[dict]) -> list[dict[str, float]]:
+    """The per-step records in a Trainer log history, keyed by STEP_METRICS names, plus ``step``."""
+    records = []
+    for entry in log_history:
+        if "par_lambda" not in entry:
+            continue
+        row = {"step": int(entry["step"])}
+        for name in STEP_METRICS:
+            value = entry.get(TRAINER_LOG_NAMES.get(name, name))
+            row[name] = math.nan if value is None else float(value)
+        records.append(row)
+    return records
+
+

