@@ -8,11 +8,13 @@ up to 24 tokens per step, LoRA r=16 on all projections, one CPU thread.
     trl          trl.GRPOTrainer, loss_type="dapo" (the peer)
     polymath     PolymathGRPOTrainer, entropy none, lambda 1 (same objective as the peer)
     polymath+    PolymathGRPOTrainer, AER entropy bonus and entropy-guided PAR
-    polymath+m   polymath+ with the adapter merged while sampling (the TrainConfig default)
+    polymath-m   polymath with the adapter merged while sampling (the TrainConfig default)
 
 Reported per trainer: median CPU and wall seconds per optimizer step
 (generation, reward, loss, backward, optimizer, logging), steps/s and the
-overhead against the peer (target: at most 5% for polymath and polymath+).
+overhead against the peer (target: at most 5% for polymath and polymath+),
+and the mean completion length: polymath+ follows another trajectory (its
+objective differs), so its completions, hence its cost, differ too.
 With the same seed and objective, polymath and trl sample the same
 completions, so their reward curves must match: the max difference is printed
 as a parity check.
@@ -53,7 +55,7 @@ VARIANTS = {
     "trl": {"merge_lora_for_rollouts": False},
     "polymath": {"merge_lora_for_rollouts": False},
     "polymath+": {"merge_lora_for_rollouts": False, **CONTROLS},
-    "polymath+m": {"merge_lora_for_rollouts": True, **CONTROLS},
+    "polymath-m": {"merge_lora_for_rollouts": True},
 }
 
 
@@ -104,10 +106,12 @@ def run_once(variant: str, model_dir: Path, problems, steps: int, workdir: Path)
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
-    rewards = [e["reward"] for e in trainer.state.log_history if "step_time" in e]
+    logs = [e for e in trainer.state.log_history if "step_time" in e]
+    rewards = [e["reward"] for e in logs]
+    lengths = [e["completions/mean_length"] for e in logs]
     if variant != "trl":
         assert len(step_records(trainer.state.log_history)) == steps
-    return {"wall_steps": clock.wall, "cpu_steps": clock.cpu, "wall": wall, "rewards": rewards}
+    return {"wall_steps": clock.wall, "cpu_steps": clock.cpu, "wall": wall, "rewards": rewards, "lengths": lengths}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,20 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("median seconds per optimizer step (steps 2..N of every round); CPU = process time, which other")
     print("processes on a shared machine disturb far less than wall time")
-    header = ("trainer", "cpu s", "steps/s(cpu)", "overhead", "wall s", "steps/s(wall)", "overhead")
-    print("{:<11} {:>7} {:>12} {:>9} {:>7} {:>13} {:>9}".format(*header))
+    header = ("trainer", "cpu s", "steps/s(cpu)", "overhead", "wall s", "steps/s(wall)", "overhead", "length")
+    print("{:<11} {:>7} {:>12} {:>9} {:>7} {:>13} {:>9} {:>7}".format(*header))
     peer_cpu, peer_wall = steady("trl", "cpu_steps"), steady("trl", "wall_steps")
     for name in VARIANTS:
         cpu, wall = steady(name, "cpu_steps"), steady(name, "wall_steps")
+        length = statistics.mean(x for res in results[name] for x in res["lengths"])
         print(
             f"{name:<11} {cpu:>7.4f} {1 / cpu:>12.2f} {100 * (cpu / peer_cpu - 1):>8.1f}% "
-            f"{wall:>7.4f} {1 / wall:>13.2f} {100 * (wall / peer_wall - 1):>8.1f}%"
+            f"{wall:>7.4f} {1 / wall:>13.2f} {100 * (wall / peer_wall - 1):>8.1f}% {length:>7.2f}"
         )
     diff = max(
         abs(a - b) for r_trl, r_ours in zip(results["trl"], results["polymath"], strict=True)
         for a, b in zip(r_trl["rewards"], r_ours["rewards"], strict=True)
     )
     print(f"\nreward-curve parity polymath vs trl (same seed, same objective): max |diff| = {diff:.2e}")
+    diff_m = max(
+        abs(a - b) for r_trl, r_m in zip(results["trl"], results["polymath-m"], strict=True)
+        for a, b in zip(r_trl["rewards"], r_m["rewards"], strict=True)
+    )
+    print(f"reward-curve parity polymath-m (merged sampling) vs trl: max |diff| = {diff_m:.2e}")
     return 0
 
 

@@ -107,6 +107,17 @@ def test_train_expert_end_to_end(model_dir, problems, tmp_path):
     assert result.seconds > 0
 
 
+def test_full_finetune_saves_a_whole_model(model_dir, problems, tmp_path):
+    result = train_expert(model_dir, problems, digit_reward, small_config(steps=1, lora={"full_finetune": True}),
+                          tmp_path, "toy")
+    assert result.adapter_dir == tmp_path / "model" and not (tmp_path / "adapter").exists()
+    trained = load_file(result.adapter_dir / "model.safetensors")
+    base = load_file(model_dir / "model.safetensors")
+    assert trained.keys() == base.keys()
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    assert (result.adapter_dir / "tokenizer.json").exists()
+
+
 def test_resume_restores_controller_state(model_dir, problems, tmp_path):
     # adaptive with a target far above the entropy: the coefficient grows by delta after every step
     config = small_config(

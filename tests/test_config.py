@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from polymath.config import PolymathConfig, load_config, parse_override
+from polymath.errors import ConfigError
+
+
+def test_default_is_the_demo_profile():
+    cfg = load_config()
+    assert cfg.name == "demo"
+    assert cfg.data.format == "reasoning-gym"
+    assert cfg.model.source == "tiny"
+    assert cfg.curate.k == 600
+
+
+def test_profiles_by_name_and_path(micro_config_path):
+    assert load_config("demo").name == "demo"
+    assert load_config(micro_config_path).name == "micro"
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config(None, ["train.steps=7", "curate.strategy=kcenter", "train.entropy.mode=aer", "data.domains=[gcd]"])
+    assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
+    assert cfg.curate.strategy == "kcenter"
+    assert cfg.train.entropy.mode == "aer"
+    assert cfg.data.domains == ["gcd"]
+
+
+def test_bad_override_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"train\.steps"):
+        load_config(None, ["train.steps=many"])
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"(?s)unknown key 'train\.stesp'.*did you mean 'train\.steps'"):
+        load_config(None, ["train.stesp=3"])
+    with pytest.raises(ConfigError, match=r"did you mean 'curate'"):
+        load_config(None, ["curat.k=3"])
+
+
+def test_unknown_key_in_a_file(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nevaluate:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"(?s)bad\.yaml.*evaluate\.temprature.*evaluate\.temperature"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ntrain:\n  steps: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml line \d+"):
+        load_config(path)
+
+
+def test_unknown_profile_lists_the_profiles():
+    with pytest.raises(ConfigError, match="demo"):
+        load_config("nosuchprofile")
+
+
+def test_override_syntax():
+    assert parse_override("a.b=1") == ("a.b", 1)
+    assert parse_override("a.b=[x, y]") == ("a.b", ["x", "y"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("novalue")
+
+
+def test_every_profile_validates():
+    for path in sorted(Path("configs").glob("*.yaml")):
+        assert isinstance(load_config(path), PolymathConfig), path

@@ -1,0 +1,90 @@
+"""The whole pipeline on a micro config, under a temporary Prefect server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluation.store import Store
+from flows.pipeline import pipeline
+from flows.stages import merge_flow, train_flow
+from polymath.config import load_config
+from polymath.errors import StageError
+from polymath.workspace import Workspace
+
+
+def _counts(ws: Workspace) -> dict[str, int]:
+    store = Store(ws.db_path)
+    return {t: int(store.query(f"SELECT count(*) AS n FROM {t}")["n"][0])
+            for t in ("runs", "curation_selection", "curation_metrics", "train_steps", "eval_samples", "merge_runs")}
+
+
+def _finished_at(ref) -> str:
+    return json.loads((ref.dir / "manifest.json").read_text())["finished_at"]
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, micro_config_path, tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("ws"))
+    cfg = load_config(micro_config_path)
+    result = pipeline(cfg, str(ws.root))
+    return cfg, ws, result
+
+
+def test_pipeline_fills_every_table(first_run):
+    cfg, ws, result = first_run
+    counts = _counts(ws)
+    assert counts["curation_selection"] == cfg.curate.k
+    assert counts["train_steps"] > 0 and counts["merge_runs"] == len(cfg.merge.methods)
+    labels = {r.label for r in result["evals"]}
+    assert labels == {"base", "expert:arithmetic", "expert:reverse", "merged:robustmerge", "merged:task-arithmetic"}
+    summary = Store(ws.db_path).query("SELECT DISTINCT model_label, benchmark FROM eval_summary")
+    assert len(summary) == len(labels) * 2
+    for expert in result["experts"]:
+        assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
+        assert (expert.dir / "curves.png").exists()
+    assert not list(ws.root.rglob(".tmp-*"))
+
+
+def test_rerun_skips_every_stage_and_keeps_counts(first_run):
+    cfg, ws, result = first_run
+    before = _counts(ws)
+    again = pipeline(cfg, str(ws.root))
+    refs = [again["data"], again["curate"], again["model"], *again["experts"], *again["merges"], *again["evals"]]
+    assert all(r.skipped for r in refs)
+    assert [r.key for r in again["evals"]] == [r.key for r in result["evals"]]
+    assert _counts(ws) == before
+
+
+def test_single_stage_force_reruns_only_that_stage(first_run):
+    cfg, ws, result = first_run
+    curate_time = _finished_at(result["curate"])
+    out = train_flow(cfg, str(ws.root), ["train"])
+    assert not any(r.skipped for r in out["experts"])
+    assert out["curate"].skipped and out["model"].skipped
+    assert _finished_at(out["curate"]) == curate_time
+    assert [r.key for r in out["experts"]] == [r.key for r in result["experts"]]
+
+
+def test_config_change_reruns_that_stage_and_downstream_only(first_run):
+    cfg, ws, result = first_run
+    changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.002})})
+    out = train_flow(changed, str(ws.root))
+    assert out["curate"].skipped and out["model"].skipped
+    assert {r.key for r in out["experts"]}.isdisjoint({r.key for r in result["experts"]})
+
+
+def test_failing_stage_names_itself_and_keeps_earlier_artifacts(first_run, monkeypatch):
+    cfg, ws, result = first_run
+    import merging.merge
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(merging.merge, "merge_adapters", broken)
+    with pytest.raises(StageError, match=r"stage merge \(robustmerge\) failed: RuntimeError: disk full"):
+        merge_flow(cfg, str(ws.root), ["merge"])
+    for ref in [result["curate"], result["model"], *result["experts"], *result["merges"]]:
+        assert ws.is_finished(ref.stage, ref.key)
+    assert not list(ws.root.rglob(".tmp-*"))
