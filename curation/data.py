@@ -36,8 +36,8 @@ class FieldMap(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field("prompt", description="Column with the prompt text.")
-    answer: str = Field("answer", description="Column with the reference answer.")
+    prompt: str = Field("prompt", description="Column with the prompt (text, or a chat message list: last user turn).")
+    answer: str = Field("answer", description="Column with the reference answer; dotted paths reach nested fields.")
     domain: str | None = Field(None, description="Column with the domain; None = data.domain for all rows.")
     id: str | None = Field(None, description="Column with a unique id; None = derived from file and line.")
 
@@ -206,6 +206,29 @@ def _read_rows(cfg: DataConfig, path: str, split: str) -> Iterator[tuple[str, di
     return _rows_table(p, cfg.format)
 
 
+_MISSING = object()
+
+
+def _field(row: dict, path: str) -> Any:
+    """A column, or a dotted path into nested objects (``reward_model.ground_truth``)."""
+    if path in row:
+        return row[path]
+    node: Any = row
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _text(value: Any) -> str:
+    """Plain text of a field; a chat message list gives its last user message."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        users = [m for m in value if m.get("role", "user") == "user"] or list(value)
+        return str(users[-1]["content"])
+    return "" if value is None else str(value)
+
+
 def _records(cfg: DataConfig, path: str, split: str, verifier: str) -> tuple[list[Problem], int]:
     fmap = cfg.fields
     problems: list[Problem] = []
@@ -217,20 +240,22 @@ def _records(cfg: DataConfig, path: str, split: str, verifier: str) -> tuple[lis
             wanted.append(("domain", fmap.domain))
         if fmap.id:
             wanted.append(("id", fmap.id))
+        values = {role: _field(row, column) for role, column in wanted}
         for role, column in wanted:
-            if column not in row:
+            if values[role] is _MISSING:
                 present = ", ".join(map(str, row)) or "(none)"
                 raise DataError(
                     f"{where}: field {column!r} (data.fields.{role}) is missing; "
                     f"fields present: {present}; set data.fields.{role} to one of them"
                 )
-        prompt = normalize_prompt(str(row[fmap.prompt] or ""), cfg.strip_prefixes, cfg.strip_suffixes)
+        prompt = normalize_prompt(_text(values["prompt"]), cfg.strip_prefixes, cfg.strip_suffixes)
         if not prompt:
             raise DataError(f"{where}: empty prompt in field {fmap.prompt!r}; remove the row or fix the text")
-        answer = parse_answer(row[fmap.answer], cfg.answer_format, where)
-        domain = str(row[fmap.domain]) if fmap.domain else cfg.domain
-        pid = str(row[fmap.id]) if fmap.id else f"{Path(path).stem}-{rows - 1}"
-        extra = {k: v for k, v in row.items() if k not in {fmap.prompt, fmap.answer}}
+        answer = parse_answer(values["answer"], cfg.answer_format, where)
+        domain = str(values["domain"]) if fmap.domain else cfg.domain
+        pid = str(values["id"]) if fmap.id else f"{Path(path).stem}-{rows - 1}"
+        top = {c.split(".")[0] for c in (fmap.prompt, fmap.answer)}
+        extra = {k: v for k, v in row.items() if k not in top}
         metadata = {"verifier": verifier, **{k: v for k, v in extra.items() if _jsonable(v)}}
         problems.append(Problem(id=pid, domain=domain, prompt=prompt, answer=answer, metadata=metadata))
     return problems, rows

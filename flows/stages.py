@@ -125,6 +125,9 @@ def merge_flow(
     force = force or []
     ws = Workspace(workspace)
     up = up or evaluate_flow(cfg, workspace, force, parallel)
+    if len(up["experts"]) < 2:
+        get_run_logger().warning("merge skipped: %d expert(s); merging needs at least two domains", len(up["experts"]))
+        return {**up, "merges": []}
     merges = [merge_task(cfg, ws, up["model"], up["experts"], m, "merge" in force) for m in cfg.merge.methods]
     ingest_task(ws, merges)
     # A merged adapter is evaluated whenever its merge reran, so its scores never go stale.

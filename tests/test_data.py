@@ -131,3 +131,23 @@ def test_demo_profile_has_about_17k_problems():
     assert 16_000 <= total <= 18_000
     assert len(ps.domains()) >= 4
     assert not {p.prompt for p in ps.train} & {p.prompt for p in ps.test}
+
+
+def test_dapo_style_nested_fields_and_instruction_stripping(tmp_path):
+    prefix = "Solve the following math problem step by step. The last line of your response should be of the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+    suffix = '\n\nRemember to put your answer on its own line after "Answer:".'
+    rows = [
+        {"prompt": [{"role": "user", "content": prefix + "Find x if 2x = 10." + suffix}],
+         "reward_model": {"ground_truth": "5", "style": "rule"}, "data_source": "math_dapo"},
+        {"prompt": [{"role": "user", "content": prefix + "What is 3^2?" + suffix}],
+         "reward_model": {"ground_truth": "9", "style": "rule"}, "data_source": "math_dapo"},
+    ]
+    path = _jsonl(tmp_path / "dapo.jsonl", rows)
+    cfg = DataConfig(format="jsonl", path=str(path), fields={"prompt": "prompt", "answer": "reward_model.ground_truth"},
+                     strip_prefixes=[prefix], strip_suffixes=[suffix], verifier="math", domain="math", test_fraction=0.0)
+    ps = load_problems(cfg)
+    assert [(p.prompt, p.answer) for p in ps.train] == [("Find x if 2x = 10.", "5"), ("What is 3^2?", "9")]
+    assert ps.train[0].metadata["data_source"] == "math_dapo"
+    bad = cfg.model_copy(update={"fields": cfg.fields.model_copy(update={"answer": "reward_model.truth"})})
+    with pytest.raises(DataError, match=r"field 'reward_model.truth'"):
+        load_problems(bad)
