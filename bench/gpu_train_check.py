@@ -32,14 +32,14 @@ DIGITS = set("0123456789")
 
 def char_tokenizer():
     """A character-level tokenizer (printable ASCII + newline) with <pad>=0 and <eos>=1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
     for ch in string.printable[:95] + "\n":
         vocab.setdefault(ch, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
@@ -80,7 +80,7 @@ def toy_problems(n: int = 64, prompt_chars: int = 200, seed: int = 0):
     problems = []
     for i in range(n):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
-        filler = " ".join(rng.choice(["note", "the", "sum", "of", "two", "numbers", "is", "asked"]) for _ in range(40))
+        filler = " ".join(rng.choice(["note", "the", "sum", "of", "two", "numbers", "is", "asked"]) for _ in range(prompt_chars // 4))
         question = f"{filler[: max(0, prompt_chars - 30)]}. What is {a} + {b}?"
         problems.append(Problem(id=f"sum-{i}", domain="toy", prompt=question, answer=str(a + b)))
     return problems

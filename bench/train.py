@@ -46,6 +46,7 @@ from training.config import TrainConfig  # noqa: E402
 from training.controllers import Controllers  # noqa: E402
 from training.expert import _load, _lora_config, build_dataset, grpo_config, make_reward_func  # noqa: E402
 from training.grpo import PolymathGRPOTrainer, step_records  # noqa: E402
+from training.prompting import format_prompt  # noqa: E402
 
 CONTROLS = {
     "entropy": {"mode": "aer", "coef": 0.005, "delta": 0.001, "c_max": 0.05},
@@ -131,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_tiny_model(tmp / "model", hidden=128, layers=4)
         n_params = sum(p.numel() for p in _load(model_dir)[0].parameters())
         problems = toy_problems(64, prompt_chars=300)
-        print(f"tiny Qwen2: {n_params / 1e6:.2f}M params; {len(problems)} prompts of ~300 chars; "
+        tokenizer = _load(model_dir)[1]
+        tokens = statistics.mean(len(tokenizer(format_prompt(p, tokenizer))["input_ids"]) for p in problems)
+        print(f"tiny Qwen2: {n_params / 1e6:.2f}M params; {len(problems)} prompts of ~300 chars, "
+              f"{tokens:.0f} tokens on average; "
               f"4 prompts x 8 completions x <=24 tokens per step; {args.steps} steps x {args.rounds} rounds; "
               f"torch threads {args.threads}", flush=True)
         for r in range(args.rounds):

@@ -32,9 +32,13 @@ class StrategyOptions(BaseModel):
     facility_dense_limit: int = Field(4096, ge=1)
     """facility-location: up to this many points the exact n x n similarity matrix is used."""
 
-    facility_partition_size: int = Field(2048, ge=64)
-    """facility-location: above ``facility_exact_knn_limit`` points, neighbours are searched inside
-    k-means partitions of about this many points (approximate kNN graph)."""
+    facility_partition_size: int = Field(4096, ge=64)
+    """facility-location: above ``facility_exact_knn_limit`` points, points are split into k-means
+    partitions of about this many points, and linked only to candidates of their own partition."""
+
+    facility_candidates_per_partition: int = Field(128, ge=1)
+    """facility-location: above ``facility_exact_knn_limit`` points, the seeded sample of each
+    partition's members that may be picked (raised so that at least 4k candidates exist)."""
 
     facility_exact_knn_limit: int = Field(20_000, ge=1)
     """facility-location: up to this many points the kNN graph is exact (blocked brute force)."""

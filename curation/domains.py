@@ -29,10 +29,10 @@ class DomainSpec:
 
 
 EMBEDDED_DOMAINS: tuple[DomainSpec, ...] = (
-    DomainSpec("arithmetic", "chain_sum", dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2)),
-    DomainSpec("legs", "leg_counting", dict(min_animals=1, max_animals=3, max_instances=3)),
+    DomainSpec("arithmetic", "chain_sum", dict(min_terms=2, max_terms=4, min_digits=1, max_digits=1)),
+    DomainSpec("legs", "leg_counting", dict(min_animals=1, max_animals=2, max_instances=4)),
     DomainSpec("gcd", "gcd", dict(min_numbers=2, max_numbers=2, min_value=2, max_value=99)),
-    DomainSpec("reverse", "spell_backward", dict(min_word_len=3, max_word_len=6)),
+    DomainSpec("reverse", "spell_backward", dict(min_word_len=5, max_word_len=8)),
 )
 
 TRAIN_SEED = 20_251_105
@@ -53,9 +53,11 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
 
     out: list[Problem] = []
     seen = set(exclude)
-    size = max(2 * n, 1000)
+    size = max(3 * n, 1000)
     for attempt in range(4):
-        ds = reasoning_gym.create_dataset(spec.task, size=size, seed=seed + attempt, **spec.params)
+        # reasoning-gym seeds entry i with (seed + i): space the attempts' seeds so they do not overlap.
+        attempt_seed = seed + attempt * 1_000_003
+        ds = reasoning_gym.create_dataset(spec.task, size=size, seed=attempt_seed, **spec.params)
         for i in range(size):
             entry = ds[i]
             question = entry["question"]
@@ -66,7 +68,7 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
             metadata["reasoning_gym_task"] = spec.task
             out.append(
                 Problem(
-                    id=f"{spec.domain}-{seed + attempt}-{i}",
+                    id=f"{spec.domain}-{attempt_seed}-{i}",
                     domain=spec.domain,
                     prompt=question,
                     answer=str(entry["answer"]),
@@ -77,7 +79,7 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
                 return out
     raise DataError(
         f"reasoning-gym task {spec.task!r} yields fewer than {n} distinct prompts with {spec.params}; "
-        "lower data.per_domain or widen the task's difficulty parameters"
+        "lower data.train_per_domain / data.test_per_domain or widen the task's difficulty parameters"
     )
 
 

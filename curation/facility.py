@@ -8,9 +8,13 @@ Similarities come from one of three sources, by size:
 - n <= dense_limit: the exact n x n matrix;
 - n <= exact_knn_limit: an exact k-nearest-neighbour graph (blocked brute force, O(n^2 d) time,
   O(n k) memory);
-- larger: an approximate kNN graph, neighbours searched only inside k-means partitions of about
-  ``partition_size`` points (O(n * partition_size * d) time). Similarities outside the graph count
-  as 0, which for the sparse variants makes F the standard sparse facility-location surrogate.
+- larger (the approximation used at a million points): candidates from k-means partitions.
+  Points are split into k-means partitions of about ``partition_size``; in each partition a
+  seeded sample of ``candidates_per_partition`` members are the candidates, and every member is
+  linked to its ``n_neighbors`` most similar candidates of its partition. Every point still
+  counts in the objective; only the candidates can be picked, and similarities across
+  partitions count as 0. Time O(n d (n_partitions + candidates_per_partition)), memory O(n k).
+Similarities outside the graph count as 0, the standard sparse facility-location surrogate.
 """
 
 from __future__ import annotations
@@ -50,14 +54,27 @@ def exact_knn_graph(X: np.ndarray, n_neighbors: int) -> sparse.csc_matrix:
     return sparse.csc_matrix((vals, (rows, cols)), shape=(n, n))
 
 
-def partitioned_knn_graph(
-    X: np.ndarray, n_neighbors: int, partition_size: int, *, seed: int, kmeans_batch_size: int = 4096
+def partition_candidate_graph(
+    X: np.ndarray,
+    n_neighbors: int,
+    partition_size: int,
+    candidates_per_partition: int,
+    *,
+    seed: int,
+    min_candidates: int = 0,
+    kmeans_batch_size: int = 4096,
 ) -> sparse.csc_matrix:
-    """Approximate kNN graph: exact neighbours inside each k-means partition of about
-    ``partition_size`` rows; pairs in different partitions get similarity 0."""
+    """Sparse n x n matrix: row i holds the clipped similarities of point i to its ``n_neighbors``
+    most similar candidates inside its k-means partition; only candidates' columns are non-empty.
+
+    At least ``min_candidates`` candidates are drawn in all (when the partitions hold that many),
+    so a budget of k can be met with room to choose.
+    """
     n = len(X)
     n_parts = max(1, -(-n // partition_size))
     _, labels = fit_kmeans(X, n_parts, seed=seed, batch_size=kmeans_batch_size)
+    per_part = max(candidates_per_partition, -(-min_candidates // n_parts))
+    rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_parts + 1))
     rows_out, cols_out, vals_out = [], [], []
@@ -65,13 +82,18 @@ def partitioned_knn_graph(
         members = order[bounds[p] : bounds[p + 1]]
         if len(members) == 0:
             continue
-        Xp = X[members]
-        kk = min(n_neighbors, len(members))
+        if len(members) > per_part:
+            candidates = np.sort(rng.choice(members, per_part, replace=False))
+        else:
+            candidates = members
+        Xc = X[candidates]
+        kk = min(n_neighbors, len(candidates))
         for lo in range(0, len(members), _BLOCK):
-            sims = Xp[lo : lo + _BLOCK] @ Xp.T
+            block = members[lo : lo + _BLOCK]
+            sims = X[block] @ Xc.T
             top = _top_k(sims, kk)
-            rows_out.append(np.repeat(members[lo : lo + _BLOCK].astype(np.int32), kk))
-            cols_out.append(members[top].astype(np.int32).ravel())
+            rows_out.append(np.repeat(block.astype(np.int32), kk))
+            cols_out.append(candidates[top].astype(np.int32).ravel())
             vals_out.append(np.take_along_axis(sims, top, axis=1).ravel())
     vals = np.maximum(np.concatenate(vals_out), 0.0)
     return sparse.csc_matrix((vals, (np.concatenate(rows_out), np.concatenate(cols_out))), shape=(n, n))
@@ -115,7 +137,15 @@ def greedy_sparse(G: sparse.spmatrix, k: int) -> np.ndarray:
         cur[rows] = np.maximum(cur[rows], data[indptr[j] : indptr[j + 1]])
 
     upper = np.asarray(csc.sum(axis=0, dtype=np.float64)).ravel()
-    return _lazy_greedy(upper, k, gain, take)
+    # only columns with entries can gain anything; a heap over the rest would be pure overhead
+    candidates = np.flatnonzero(np.diff(indptr) > 0)
+    picks = _lazy_greedy(upper[candidates], k, lambda c: gain(candidates[c]), lambda c: take(candidates[c]))
+    picks = candidates[picks]
+    if len(picks) < k:
+        # fewer candidates than k (tiny partitions): fill with the lowest unpicked indices
+        rest = np.setdiff1d(np.arange(G.shape[1]), picks)[: k - len(picks)]
+        picks = np.concatenate([picks, rest])
+    return picks
 
 
 def _lazy_greedy(upper: np.ndarray, k: int, gain, take) -> np.ndarray:
@@ -144,7 +174,8 @@ def facility_location(
     n_neighbors: int = 32,
     dense_limit: int = 4096,
     exact_knn_limit: int = 20_000,
-    partition_size: int = 2048,
+    partition_size: int = 4096,
+    candidates_per_partition: int = 128,
     kmeans_batch_size: int = 4096,
 ) -> np.ndarray:
     """Greedy facility-location picks (in pick order) over L2-normalized rows of ``X``."""
@@ -154,5 +185,13 @@ def facility_location(
     if n <= exact_knn_limit:
         G = exact_knn_graph(X, n_neighbors)
     else:
-        G = partitioned_knn_graph(X, n_neighbors, partition_size, seed=seed, kmeans_batch_size=kmeans_batch_size)
+        G = partition_candidate_graph(
+            X,
+            n_neighbors,
+            partition_size,
+            candidates_per_partition,
+            seed=seed,
+            min_candidates=4 * k,
+            kmeans_batch_size=kmeans_batch_size,
+        )
     return greedy_sparse(G, k)

@@ -47,7 +47,10 @@ def validate_embeddings(X: np.ndarray, ids: list[str] | None = None) -> None:
         raise SelectionError(f"embeddings must be a 2-D array (n x d), got shape {X.shape}")
     if len(X) == 0:
         raise SelectionError("no problems to select from; check the input set is not empty after filtering")
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    # blocked: a full-size boolean mask would cost n x d bytes at a million rows
+    bad = np.concatenate(
+        [lo + np.flatnonzero(~np.isfinite(X[lo : lo + 65_536]).all(axis=1)) for lo in range(0, len(X), 65_536)]
+    )
     if len(bad):
         names = [ids[i] for i in bad[:5]] if ids is not None else [str(i) for i in bad[:5]]
         raise SelectionError(
@@ -234,5 +237,6 @@ def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: Strateg
         dense_limit=options.facility_dense_limit,
         exact_knn_limit=options.facility_exact_knn_limit,
         partition_size=options.facility_partition_size,
+        candidates_per_partition=options.facility_candidates_per_partition,
         kmeans_batch_size=options.kmeans_batch_size,
     )

@@ -4,9 +4,9 @@ Plain data and SQL text only; ``evaluation.store`` is the module that runs it.
 
 Two tables are derived rather than written by a stage: ``eval_problems`` and
 ``eval_problems_at_k`` hold per-problem statistics computed inside the same
-transaction that ingests ``eval_samples`` (``DERIVED_SQL``), so the summary
-views only aggregate a few rows per problem instead of rescanning every
-completion. Everything "at k" is defined on the problem's samples as follows:
+transaction that ingests ``eval_samples`` (``PROBLEMS_TEMP_SQL`` and the
+statements after it), so the summary views only aggregate a few rows per
+problem instead of rescanning every completion. Everything "at k" is defined on the problem's samples as follows:
 
 - ``pass_at_k``: the unbiased estimator ``1 - C(n-c, k) / C(n, k)`` over all
   ``n`` stored samples (``c`` correct), computed with ``lgamma``;
@@ -15,7 +15,10 @@ completion. Everything "at k" is defined on the problem's samples as follows:
   samples in ``sample_idx`` order (samples are i.i.d., so the prefix is an
   unbiased draw of k of them).
 
-``k`` runs over the ladder 1, 2, 4, ... below ``n``, plus ``n`` itself.
+``k`` runs over the ladder 1, 2, 4, ... below ``n``, plus ``n`` itself. For
+any other k, the SQL macro ``pass_at_k(n, c, k)`` is stored in the database:
+``SELECT model_label, avg(pass_at_k(n_samples, n_correct, 5)) FROM eval_problems
+GROUP BY 1`` (NULL where k > n).
 
 Distinct-2 needs the completions' text, and tokenizing a million completions
 would dominate an ingest. So each sample row carries ``n_bigrams`` (word
@@ -190,6 +193,14 @@ def create_table_sql(name: str) -> str:
 
 _KEY = ", ".join(PROBLEM_KEY)
 
+# 1 - C(n-c, k) / C(n, k) through log-gamma: exact to ~1e-12 without huge binomials.
+PASS_AT_K_MACRO_SQL = """
+CREATE OR REPLACE MACRO pass_at_k(n, c, k) AS
+  CASE WHEN k < 1 OR k > n THEN NULL
+       WHEN n - c < k THEN 1.0
+       ELSE 1.0 - exp(lgamma(n - c + 1) - lgamma(n - c - k + 1) - lgamma(n + 1) + lgamma(n - k + 1)) END
+"""
+
 EVAL_SUMMARY_SQL = f"""
 CREATE OR REPLACE VIEW eval_summary AS
 SELECT {_KEY.replace(', problem_id', '')}, a.k,
@@ -308,9 +319,7 @@ majority AS (
   FROM votes GROUP BY pid, k
 )
 SELECT {', '.join('p.' + c for c in PROBLEM_KEY)}, l.k,
-       CASE WHEN p.n - p.c < l.k THEN 1.0
-            ELSE 1.0 - exp(lgamma(p.n - p.c + 1) - lgamma(p.n - p.c - l.k + 1)
-                           - lgamma(p.n + 1) + lgamma(p.n - l.k + 1)) END AS pass_at_k,
+       pass_at_k(p.n, p.c, l.k) AS pass_at_k,
        coalesce(m.maj_correct, false) AS maj_correct,
        CASE WHEN l.cum_bigrams > 0 THEN l.cum_new_bigrams / l.cum_bigrams END AS distinct_2,
        coalesce(m.distinct_answers, 0) / l.k AS unique_answer_ratio

@@ -121,6 +121,7 @@ class Store:
     def _create_all(con: duckdb.DuckDBPyConnection) -> None:
         for name in schema.TABLES:
             con.execute(schema.create_table_sql(name))
+        con.execute(schema.PASS_AT_K_MACRO_SQL)
         con.execute(schema.EVAL_SUMMARY_SQL)
         con.execute(schema.ENTROPY_VS_ACCURACY_SQL)
         Store._create_train_curves(con)

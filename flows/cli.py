@@ -217,14 +217,19 @@ def merge(
 ) -> None:
     """Merge LoRA experts into one peft adapter (like mergekit, for adapters)."""
     import pandas as pd
+    from pydantic import ValidationError
 
     from merging.config import MergeConfig
+    from polymath.errors import ConfigError
     from merging.merge import merge_adapters
     from tasks.stages import merge_row
 
     try:
         params = {"method": method, "keep": keep, "lam": lam, "rank": rank, "density": density, "base_model": base_model}
-        cfg = MergeConfig.model_validate({k: v for k, v in params.items() if v is not None})
+        try:
+            cfg = MergeConfig.model_validate({k: v for k, v in params.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None
         report_ = merge_adapters(adapters, out, cfg, overwrite=overwrite)
         if workspace is not None:
             from evaluation.store import Store

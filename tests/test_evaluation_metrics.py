@@ -41,6 +41,18 @@ def test_pass_at_k_rejects_impossible_counts():
         metrics.pass_at_k(4, 5, 1)
 
 
+def test_the_sql_pass_at_k_macro_matches_python(tmp_path: Path):
+    store = Store(tmp_path / "polymath.duckdb")
+    store.ensure_schema()
+    cases = [(n, c, k) for n in (1, 2, 5, 16, 64, 1000) for c in sorted({0, 1, n // 3, n - 1, n}) if c >= 0
+             for k in sorted({1, 2, n // 2, n - 1, n}) if 1 <= k <= n]
+    got = store.query("SELECT n, c, k, pass_at_k(n, c, k) AS p FROM (VALUES " +
+                      ", ".join(f"({n}, {c}, {k})" for n, c, k in cases) + ") t(n, c, k)")
+    for row in got.itertuples():
+        assert row.p == pytest.approx(metrics.pass_at_k(row.n, row.c, row.k), abs=1e-10)
+    assert store.query("SELECT pass_at_k(4, 1, 5) AS p")["p"].isna().all()
+
+
 def test_avg_at_k():
     assert metrics.avg_at_k([True, False, False, True]) == 0.5
     assert metrics.avg_at_k([1.0]) == 1.0

@@ -14,38 +14,28 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safetensors.torch import load_file  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
 from curation.records import Problem  # noqa: E402
-from polymath.errors import DataError, ModelError, TrainingError  # noqa: E402
+from polymath.errors import ConfigError, DataError, ModelError, TrainingError  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.controllers import STATE_FILE, Controllers  # noqa: E402
 from training.expert import build_dataset, grpo_config, make_reward_func, train_expert  # noqa: E402
 from training.grpo import STEP_METRICS, PolymathGRPOTrainer  # noqa: E402
+from training.models import build_char_tokenizer  # noqa: E402
 
 DIGITS = set("0123456789")
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for ch in string.printable[:95] + "\n":
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-qwen2")
-    tokenizer = char_tokenizer()
+    tokenizer = build_char_tokenizer([string.printable])
     config = Qwen2Config(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         vocab_size=len(tokenizer), max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=1,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,  # as the demo model
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
@@ -224,6 +214,14 @@ def test_loss_matches_trl_dapo_loss_and_its_entropy_bonus(model_dir, problems, t
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_prompts_keep_their_last_tokens(model_dir, problems, tmp_path):
+    trainer, _ = _trainer_and_inputs(model_dir, problems, tmp_path)
+    tokenizer = trainer.processing_class
+    trainer.max_prompt_length = 5
+    ids, _, _ = trainer._tokenize_prompts(["abcdefghij", "abc"])
+    assert [tokenizer.decode(x) for x in ids] == ["fghij", "abc"]
+
+
 def test_trainer_rejects_trl_options_it_replaces(model_dir, problems, tmp_path):
     config = small_config()
     args = grpo_config(config, tmp_path)
@@ -252,6 +250,8 @@ def test_user_errors_name_the_fix(model_dir, problems, tmp_path):
         train_expert(model_dir, problems + problems[:1], digit_reward, config, tmp_path, "toy")
     with pytest.raises(ModelError, match="config.json"):
         train_expert(tmp_path / "nowhere", problems, digit_reward, config, tmp_path, "toy")
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        train_expert(model_dir, problems, digit_reward, small_config(max_new_tokens=256), tmp_path, "toy")
     threads = torch.get_num_threads()
     with pytest.raises(TrainingError, match=r"\[0, 1\]"):
         bad_config = small_config(steps=1, cpu_threads=threads + 1)

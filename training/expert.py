@@ -21,16 +21,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback
+from transformers import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig
 
 from curation.records import Problem
-from polymath.errors import DataError, ModelError, TrainingError
+from polymath.errors import ConfigError, DataError, ModelError, TrainingError
 from training.config import TrainConfig
 from training.controllers import Controllers
 from training.curves import plot_curves
 from training.grpo import STEP_METRICS, PolymathGRPOTrainer, step_records
+from training.models import load_model
 from training.prompting import format_prompt
 
 RewardFn = Callable[[Problem, str], float]
@@ -131,7 +132,7 @@ def steps_frame(log_history: list[dict], expert: str) -> pd.DataFrame:
     return frame.astype({"expert": "string", "step": "int64", "metric": "string", "value": "float64"})
 
 
-def _check_inputs(model_dir: Path, problems: Sequence[Problem], config: TrainConfig, expert: str) -> None:
+def _check_inputs(problems: Sequence[Problem], config: TrainConfig, expert: str) -> None:
     if not problems:
         raise DataError(f"expert {expert!r} has no training problems; select at least one problem for its domain")
     if len(problems) < config.prompts_per_step:
@@ -145,27 +146,29 @@ def _check_inputs(model_dir: Path, problems: Sequence[Problem], config: TrainCon
         if p.id in seen:
             raise DataError(f"expert {expert!r}: problem id {p.id!r} appears twice; problem ids must be unique")
         seen.add(p.id)
-    if not (model_dir / "config.json").is_file():
-        raise ModelError(
-            f"{model_dir} holds no config.json: not a Hugging Face model folder; "
-            "pass the folder written by save_pretrained (or bootstrap the demo model first)"
-        )
 
 
 def _load(model_dir: Path):
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left", truncation_side="left")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"cannot load the model or tokenizer in {model_dir}: {exc}; "
-            "check the folder holds a causal LM and its tokenizer saved with save_pretrained"
-        ) from None
+    model, tokenizer = load_model(model_dir)
     if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ModelError(f"the tokenizer in {model_dir} has neither a pad nor an eos token; add an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
+        raise ModelError(f"the tokenizer in {model_dir} has neither a pad nor an eos token; add an eos token")
+    # TRL pads prompts itself (left) and truncation is ours (_tokenize_prompts keeps the end).
+    tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def _prompt_budget(model, config: TrainConfig, model_dir: Path) -> int | None:
+    """Prompt tokens kept: train.max_prompt_length, capped so prompt + completion fit the model's positions."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not positions:
+        return config.max_prompt_length
+    room = positions - config.max_new_tokens
+    if room < 1:
+        raise ConfigError(
+            f"train.max_new_tokens ({config.max_new_tokens}) leaves no room for a prompt in the "
+            f"{positions} positions of {model_dir / 'config.json'}; lower train.max_new_tokens"
+        )
+    return room if config.max_prompt_length is None else min(config.max_prompt_length, room)
 
 
 def _lora_config(config: TrainConfig):
@@ -205,8 +208,7 @@ def train_expert(
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    _check_inputs(model_dir, problems, config, expert)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_inputs(problems, config, expert)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     threads = torch.get_num_threads()
     if config.cpu_threads is not None:
@@ -227,6 +229,8 @@ def _train(
     started: float,
 ) -> TrainResult:
     model, tokenizer = _load(model_dir)
+    max_prompt_length = _prompt_budget(model, config, model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
     args = grpo_config(config, checkpoints)
     controllers = Controllers(config.entropy, config.par, config.steps)
@@ -240,7 +244,7 @@ def _train(
             peft_config=_lora_config(config),
             controllers=controllers,
             token_filter=config.token_filter,
-            max_prompt_length=config.max_prompt_length,
+            max_prompt_length=max_prompt_length,
             merge_adapter_for_generation=config.merge_lora_for_rollouts and not config.lora.full_finetune,
         )
     except ValueError as exc:

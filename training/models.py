@@ -65,7 +65,7 @@ class ModelConfig(BaseModel):
 def load_model(path: Path | str, trust_remote_code: bool = False, dtype: str = "float32", device: str | None = None):
     """(model, tokenizer) from a local folder with config.json and safetensors weights."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = Path(path)
     if not (folder / "config.json").exists():
@@ -78,12 +78,32 @@ def load_model(path: Path | str, trust_remote_code: bool = False, dtype: str = "
     model = AutoModelForCausalLM.from_pretrained(
         folder, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), use_safetensors=True
     )
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device:
         model.to(device)
     return model, tokenizer
+
+
+def load_tokenizer(folder: Path | str, trust_remote_code: bool = False):
+    """The folder's tokenizer as saved.
+
+    AutoTokenizer maps a qwen2 folder to Qwen2Tokenizer and rebuilds its pre-tokenizer, which would
+    drop the spaces of the tiny model's character vocabulary; a folder saved as a plain
+    PreTrainedTokenizerFast is loaded as exactly that.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_file = Path(folder) / "tokenizer_config.json"
+    if config_file.exists() and json.loads(config_file.read_text()).get("tokenizer_class") in {
+        "PreTrainedTokenizerFast",
+        "TokenizersBackend",
+    }:
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
 def _atomic_save(out_dir: Path, save) -> Path:

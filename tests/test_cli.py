@@ -1,0 +1,78 @@
+"""The polymath command line: exit codes and messages a user sees."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from evaluation.store import Store
+from flows.cli import app
+from tests.test_merging_adapters import build_base, build_expert
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    store = Store(tmp_path / "polymath.duckdb")
+    store.ensure_schema()
+    runs = pd.DataFrame([{
+        "stage": "curate", "run_key": "abc", "label": "curate", "config": "{}", "status": "finished",
+        "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01 00:01"),
+        "seconds": 60.0, "artifact_dir": "x",
+    }])
+    store.replace("runs", runs, {"stage": "curate", "run_key": "abc"})
+    return tmp_path
+
+
+def test_sql_formats(workspace):
+    out = runner.invoke(app, ["sql", "SELECT stage, run_key FROM runs", "--format", "csv", "-w", str(workspace)])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == ["stage,run_key", "curate,abc"]
+    out = runner.invoke(app, ["sql", "SELECT run_key, seconds FROM runs", "--format", "json", "-w", str(workspace)])
+    assert json.loads(out.output) == [{"run_key": "abc", "seconds": 60.0}]
+    out = runner.invoke(app, ["sql", "SELECT run_key FROM runs", "-w", str(workspace)])
+    assert out.exit_code == 0 and "abc" in out.output
+
+
+def test_sql_is_read_only_and_bad_sql_fails_clearly(workspace):
+    out = runner.invoke(app, ["sql", "DELETE FROM runs", "-w", str(workspace)])
+    assert out.exit_code == 1
+    assert Store(workspace / "polymath.duckdb").query("SELECT count(*) AS n FROM runs")["n"][0] == 1
+    out = runner.invoke(app, ["sql", "SELEC * FROM runs", "-w", str(workspace)])
+    assert out.exit_code == 1 and "error" in out.output.lower()
+
+
+def test_sql_without_database_says_what_to_do(tmp_path):
+    out = runner.invoke(app, ["sql", "SELECT 1", "-w", str(tmp_path / "empty")])
+    assert out.exit_code == 1 and "polymath run" in out.output
+
+
+def test_tables_lists_schema(workspace):
+    out = runner.invoke(app, ["tables", "-w", str(workspace)])
+    assert out.exit_code == 0
+    for name in ("runs", "curation_metrics", "train_steps", "eval_samples", "merge_runs", "eval_summary"):
+        assert name in out.output
+
+
+def test_run_with_unknown_key_exits_with_suggestion(tmp_path):
+    out = runner.invoke(app, ["run", "--set", "train.stesp=3", "-w", str(tmp_path)])
+    assert out.exit_code == 1
+    assert "train.steps" in out.output
+
+
+def test_merge_command_writes_a_peft_adapter_and_records_it(tmp_path):
+    base = build_base(tmp_path / "base")
+    experts = [build_expert(base, tmp_path / f"e{i}", seed=i) for i in range(2)]
+    out_dir = tmp_path / "merged"
+    result = runner.invoke(app, ["merge", *map(str, experts), "--out", str(out_dir), "--method", "robustmerge",
+                                 "--keep", "0.3", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    assert (out_dir / "adapter_config.json").exists() and (out_dir / "adapter_model.safetensors").exists()
+    rows = Store(tmp_path / "ws" / "polymath.duckdb").query("SELECT method, params FROM merge_runs")
+    assert rows["method"].tolist() == ["robustmerge"] and json.loads(rows["params"][0])["keep"] == 0.3
+    bad = runner.invoke(app, ["merge", *map(str, experts), "--out", str(tmp_path / "m2"), "--keep", "3"])
+    assert bad.exit_code == 1 and "keep" in bad.output
