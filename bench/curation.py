@@ -8,7 +8,9 @@
 (b) Each strategy picks 600 of 1,000,000 synthetic clustered 384-d unit vectors (float32). Every
     strategy runs in its own subprocess so that its peak memory (VmHWM above the RSS after the
     vectors are loaded) is its own. facility-location at this size works on an approximate kNN
-    graph: exact 32 nearest neighbours inside k-means partitions of ~4,096 points.
+    graph: each point linked to its 32 most similar candidates inside its k-means partition
+    (~4,096 points, 128 seeded candidates each). The k-means backends (scikit-learn, and faiss
+    when installed) are timed on the same vectors, with their inertia on a 100k-point sample.
 
 Run from the repository root:  python -m bench.curation [--quick] [--part a|b|all]
 """
@@ -49,20 +51,20 @@ def make_problems(total: int, seed: int = 7):
     return problems[:total]
 
 
-def part_a(n_texts: int, k: int) -> None:
+def part_a(n_texts: int, k: int, backend: str) -> None:
     from curation.config import CurateConfig
     from curation.curate import curate
     from curation.embedding import SentenceTransformerEncoder
 
     problems = make_problems(n_texts)
     print(f"\n(a) {len(problems):,} reasoning-gym prompts ({', '.join(TASKS)}), k={k}, "
-          f"all-MiniLM-L6-v2 on CPU, {os.cpu_count()} cores")
+          f"all-MiniLM-L6-v2 on CPU, {os.cpu_count()} cores, k-means backend {backend}")
     rows, diversity = [], []
     with tempfile.TemporaryDirectory() as cache:
         encoder = SentenceTransformerEncoder()
         cold_embed = None
         for strategy in STRATEGIES:
-            config = CurateConfig(strategy=strategy, k=k)
+            config = CurateConfig(strategy=strategy, k=k, kmeans_backend=backend)
             start = time.perf_counter()
             result = curate(problems, config, Path(cache), encoder=encoder)
             wall = time.perf_counter() - start
@@ -82,7 +84,8 @@ def part_a(n_texts: int, k: int) -> None:
                 diversity.append((strategy, metric, ours, rand))
         fresh = SentenceTransformerEncoder()
         start = time.perf_counter()
-        rerun = curate(problems, CurateConfig(strategy="kmeans-centroid", k=k), Path(cache), encoder=fresh)
+        config = CurateConfig(strategy="kmeans-centroid", k=k, kmeans_backend=backend)
+        rerun = curate(problems, config, Path(cache), encoder=fresh)
         rerun_wall = time.perf_counter() - start
 
     print(f"\n{'strategy':<18} {'k':>6} {'embed s':>8} {'select s':>9} {'metrics s':>10} "
@@ -123,22 +126,40 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def child(strategy: str, data: Path, k: int, seed: int) -> None:
+def child(strategy: str, data: Path, k: int, seed: int, backend: str) -> None:
+    from curation.clustering import fit_kmeans
+    from curation.config import StrategyOptions
     from curation.diversity import nearest_selected_similarity, vendi_score
     from curation.selection import select
 
     X = np.load(data)
     base = _rss_kb("VmRSS:")
-    start = time.perf_counter()
-    picks = select(strategy, X, k, seed=seed)
-    seconds = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    if strategy.startswith("k-means fit"):
+        centers, _ = fit_kmeans(X, k, seed=seed, labels=False, backend=backend)
+        picks = np.empty(0, dtype=np.int64)
+    else:
+        picks = select(strategy, X, k, seed=seed, options=StrategyOptions(kmeans_backend=backend))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _rss_kb("VmHWM:")
+    if strategy.startswith("k-means fit"):
+        sample = X[np.random.default_rng(0).choice(len(X), 100_000, replace=False)]
+        nearest_sq = np.maximum(
+            (sample**2).sum(1)[:, None] - 2 * sample @ centers.T + (centers**2).sum(1)[None], 0
+        ).min(axis=1)
+        out = {"strategy": strategy, "picked": len(centers), "distinct": len(centers), "seconds": seconds,
+               "cpu_seconds": cpu, "peak_extra_mb": (peak - base) / 1024, "peak_rss_mb": peak / 1024,
+               "mean_coverage": float("nan"), "max_coverage": float("nan"), "vendi": float("nan"),
+               "inertia": float(nearest_sq.mean())}
+        print("RESULT " + json.dumps(out))
+        return
     coverage = 1.0 - nearest_selected_similarity(X, picks) if strategy != "full" else np.zeros(1)
     out = {
         "strategy": strategy,
         "picked": int(len(picks)),
         "distinct": int(len(np.unique(picks))),
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_extra_mb": (peak - base) / 1024,
         "peak_rss_mb": peak / 1024,
         "mean_coverage": float(coverage.mean()),
@@ -148,19 +169,25 @@ def child(strategy: str, data: Path, k: int, seed: int) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def part_b(n: int, k: int, strategies: list[str]) -> None:
+def part_b(n: int, k: int, strategies: list[str], backend: str) -> None:
+    from curation.clustering import faiss_available
+
     d = 384
     print(f"\n(b) {k} of {n:,} synthetic clustered {d}-d unit vectors (float32, {n * d * 4 / 2**30:.2f} GiB), "
-          f"{os.cpu_count()} cores, one subprocess per strategy")
+          f"{os.cpu_count()} cores, one subprocess per strategy, k-means backend {backend}")
+    runs = [(s, backend) for s in strategies] + [("k-means fit (sklearn)", "sklearn")]
+    if faiss_available():
+        runs.append(("k-means fit (faiss)", "faiss"))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "X.npy"
         start = time.perf_counter()
         synthetic(n, d, n_centers=2000, seed=0, path=data)
         print(f"generated in {time.perf_counter() - start:.1f}s")
         results = []
-        for strategy in strategies:
+        for strategy, run_backend in runs:
             proc = subprocess.run(
-                [sys.executable, "-m", "bench.curation", "--child", strategy, "--data", str(data), "--k", str(k)],
+                [sys.executable, "-m", "bench.curation", "--child", strategy, "--data", str(data), "--k", str(k),
+                 "--kmeans-backend", run_backend],
                 cwd=ROOT, capture_output=True, text=True,
             )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -170,13 +197,18 @@ def part_b(n: int, k: int, strategies: list[str]) -> None:
             results.append(json.loads(line[0][7:]))
             r = results[-1]
             print(f"  {strategy}: {r['seconds']:.1f}s", flush=True)
-    print(f"\n{'strategy':<18} {'picked':>7} {'seconds':>8} {'x random':>9} {'peak extra MB':>14} "
+    print(f"\n{'strategy':<22} {'picked':>7} {'wall s':>7} {'cpu s':>7} {'x random':>9} {'peak extra MB':>14} "
           f"{'peak RSS MB':>12} {'mean cov':>9} {'max cov':>8} {'vendi':>7}")
     ref = next((r["seconds"] for r in results if r["strategy"] == "random"), None)
     for r in results:
         ratio = f"{r['seconds'] / ref:>9.0f}" if ref else f"{'':>9}"
-        print(f"{r['strategy']:<18} {r['picked']:>7} {r['seconds']:>8.2f} {ratio} {r['peak_extra_mb']:>14.0f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['mean_coverage']:>9.4f} {r['max_coverage']:>8.4f} {r['vendi']:>7.1f}")
+        print(f"{r['strategy']:<22} {r['picked']:>7} {r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f} {ratio} "
+              f"{r['peak_extra_mb']:>14.0f} {r['peak_rss_mb']:>12.0f} {r['mean_coverage']:>9.4f} "
+              f"{r['max_coverage']:>8.4f} {r['vendi']:>7.1f}")
+    for r in results:
+        if "inertia" in r:
+            print(f"{r['strategy']}: k={r['picked']} centers in {r['seconds']:.1f}s, "
+                  f"mean squared distance to the nearest center {r['inertia']:.4f} (100k-point sample)")
 
 
 def main() -> None:
@@ -187,16 +219,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="number of vectors in (b) (default 1,000,000; quick 100,000)")
     parser.add_argument("--k", type=int, default=600)
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    parser.add_argument("--kmeans-backend", default="auto", choices=["auto", "sklearn", "faiss"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.data, args.k, seed=0)
+        child(args.child, args.data, args.k, seed=0, backend=args.kmeans_backend)
         return
     if args.part in ("a", "all"):
-        part_a(args.texts or (2_000 if args.quick else 17_000), args.k)
+        part_a(args.texts or (2_000 if args.quick else 17_000), args.k, args.kmeans_backend)
     if args.part in ("b", "all"):
-        part_b(args.n or (100_000 if args.quick else 1_000_000), args.k, args.strategies)
+        part_b(args.n or (100_000 if args.quick else 1_000_000), args.k, args.strategies, args.kmeans_backend)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,106 @@
-"""k-means on embeddings (scikit-learn MiniBatchKMeans) and nearest-point queries to centroids."""
+"""k-means on embeddings and nearest-point queries to centroids.
+
+Backends: faiss (when installed; ``backend="auto"`` prefers it) or scikit-learn. Measured at
+1,000,000 x 384 with k = 600 on 2 cores, faiss reached the inertia of scikit-learn's
+MiniBatchKMeans about 4x sooner (13 s vs 42-54 s). With scikit-learn, small problems
+(n * k <= 2e7) run full Lloyd ``KMeans``, larger ones ``MiniBatchKMeans``; both start from
+random rows: scikit-learn's k-means++ seeding took minutes at k = 600 and, with mini-batches,
+gave worse inertia than random starts on our data.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.cluster import MiniBatchKMeans
+import logging
+from typing import Literal
 
-_ROW_CHUNK = 16_384  # rows per distance block: 16k x 600 centroids x (4 B sims + 8 B argpartition) = 118 MB
+import numpy as np
+from sklearn.cluster import KMeans, MiniBatchKMeans
+
+from polymath.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_ROW_CHUNK = 16_384  # rows per distance block: 16k x 600 centroids x 4 B = 39 MB
+_FULL_LLOYD_LIMIT = 20_000_000  # n * k up to which Lloyd's full passes are cheap enough
+
+KMeansBackend = Literal["auto", "sklearn", "faiss"]
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def fit_kmeans(
-    X: np.ndarray, k: int, *, seed: int, batch_size: int = 4096, labels: bool = True
+    X: np.ndarray,
+    k: int,
+    *,
+    seed: int,
+    batch_size: int = 4096,
+    labels: bool = True,
+    backend: KMeansBackend = "auto",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(centers k x d, label per row or None) of a seeded MiniBatchKMeans; k is clipped to the rows.
+    """(centers k x d, each row's nearest center or None) of a seeded k-means; k is clipped to the rows.
 
-    ``labels=False`` skips scikit-learn's final full assignment pass, for callers that make their
-    own pass over X anyway.
+    ``labels=False`` skips the final assignment pass, for callers that make their own pass over X.
     """
+    X = np.ascontiguousarray(X, dtype=np.float32)
     k = max(1, min(k, len(X)))
-    model = MiniBatchKMeans(
-        n_clusters=k,
-        random_state=seed,
-        batch_size=max(batch_size, min(len(X), 3 * k)),
-        n_init=1,
-        # k-means++ seeding on a sample of 3k points (2048 at least): scikit-learn's default of
-        # 3 * batch_size makes seeding cost minutes at k = 600 for no measurable inertia gain
-        init_size=min(len(X), max(3 * k, 2048)),
-        max_no_improvement=10,
-        compute_labels=labels,
-    )
-    model.fit(X)
-    centers = model.cluster_centers_.astype(np.float32)
-    return centers, (model.labels_.astype(np.int64) if labels else None)
+    if backend == "faiss" or (backend == "auto" and faiss_available()):
+        centers = _faiss_centers(X, k, seed)
+    elif backend in ("sklearn", "auto"):
+        centers = _sklearn_centers(X, k, seed, batch_size)
+    else:
+        raise ConfigError(f"unknown k-means backend {backend!r} (curate.kmeans_backend); use auto, sklearn or faiss")
+    if not labels:
+        return centers, None
+    return centers, assign_labels(X, centers)
+
+
+def _sklearn_centers(X: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
+    if len(X) * k <= _FULL_LLOYD_LIMIT:
+        model = KMeans(n_clusters=k, init="random", n_init=1, max_iter=50, random_state=seed)
+    else:
+        model = MiniBatchKMeans(
+            n_clusters=k,
+            init="random",
+            n_init=1,
+            random_state=seed,
+            batch_size=max(batch_size, min(len(X), 3 * k)),
+            init_size=min(len(X), max(3 * k, 2048)),
+            compute_labels=False,
+        )
+    return model.fit(X).cluster_centers_.astype(np.float32)
+
+
+def _faiss_centers(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ConfigError(
+            "curate.kmeans_backend is faiss but faiss is not installed; pip install faiss-cpu "
+            "(or faiss-gpu), or set kmeans_backend: sklearn"
+        ) from exc
+    # faiss trains on at most 256 points per centroid (its default sample), 20 Lloyd iterations
+    km = faiss.Kmeans(X.shape[1], k, niter=20, seed=seed + 1, max_points_per_centroid=256, verbose=False)
+    km.train(X)
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def assign_labels(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Each row's nearest center (Euclidean), blocked over rows."""
+    sq_norms = np.einsum("ij,ij->i", centers, centers)
+    labels = np.empty(len(X), dtype=np.int64)
+    for lo in range(0, len(X), _ROW_CHUNK):
+        # argmin ||x - c||^2 = argmax 2 x.c - ||c||^2
+        scores = X[lo : lo + _ROW_CHUNK] @ centers.T
+        scores *= 2.0
+        scores -= sq_norms
+        labels[lo : lo + len(scores)] = scores.argmax(axis=1)
+    return labels
 
 
 def nearest_to_centers(
@@ -53,7 +123,9 @@ def nearest_to_centers(
         if labels is not None:
             labels[lo : lo + sims.shape[1]] = np.argmax(2.0 * sims - sq_norms[:, None], axis=0)
         take = min(m, sims.shape[1])
-        if take < sims.shape[1]:
+        if take == 1:
+            part = sims.argmax(axis=1)[:, None]  # a plain max is far cheaper than argpartition
+        elif take < sims.shape[1]:
             part = np.argpartition(sims, sims.shape[1] - take, axis=1)[:, -take:]
         else:
             part = np.tile(np.arange(sims.shape[1]), (k, 1))

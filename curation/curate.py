@@ -41,6 +41,7 @@ class CurationResult:
     metrics: pd.DataFrame
     dedup: DedupStats
     embed: EmbedStats
+    dedup_seconds: float
     selection_seconds: float
     metrics_seconds: float
     k: int
@@ -72,13 +73,17 @@ def curate(
             "map a unique column to `id` in the data config, or leave it unmapped to number the rows"
         )
 
+    start = time.perf_counter()
     exact_keep = exact_keep_mask([p.prompt for p in problems])
+    dedup_seconds = time.perf_counter() - start
     candidates = [p for p, keep in zip(problems, exact_keep) if keep]
     encoder = encoder if encoder is not None else SentenceTransformerEncoder(config.embedding_model, config.device)
     X, embed_stats = embed_texts([p.prompt for p in candidates], encoder, cache_dir, config.batch_size)
     validate_embeddings(X, [p.id for p in candidates])
 
-    near_keep = near_keep_mask(X, config.dedup_threshold, seed=config.seed)
+    start = time.perf_counter()
+    near_keep = near_keep_mask(X, config.dedup_threshold, seed=config.seed, kmeans_backend=config.kmeans_backend)
+    dedup_seconds += time.perf_counter() - start
     kept = [p for p, keep in zip(candidates, near_keep) if keep]
     X = np.ascontiguousarray(X[near_keep])
     dedup = DedupStats(
@@ -87,8 +92,8 @@ def curate(
         near_duplicates=int((~near_keep).sum()),
         n_kept=len(kept),
     )
-    log.info("dedup: %d problems, %d exact and %d near duplicates dropped, %d kept",
-             dedup.n_input, dedup.exact_duplicates, dedup.near_duplicates, dedup.n_kept)
+    log.info("dedup: %d problems, %d exact and %d near duplicates dropped, %d kept (%.2fs)",
+             dedup.n_input, dedup.exact_duplicates, dedup.near_duplicates, dedup.n_kept, dedup_seconds)
     k = _effective_k(config, dedup)
 
     domains = np.asarray([p.domain for p in kept], dtype=object)
@@ -98,7 +103,7 @@ def curate(
 
     start = time.perf_counter()
     n_clusters = min(config.n_clusters, len(X))
-    _, labels = fit_kmeans(X, n_clusters, seed=config.seed)
+    _, labels = fit_kmeans(X, n_clusters, seed=config.seed, backend=config.kmeans_backend)
     runs = [(config.strategy, config.seed, picks)]
     for seed in config.random_seeds:
         if config.strategy == "random" and seed == config.seed:
@@ -124,6 +129,7 @@ def curate(
         metrics=metrics,
         dedup=dedup,
         embed=embed_stats,
+        dedup_seconds=dedup_seconds,
         selection_seconds=selection_seconds,
         metrics_seconds=metrics_seconds,
         k=len(picks),

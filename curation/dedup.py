@@ -52,6 +52,7 @@ def near_keep_mask(
     exact_limit: int = 50_000,
     partition_size: int = 8192,
     seed: int = 0,
+    kmeans_backend: str = "auto",
 ) -> np.ndarray:
     """True for points kept by greedy near-duplicate removal over L2-normalized rows of ``X``.
 
@@ -68,7 +69,7 @@ def near_keep_mask(
     from .clustering import fit_kmeans
 
     n_parts = -(-n // partition_size)
-    _, labels = fit_kmeans(X, n_parts, seed=seed)
+    _, labels = fit_kmeans(X, n_parts, seed=seed, backend=kmeans_backend)
     keep = np.zeros(n, dtype=bool)
     for part in np.unique(labels):
         members = np.flatnonzero(labels == part)  # ascending: input order is kept inside a partition

@@ -32,7 +32,7 @@ EMBEDDED_DOMAINS: tuple[DomainSpec, ...] = (
     DomainSpec("arithmetic", "chain_sum", dict(min_terms=2, max_terms=4, min_digits=1, max_digits=1)),
     DomainSpec("legs", "leg_counting", dict(min_animals=1, max_animals=2, max_instances=4)),
     DomainSpec("gcd", "gcd", dict(min_numbers=2, max_numbers=2, min_value=2, max_value=99)),
-    DomainSpec("reverse", "spell_backward", dict(min_word_len=5, max_word_len=8)),
+    DomainSpec("reverse", "spell_backward", dict(min_word_len=8, max_word_len=12)),
 )
 
 TRAIN_SEED = 20_251_105

@@ -63,6 +63,7 @@ def partition_candidate_graph(
     seed: int,
     min_candidates: int = 0,
     kmeans_batch_size: int = 4096,
+    kmeans_backend: str = "auto",
 ) -> sparse.csc_matrix:
     """Sparse n x n matrix: row i holds the clipped similarities of point i to its ``n_neighbors``
     most similar candidates inside its k-means partition; only candidates' columns are non-empty.
@@ -72,7 +73,7 @@ def partition_candidate_graph(
     """
     n = len(X)
     n_parts = max(1, -(-n // partition_size))
-    _, labels = fit_kmeans(X, n_parts, seed=seed, batch_size=kmeans_batch_size)
+    _, labels = fit_kmeans(X, n_parts, seed=seed, batch_size=kmeans_batch_size, backend=kmeans_backend)
     per_part = max(candidates_per_partition, -(-min_candidates // n_parts))
     rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind="stable")
@@ -177,6 +178,7 @@ def facility_location(
     partition_size: int = 4096,
     candidates_per_partition: int = 128,
     kmeans_batch_size: int = 4096,
+    kmeans_backend: str = "auto",
 ) -> np.ndarray:
     """Greedy facility-location picks (in pick order) over L2-normalized rows of ``X``."""
     n = len(X)
@@ -193,5 +195,6 @@ def facility_location(
             seed=seed,
             min_candidates=4 * k,
             kmeans_batch_size=kmeans_batch_size,
+            kmeans_backend=kmeans_backend,
         )
     return greedy_sparse(G, k)

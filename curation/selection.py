@@ -103,7 +103,9 @@ def kmeans_centroid(X: np.ndarray, k: int, *, seed: int, domains=None, options: 
     When two centroids share a nearest row, (centroid, row) pairs are assigned greedily by
     increasing distance, so each centroid gets its nearest row not taken by a closer centroid.
     """
-    centers, _ = fit_kmeans(X, k, seed=seed, batch_size=options.kmeans_batch_size, labels=False)
+    centers, _ = fit_kmeans(
+        X, k, seed=seed, batch_size=options.kmeans_batch_size, labels=False, backend=options.kmeans_backend
+    )
     picks, labels = assign_nearest_distinct(X, centers)
     sizes = np.bincount(labels, minlength=len(centers))
     order = np.lexsort((np.arange(len(centers)), -sizes))  # by size descending, then centroid index
@@ -116,7 +118,7 @@ def assign_nearest_distinct(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndar
     k = len(centers)
     pick = np.full(k, -1, dtype=np.int64)
     taken = np.zeros(len(X), dtype=bool)
-    m = min(8, len(X))
+    m = 1  # collisions are rare: start with the nearest row only and widen for the losers
     idx, dist, labels = nearest_to_centers(X, centers, m, return_labels=True)
     open_centers = np.arange(k)
     while True:
@@ -190,7 +192,9 @@ def kmeans_stratified(
     """
     rng = np.random.default_rng(seed)
     n_strata = min(options.n_strata, len(X))
-    _, labels = fit_kmeans(X, n_strata, seed=seed, batch_size=options.kmeans_batch_size)
+    _, labels = fit_kmeans(
+        X, n_strata, seed=seed, batch_size=options.kmeans_batch_size, backend=options.kmeans_backend
+    )
     if options.per_domain_balance and domains is not None:
         names, domain_of = np.unique(np.asarray(domains), return_inverse=True)
         domain_quota = balance(np.bincount(domain_of, minlength=len(names)), k)
@@ -239,4 +243,5 @@ def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: Strateg
         partition_size=options.facility_partition_size,
         candidates_per_partition=options.facility_candidates_per_partition,
         kmeans_batch_size=options.kmeans_batch_size,
+        kmeans_backend=options.kmeans_backend,
     )

@@ -43,6 +43,9 @@ class TinyModelConfig(BaseModel):
     sft_batch_size: int = Field(64, gt=0, description="Warm-start batch size.")
     sft_lr: float = Field(3e-3, gt=0, description="Warm-start peak learning rate (linear warmup, linear decay).")
     seed: int = Field(0, description="Initialization and batch-order seed.")
+    threads: int | None = Field(
+        None, ge=1, description="Torch CPU threads for the warm start (None: torch's default; restored afterwards)."
+    )
 
 
 class ModelConfig(BaseModel):
@@ -217,6 +220,18 @@ def sft_warm_start(model, tokenizer, problems: list[Problem], cfg: TinyModelConf
     A short plain PyTorch loop: deterministic under the seed, and at this size the
     per-step overhead of a full trainer would dominate the step itself.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _sft_loop(model, tokenizer, problems, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sft_loop(model, tokenizer, problems: list[Problem], cfg: TinyModelConfig, progress) -> dict:
     import torch
 
     rng = random.Random(cfg.seed)
