@@ -47,7 +47,9 @@ def make_problems(total: int, seed: int = 7):
     problems = []
     for task in TASKS:
         for i, entry in enumerate(reasoning_gym.create_dataset(task, size=per_task, seed=seed)):
-            problems.append(Problem(id=f"{task}-{i}", domain=task, prompt=entry["question"], answer=str(entry["answer"])))
+            problems.append(
+                Problem(id=f"{task}-{i}", domain=task, prompt=entry["question"], answer=str(entry["answer"]))
+            )
     return problems[:total]
 
 
@@ -57,8 +59,10 @@ def part_a(n_texts: int, k: int, backend: str) -> None:
     from curation.embedding import SentenceTransformerEncoder
 
     problems = make_problems(n_texts)
-    print(f"\n(a) {len(problems):,} reasoning-gym prompts ({', '.join(TASKS)}), k={k}, "
-          f"all-MiniLM-L6-v2 on CPU, {os.cpu_count()} cores, k-means backend {backend}")
+    print(
+        f"\n(a) {len(problems):,} reasoning-gym prompts ({', '.join(TASKS)}), k={k}, "
+        f"all-MiniLM-L6-v2 on CPU, {os.cpu_count()} cores, k-means backend {backend}"
+    )
     rows, diversity = [], []
     with tempfile.TemporaryDirectory() as cache:
         encoder = SentenceTransformerEncoder()
@@ -71,12 +75,24 @@ def part_a(n_texts: int, k: int, backend: str) -> None:
             if cold_embed is None:
                 cold_embed = result.embed.seconds
                 d = result.dedup
-                print(f"dedup: {d.n_input:,} in, {d.exact_duplicates:,} exact + {d.near_duplicates:,} near "
-                      f"duplicates dropped, {d.n_kept:,} kept; cold embedding {cold_embed:.1f}s "
-                      f"({result.embed.cache_misses:,} misses, {result.embed.cache_hits:,} hits)")
+                print(
+                    f"dedup: {d.n_input:,} in, {d.exact_duplicates:,} exact + {d.near_duplicates:,} near "
+                    f"duplicates dropped, {d.n_kept:,} kept; cold embedding {cold_embed:.1f}s "
+                    f"({result.embed.cache_misses:,} misses, {result.embed.cache_hits:,} hits)"
+                )
             overhead = result.selection_seconds + result.metrics_seconds
-            rows.append((strategy, result.k, result.embed.seconds, result.selection_seconds,
-                         result.metrics_seconds, overhead / cold_embed, wall))
+            rows.append(
+                (
+                    strategy,
+                    result.k,
+                    result.embed.seconds,
+                    result.dedup_seconds,
+                    result.selection_seconds,
+                    result.metrics_seconds,
+                    overhead / cold_embed,
+                    wall,
+                )
+            )
             m = result.metrics
             for metric in ("mean_coverage", "max_coverage", "vendi", "cluster_entropy"):
                 ours = m[(m.strategy == strategy) & (m.metric == metric)].value.iloc[0]
@@ -88,14 +104,19 @@ def part_a(n_texts: int, k: int, backend: str) -> None:
         rerun = curate(problems, config, Path(cache), encoder=fresh)
         rerun_wall = time.perf_counter() - start
 
-    print(f"\n{'strategy':<18} {'k':>6} {'embed s':>8} {'select s':>9} {'metrics s':>10} "
-          f"{'(sel+met)/cold embed':>21} {'curate wall s':>14}")
-    for strategy, kk, emb, sel, met, ratio, wall in rows:
-        print(f"{strategy:<18} {kk:>6} {emb:>8.2f} {sel:>9.2f} {met:>10.2f} {ratio:>20.1%} {wall:>14.2f}")
-    print(f"cached rerun (fresh encoder, kmeans-centroid): {rerun_wall:.2f}s wall vs "
-          f"{cold_embed:.1f}s cold embedding; embed {rerun.embed.seconds:.2f}s, "
-          f"{rerun.embed.cache_hits:,} hits, {rerun.embed.cache_misses} misses, "
-          f"model loaded: {'yes' if fresh.model is not None else 'no'}")
+    print(
+        f"\n{'strategy':<18} {'k':>6} {'embed s':>8} {'dedup s':>8} {'select s':>9} {'metrics s':>10} "
+        f"{'(sel+met)/cold embed':>21} {'curate wall s':>14}"
+    )
+    for strategy, kk, emb, ded, sel, met, ratio, wall in rows:
+        print(f"{strategy:<18} {kk:>6} {emb:>8.2f} {ded:>8.2f} {sel:>9.2f} {met:>10.2f} {ratio:>20.1%} {wall:>14.2f}")
+    print(
+        f"cached rerun (fresh encoder, kmeans-centroid): {rerun_wall:.2f}s wall vs "
+        f"{cold_embed:.1f}s cold embedding; embed {rerun.embed.seconds:.2f}s, dedup {rerun.dedup_seconds:.2f}s, "
+        f"select {rerun.selection_seconds:.2f}s, metrics {rerun.metrics_seconds:.2f}s, "
+        f"{rerun.embed.cache_hits:,} hits, {rerun.embed.cache_misses} misses, "
+        f"model loaded: {'yes' if fresh.model is not None else 'no'}"
+    )
 
     print(f"\n{'strategy':<18} {'metric':<16} {'strategy':>9} {'random(mean)':>13} {'ratio':>7}")
     for strategy, metric, ours, rand in diversity:
@@ -147,10 +168,19 @@ def child(strategy: str, data: Path, k: int, seed: int, backend: str) -> None:
         nearest_sq = np.maximum(
             (sample**2).sum(1)[:, None] - 2 * sample @ centers.T + (centers**2).sum(1)[None], 0
         ).min(axis=1)
-        out = {"strategy": strategy, "picked": len(centers), "distinct": len(centers), "seconds": seconds,
-               "cpu_seconds": cpu, "peak_extra_mb": (peak - base) / 1024, "peak_rss_mb": peak / 1024,
-               "mean_coverage": float("nan"), "max_coverage": float("nan"), "vendi": float("nan"),
-               "inertia": float(nearest_sq.mean())}
+        out = {
+            "strategy": strategy,
+            "picked": len(centers),
+            "distinct": len(centers),
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "peak_extra_mb": (peak - base) / 1024,
+            "peak_rss_mb": peak / 1024,
+            "mean_coverage": float("nan"),
+            "max_coverage": float("nan"),
+            "vendi": float("nan"),
+            "inertia": float(nearest_sq.mean()),
+        }
         print("RESULT " + json.dumps(out))
         return
     coverage = 1.0 - nearest_selected_similarity(X, picks) if strategy != "full" else np.zeros(1)
@@ -173,8 +203,10 @@ def part_b(n: int, k: int, strategies: list[str], backend: str) -> None:
     from curation.clustering import faiss_available
 
     d = 384
-    print(f"\n(b) {k} of {n:,} synthetic clustered {d}-d unit vectors (float32, {n * d * 4 / 2**30:.2f} GiB), "
-          f"{os.cpu_count()} cores, one subprocess per strategy, k-means backend {backend}")
+    print(
+        f"\n(b) {k} of {n:,} synthetic clustered {d}-d unit vectors (float32, {n * d * 4 / 2**30:.2f} GiB), "
+        f"{os.cpu_count()} cores, one subprocess per strategy, k-means backend {backend}"
+    )
     runs = [(s, backend) for s in strategies] + [("k-means fit (sklearn)", "sklearn")]
     if faiss_available():
         runs.append(("k-means fit (faiss)", "faiss"))
@@ -186,9 +218,22 @@ def part_b(n: int, k: int, strategies: list[str], backend: str) -> None:
         results = []
         for strategy, run_backend in runs:
             proc = subprocess.run(
-                [sys.executable, "-m", "bench.curation", "--child", strategy, "--data", str(data), "--k", str(k),
-                 "--kmeans-backend", run_backend],
-                cwd=ROOT, capture_output=True, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.curation",
+                    "--child",
+                    strategy,
+                    "--data",
+                    str(data),
+                    "--k",
+                    str(k),
+                    "--kmeans-backend",
+                    run_backend,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
             )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
@@ -197,18 +242,24 @@ def part_b(n: int, k: int, strategies: list[str], backend: str) -> None:
             results.append(json.loads(line[0][7:]))
             r = results[-1]
             print(f"  {strategy}: {r['seconds']:.1f}s", flush=True)
-    print(f"\n{'strategy':<22} {'picked':>7} {'wall s':>7} {'cpu s':>7} {'x random':>9} {'peak extra MB':>14} "
-          f"{'peak RSS MB':>12} {'mean cov':>9} {'max cov':>8} {'vendi':>7}")
+    print(
+        f"\n{'strategy':<22} {'picked':>7} {'wall s':>7} {'cpu s':>7} {'x random':>9} {'peak extra MB':>14} "
+        f"{'peak RSS MB':>12} {'mean cov':>9} {'max cov':>8} {'vendi':>7}"
+    )
     ref = next((r["seconds"] for r in results if r["strategy"] == "random"), None)
     for r in results:
         ratio = f"{r['seconds'] / ref:>9.0f}" if ref else f"{'':>9}"
-        print(f"{r['strategy']:<22} {r['picked']:>7} {r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f} {ratio} "
-              f"{r['peak_extra_mb']:>14.0f} {r['peak_rss_mb']:>12.0f} {r['mean_coverage']:>9.4f} "
-              f"{r['max_coverage']:>8.4f} {r['vendi']:>7.1f}")
+        print(
+            f"{r['strategy']:<22} {r['picked']:>7} {r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f} {ratio} "
+            f"{r['peak_extra_mb']:>14.0f} {r['peak_rss_mb']:>12.0f} {r['mean_coverage']:>9.4f} "
+            f"{r['max_coverage']:>8.4f} {r['vendi']:>7.1f}"
+        )
     for r in results:
         if "inertia" in r:
-            print(f"{r['strategy']}: k={r['picked']} centers in {r['seconds']:.1f}s, "
-                  f"mean squared distance to the nearest center {r['inertia']:.4f} (100k-point sample)")
+            print(
+                f"{r['strategy']}: k={r['picked']} centers in {r['seconds']:.1f}s, "
+                f"mean squared distance to the nearest center {r['inertia']:.4f} (100k-point sample)"
+            )
 
 
 def main() -> None:

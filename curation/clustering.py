@@ -1,8 +1,8 @@
 """k-means on embeddings and nearest-point queries to centroids.
 
 Backends: faiss (when installed; ``backend="auto"`` prefers it) or scikit-learn. Measured at
-1,000,000 x 384 with k = 600 on 2 cores, faiss reached the inertia of scikit-learn's
-MiniBatchKMeans about 4x sooner (13 s vs 42-54 s). With scikit-learn, small problems
+1,000,000 x 384 with k = 600 on 2 shared cores, faiss reached the inertia of scikit-learn's
+MiniBatchKMeans 2-4x sooner (13-29 s vs 42-56 s). With scikit-learn, small problems
 (n * k <= 2e7) run full Lloyd ``KMeans``, larger ones ``MiniBatchKMeans``; both start from
 random rows: scikit-learn's k-means++ seeding took minutes at k = 600 and, with mini-batches,
 gave worse inertia than random starts on our data.

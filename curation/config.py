@@ -26,7 +26,7 @@ class StrategyOptions(BaseModel):
     """Mini-batch size of scikit-learn's MiniBatchKMeans (larger is steadier, smaller is faster per step)."""
 
     kmeans_backend: Literal["auto", "sklearn", "faiss"] = "auto"
-    """k-means implementation: faiss (about 4x faster than scikit-learn at a million points on 2 cores),
+    """k-means implementation: faiss (2-4x faster than scikit-learn at a million points on 2 cores),
     scikit-learn, or
     auto = faiss when it is installed, else scikit-learn."""
 
@@ -106,9 +106,7 @@ class CurateConfig(BaseModel):
     @model_validator(mode="after")
     def _distinct_random_seeds(self) -> CurateConfig:
         if len(set(self.random_seeds)) != len(self.random_seeds):
-            raise ValueError(
-                f"random_seeds {self.random_seeds} repeats a seed; list distinct seeds, e.g. [0, 1, 2]"
-            )
+            raise ValueError(f"random_seeds {self.random_seeds} repeats a seed; list distinct seeds, e.g. [0, 1, 2]")
         return self
 
     def strategy_options(self) -> StrategyOptions:

@@ -63,9 +63,7 @@ def curate(
     sentence-transformers model named by the config (e.g. an already loaded one).
     """
     if not problems:
-        raise SelectionError(
-            "no problems to curate: the input set is empty; check the data source and its filters"
-        )
+        raise SelectionError("no problems to curate: the input set is empty; check the data source and its filters")
     repeated = [pid for pid, count in Counter(p.id for p in problems).items() if count > 1]
     if repeated:
         raise DataError(
@@ -76,7 +74,7 @@ def curate(
     start = time.perf_counter()
     exact_keep = exact_keep_mask([p.prompt for p in problems])
     dedup_seconds = time.perf_counter() - start
-    candidates = [p for p, keep in zip(problems, exact_keep) if keep]
+    candidates = [p for p, keep in zip(problems, exact_keep, strict=True) if keep]
     encoder = encoder if encoder is not None else SentenceTransformerEncoder(config.embedding_model, config.device)
     X, embed_stats = embed_texts([p.prompt for p in candidates], encoder, cache_dir, config.batch_size)
     validate_embeddings(X, [p.id for p in candidates])
@@ -84,7 +82,7 @@ def curate(
     start = time.perf_counter()
     near_keep = near_keep_mask(X, config.dedup_threshold, seed=config.seed, kmeans_backend=config.kmeans_backend)
     dedup_seconds += time.perf_counter() - start
-    kept = [p for p, keep in zip(candidates, near_keep) if keep]
+    kept = [p for p, keep in zip(candidates, near_keep, strict=True) if keep]
     X = np.ascontiguousarray(X[near_keep])
     dedup = DedupStats(
         n_input=len(problems),
@@ -92,8 +90,14 @@ def curate(
         near_duplicates=int((~near_keep).sum()),
         n_kept=len(kept),
     )
-    log.info("dedup: %d problems, %d exact and %d near duplicates dropped, %d kept (%.2fs)",
-             dedup.n_input, dedup.exact_duplicates, dedup.near_duplicates, dedup.n_kept, dedup_seconds)
+    log.info(
+        "dedup: %d problems, %d exact and %d near duplicates dropped, %d kept (%.2fs)",
+        dedup.n_input,
+        dedup.exact_duplicates,
+        dedup.near_duplicates,
+        dedup.n_kept,
+        dedup_seconds,
+    )
     k = _effective_k(config, dedup)
 
     domains = np.asarray([p.domain for p in kept], dtype=object)
@@ -121,8 +125,14 @@ def curate(
             "rank": np.arange(len(picks), dtype=np.int64),
         }
     )
-    log.info("selected %d of %d with %s in %.2fs (metrics %.2fs)", len(picks), len(kept), config.strategy,
-             selection_seconds, metrics_seconds)
+    log.info(
+        "selected %d of %d with %s in %.2fs (metrics %.2fs)",
+        len(picks),
+        len(kept),
+        config.strategy,
+        selection_seconds,
+        metrics_seconds,
+    )
     return CurationResult(
         selected_ids=selected_ids,
         selection=table,

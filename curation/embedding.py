@@ -282,8 +282,14 @@ def embed_texts(
         cache_misses=int(len(missing)),
         seconds=time.perf_counter() - start,
     )
-    log.info("embedded %d texts with %s: %d cached, %d new, %.1fs", len(texts), encoder.name,
-             stats.cache_hits, stats.cache_misses, stats.seconds)
+    log.info(
+        "embedded %d texts with %s: %d cached, %d new, %.1fs",
+        len(texts),
+        encoder.name,
+        stats.cache_hits,
+        stats.cache_misses,
+        stats.seconds,
+    )
     return out, stats
 
 
@@ -291,4 +297,3 @@ def _normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     # zero vectors stay zero instead of becoming NaN; NaN rows stay NaN so validation sees them
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms != 0)
-

@@ -1,9 +1,9 @@
 """Selection strategies, registered by name.
 
 Every strategy takes L2-normalized embeddings X (n x d), a budget k <= n, a seed, optional
-per-row domains and StrategyOptions, and returns k distinct row indices in rank order (the first
-r of them are the strategy's best r-subset where the strategy has such an order). The same seed
-gives the same picks.
+per-row domains and StrategyOptions, and returns k distinct row indices in rank order: pick order
+for the greedy strategies (kcenter, facility-location), larger clusters first for kmeans-centroid,
+draw order for the sampling ones. The same seed gives the same picks.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def select(
     strategy = get_strategy(name)
     validate_embeddings(X)
     n = len(X)
-    if name != "full" and not 1 <= k <= n:
+    if name != "full" and k < 1:
+        raise SelectionError(f"curate.k must be at least 1, got k={k}; set curate.k to the number of problems to keep")
+    if name != "full" and k > n:
         raise SelectionError(
             f"curate.k={k} but only n={n} distinct problems are available; lower curate.k to at most {n}, "
             "add problems, or set curate.on_small_input: clip to select all of them"
@@ -182,9 +184,7 @@ def balance(sizes: np.ndarray, k: int) -> np.ndarray:
 
 
 @register("kmeans-stratified")
-def kmeans_stratified(
-    X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions
-) -> np.ndarray:
+def kmeans_stratified(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
     """Uniform picks inside k-means clusters, each cluster's count proportional to its size.
 
     With ``options.per_domain_balance`` the budget is first split evenly over domains, then
@@ -192,9 +192,7 @@ def kmeans_stratified(
     """
     rng = np.random.default_rng(seed)
     n_strata = min(options.n_strata, len(X))
-    _, labels = fit_kmeans(
-        X, n_strata, seed=seed, batch_size=options.kmeans_batch_size, backend=options.kmeans_backend
-    )
+    _, labels = fit_kmeans(X, n_strata, seed=seed, batch_size=options.kmeans_batch_size, backend=options.kmeans_backend)
     if options.per_domain_balance and domains is not None:
         names, domain_of = np.unique(np.asarray(domains), return_inverse=True)
         domain_quota = balance(np.bincount(domain_of, minlength=len(names)), k)

@@ -5,8 +5,8 @@ import pytest
 
 import curation.clustering as clustering
 from curation.clustering import assign_labels, faiss_available, fit_kmeans
-from curation.selection import select
 from curation.config import StrategyOptions
+from curation.selection import select
 from polymath.errors import ConfigError
 
 

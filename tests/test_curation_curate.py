@@ -155,7 +155,8 @@ def test_config_validation():
 
 
 def test_projection_png(tmp_path):
-    result = curate(make_problems(40), CurateConfig(strategy="kcenter", k=6, n_clusters=3), None, encoder=TableEncoder())
+    config = CurateConfig(strategy="kcenter", k=6, n_clusters=3)
+    result = curate(make_problems(40), config, None, encoder=TableEncoder())
     out = plot_projection(result.embeddings, result.selected_index, tmp_path / "plots" / "projection.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
