@@ -38,12 +38,18 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def source_digest(*packages: str) -> str:
-    """Hash of the Python sources of the given top-level packages: code changes invalidate keys."""
+def source_digest(*paths: str) -> str:
+    """Hash of the Python sources a stage runs (packages or single modules): code changes invalidate keys.
+
+    Each stage names only the code that shapes its outputs, so editing the verifier does not
+    re-bootstrap the base model.
+    """
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256(__version__.encode())
-    for pkg in packages:
-        for path in sorted((root / pkg).rglob("*.py")):
+    for rel in paths:
+        target = root / rel
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        for path in files:
             h.update(path.relative_to(root).as_posix().encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:12]

@@ -48,8 +48,8 @@ def _finished(ws: Workspace, stage: str, key: str, label: str, force: bool) -> S
     return None
 
 
-def _key(stage: str, section: Any, inputs: dict[str, str], *packages: str) -> str:
-    return stage_key(stage, section, inputs, source_digest("polymath", "tasks", *packages))
+def _key(stage: str, section: Any, inputs: dict[str, str], *code: str) -> str:
+    return stage_key(stage, section, inputs, source_digest(*code))
 
 
 # ---------------------------------------------------------------- problems on disk
@@ -83,7 +83,7 @@ def data_stage(cfg: PolymathConfig, ws: Workspace, force: bool = False) -> Stage
     from curation.data import load_problems
 
     section = cfg.data.model_dump(mode="json")
-    key = _key("data", section, {}, "curation")
+    key = _key("data", section, {}, "curation/data.py", "curation/domains.py", "curation/records.py")
     if ref := _finished(ws, "data", key, "data", force):
         return ref
     with ws.stage_run("data", key, section, {}) as run:
@@ -161,7 +161,7 @@ def model_stage(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool 
     inputs = {"data": data.key} if cfg.model.source == "tiny" else {}
     if cfg.model.source != "tiny":
         section.pop("tiny")
-    key = _key("model", section, inputs, "training")
+    key = _key("model", section, inputs, "training/models.py", "training/prompting.py")
     if ref := _finished(ws, "model", key, "base", force):
         return ref
     with ws.stage_run("model", key, section, inputs) as run:
@@ -310,7 +310,7 @@ def evaluate_stage(
     section = cfg.evaluate.model_dump(mode="json")
     label = target.label if target else "base"
     inputs = {"model": model.key, "data": data.key, "target": target.key if target else "", "label": label}
-    key = _key("evaluate", section, inputs, "evaluation", "training")
+    key = _key("evaluate", section, inputs, "evaluation", "training/verifiers.py", "training/prompting.py")
     if ref := _finished(ws, "evaluate", key, label, force):
         return ref
     by_domain: dict[str, list[Problem]] = {}

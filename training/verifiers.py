@@ -153,7 +153,8 @@ class ReasoningGymVerifier(ExactVerifier):
                 "'reasoning_gym_task'; set data.verifier to math, numeric or exact for external data"
             )
         entry = {"question": problem.prompt, "answer": problem.answer, "metadata": problem.metadata}
-        return float(_scorer(task)(answer, entry))
+        # Some task scorers return 1.0000000000000002; rewards are promised in [0, 1].
+        return min(1.0, max(0.0, float(_scorer(task)(answer, entry))))
 
 
 @lru_cache(maxsize=None)
