@@ -88,3 +88,24 @@ def test_failing_stage_names_itself_and_keeps_earlier_artifacts(first_run, monke
     for ref in [result["curate"], result["model"], *result["experts"], *result["merges"]]:
         assert ws.is_finished(ref.stage, ref.key)
     assert not list(ws.root.rglob(".tmp-*"))
+
+
+def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
+    """The same stage, pointed by config at a GSM8K-style JSONL, selects without code changes."""
+    from tasks.stages import curate_stage, curated_problems, data_stage
+
+    rows = [{"question": f"Sam has {i} apples and buys {i % 7 + 2} more bags of {i % 5 + 3}. How many apples now?",
+             "answer": f"{i} + {i % 7 + 2} * {i % 5 + 3}\n#### {i + (i % 7 + 2) * (i % 5 + 3)}"} for i in range(60)]
+    path = tmp_path / "word_problems.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, [
+        "data.format=jsonl", f"data.path={path}", "data.fields.prompt=question", "data.answer_format=gsm8k",
+        "data.domain=math", "data.test_fraction=0.1", "curate.k=12", "curate.n_clusters=4",
+    ])
+    ws = Workspace(tmp_path / "ws")
+    data = data_stage(cfg, ws)
+    curate = curate_stage(cfg, ws, data)
+    chosen = curated_problems(data, curate)
+    assert len(chosen) == 12 and {p.domain for p in chosen} == {"math"}
+    assert all(p.metadata["verifier"] == "numeric" for p in chosen)
+    assert curate_stage(cfg, ws, data).skipped  # rerun: a cache hit
