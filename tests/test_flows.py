@@ -109,3 +109,13 @@ def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
     assert len(chosen) == 12 and {p.domain for p in chosen} == {"math"}
     assert all(p.metadata["verifier"] == "numeric" for p in chosen)
     assert curate_stage(cfg, ws, data).skipped  # rerun: a cache hit
+
+
+def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path):
+    """What a scheduled deployment calls: profile name + overrides in, run keys out (all reused here)."""
+    from flows.deployments import run_profile
+
+    cfg, ws, result = first_run
+    out = run_profile(config=str(micro_config_path), workspace=str(ws.root), stage="evaluate")
+    assert out["curate"] == result["curate"].key
+    assert out["evals"] == [r.key for r in result["evals"] if not r.label.startswith("merged:")]
