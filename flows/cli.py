@@ -94,7 +94,7 @@ def run(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (--runner ray)."),
 ) -> None:
     """Run the pipeline (or one stage) and print the accuracy table and the report's path."""
-    from flows.pipeline import ALL_STAGES, STAGE_FLOWS, pipeline
+    from flows.pipeline import select_flow
     from flows.runners import make_task_runner
     from polymath.config import load_config
 
@@ -103,8 +103,7 @@ def run(
         ws = _workspace(workspace)
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
-        force_set = ([stage.value] if stage else list(ALL_STAGES)) if force else []
-        flow_fn = STAGE_FLOWS[stage.value] if stage else pipeline
+        flow_fn, force_set = select_flow(stage.value if stage else None, force)
         kwargs = {}
         if runner is Runner.ray:
             flow_fn = flow_fn.with_options(task_runner=make_task_runner("ray", ray_address))
@@ -220,8 +219,8 @@ def merge(
     from pydantic import ValidationError
 
     from merging.config import MergeConfig
-    from polymath.errors import ConfigError
     from merging.merge import merge_adapters
+    from polymath.errors import ConfigError
     from tasks.stages import merge_row
 
     try:

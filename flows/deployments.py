@@ -13,7 +13,7 @@ from prefect import flow
 from polymath.config import load_config
 from polymath.workspace import Workspace
 
-from .pipeline import ALL_STAGES, STAGE_FLOWS, pipeline
+from .pipeline import select_flow
 
 
 @flow(name="polymath")
@@ -28,7 +28,6 @@ def run_profile(
     cfg = load_config(config, overrides)
     ws = Workspace(workspace)
     ws.root.mkdir(parents=True, exist_ok=True)
-    force_set = ([stage] if stage else list(ALL_STAGES)) if force else []
-    flow_fn = STAGE_FLOWS[stage] if stage else pipeline
+    flow_fn, force_set = select_flow(stage, force)
     result = flow_fn(cfg, str(ws.root.resolve()), force_set)
     return {k: [r.key for r in v] if isinstance(v, list) else getattr(v, "key", v) for k, v in result.items()}

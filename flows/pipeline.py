@@ -25,3 +25,12 @@ STAGE_FLOWS = {
     "evaluate": evaluate_flow,
     "merge": merge_flow,
 }
+
+
+def select_flow(stage: str | None, force: bool):
+    """The flow for ``--stage`` (None: the pipeline) and the stages ``--force`` reruns.
+
+    A forced single stage reruns only itself; a bare ``--force`` reruns every stage.
+    """
+    force_set = ([stage] if stage else list(ALL_STAGES)) if force else []
+    return (STAGE_FLOWS[stage] if stage else pipeline), force_set

@@ -351,8 +351,8 @@ def ingest(ws: Workspace, ref: StageRef) -> dict[str, int]:
     """Load a finished run's tables into DuckDB, replacing that run's earlier rows."""
     from evaluation.store import Store
 
+    # Store.replace creates the schema when it is missing: no separate schema pass per run.
     store = Store(ws.db_path)
-    store.ensure_schema()
     counts: dict[str, int] = {}
     for table, key_column in TABLE_FILES.items():
         path = ref.dir / f"{table}.parquet"

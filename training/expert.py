@@ -32,6 +32,7 @@ from training.controllers import Controllers
 from training.curves import plot_curves
 from training.grpo import STEP_METRICS, PolymathGRPOTrainer, step_records
 from training.models import load_model
+from training.threads import torch_threads
 from training.prompting import format_prompt
 
 RewardFn = Callable[[Problem, str], float]
@@ -210,13 +211,8 @@ def train_expert(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_inputs(problems, config, expert)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    if config.cpu_threads is not None:
-        torch.set_num_threads(config.cpu_threads)
-    try:
+    with torch_threads(config.cpu_threads):
         return _train(model_dir, problems, reward_fn, config, out_dir, expert, started)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(

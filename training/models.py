@@ -22,6 +22,7 @@ from curation.records import Problem
 from polymath.errors import ModelError
 
 from .prompting import PLAIN_SUFFIX
+from .threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +221,8 @@ def sft_warm_start(model, tokenizer, problems: list[Problem], cfg: TinyModelConf
     A short plain PyTorch loop: deterministic under the seed, and at this size the
     per-step overhead of a full trainer would dominate the step itself.
     """
-    import torch
-
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _sft_loop(model, tokenizer, problems, cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sft_loop(model, tokenizer, problems: list[Problem], cfg: TinyModelConfig, progress) -> dict:
