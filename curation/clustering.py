@@ -2,10 +2,16 @@
 
 Backends: faiss (when installed; ``backend="auto"`` prefers it) or scikit-learn. Measured at
 1,000,000 x 384 with k = 600 on 2 shared cores, faiss reached the inertia of scikit-learn's
-MiniBatchKMeans 2-4x sooner (13-29 s vs 42-56 s). With scikit-learn, small problems
-(n * k <= 2e7) run full Lloyd ``KMeans``, larger ones ``MiniBatchKMeans``; both start from
-random rows: scikit-learn's k-means++ seeding took minutes at k = 600 and, with mini-batches,
-gave worse inertia than random starts on our data.
+MiniBatchKMeans 2-4x sooner (13-29 s vs 42-56 s).
+
+With scikit-learn, small problems (n * k <= 2e7) run full Lloyd ``KMeans`` from greedy k-means++
+seeds (scikit-learn's default seeding). On the demo's 16k prompts at k = 600 it reaches a lower
+inertia than random starts (4,140 vs 4,220), and the points nearest its centroids cover the set
+better (mean cosine distance 0.199 vs 0.205) and are more diverse (Vendi 53 vs 39, against 45 for
+random subsets): random starts crowd centroids into the dense template-like regions. The seeding
+runs on a float64 copy because scikit-learn otherwise upcasts float32 blocks at every one of the
+k steps (10 s instead of 2 s there). Larger problems run ``MiniBatchKMeans`` from random rows:
+k-means++ seeding took minutes at a million points and, with mini-batches, gave worse inertia.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from typing import Literal
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
 from polymath.errors import ConfigError
 
@@ -62,7 +68,8 @@ def fit_kmeans(
 
 def _sklearn_centers(X: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
     if len(X) * k <= _FULL_LLOYD_LIMIT:
-        model = KMeans(n_clusters=k, init="random", n_init=1, max_iter=50, random_state=seed)
+        seeds, _ = kmeans_plusplus(X.astype(np.float64), k, random_state=seed)
+        model = KMeans(n_clusters=k, init=seeds.astype(X.dtype), n_init=1, max_iter=50, random_state=seed)
     else:
         model = MiniBatchKMeans(
             n_clusters=k,

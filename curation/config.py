@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-StrategyName = Literal["kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full"]
+StrategyName = Literal[
+    "kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full", "few-clusters"
+]
 
 
 class StrategyOptions(BaseModel):
@@ -16,7 +18,8 @@ class StrategyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n_strata: int = Field(64, ge=1)
-    """kmeans-stratified: number of k-means clusters the budget is spread over in proportion to their sizes."""
+    """kmeans-stratified: number of k-means clusters the budget is spread over in proportion to their sizes;
+    few-clusters: number of clusters the rows are split into before whole clusters are taken."""
 
     per_domain_balance: bool = False
     """kmeans-stratified: split the budget evenly across domains first (capped by each domain's size),
@@ -59,7 +62,8 @@ class CurateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     strategy: StrategyName = "kmeans-centroid"
-    """Selection strategy: kmeans-centroid, kmeans-stratified, kcenter, facility-location, random or full."""
+    """Selection strategy: kmeans-centroid, kmeans-stratified, kcenter, facility-location, random, full, or
+    few-clusters (a low-diversity control: whole k-means clusters in seeded random order)."""
 
     k: int = Field(600, ge=1)
     """Number of problems to select (ignored by ``full``, which keeps every distinct problem)."""
@@ -91,7 +95,8 @@ class CurateConfig(BaseModel):
     """kmeans-stratified only: spread the budget evenly over domains before spreading it over clusters."""
 
     n_strata: int = Field(64, ge=1)
-    """kmeans-stratified only: number of clusters the budget is spread over."""
+    """kmeans-stratified: number of clusters the budget is spread over; few-clusters: number of clusters the
+    rows are split into before whole clusters are taken."""
 
     facility_neighbors: int = Field(32, ge=1)
     """facility-location only: neighbours per point in the sparse similarity graph for large inputs."""

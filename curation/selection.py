@@ -3,7 +3,7 @@
 Every strategy takes L2-normalized embeddings X (n x d), a budget k <= n, a seed, optional
 per-row domains and StrategyOptions, and returns k distinct row indices in rank order: pick order
 for the greedy strategies (kcenter, facility-location), larger clusters first for kmeans-centroid,
-draw order for the sampling ones. The same seed gives the same picks.
+draw order for the sampling ones, cluster by cluster for few-clusters. The same seed gives the same picks.
 """
 
 from __future__ import annotations
@@ -243,3 +243,28 @@ def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: Strateg
         kmeans_batch_size=options.kmeans_batch_size,
         kmeans_backend=options.kmeans_backend,
     )
+
+
+@register("few-clusters")
+def few_clusters(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+    """A deliberately narrow subset, the low-diversity control of data-diversity experiments.
+
+    The rows are split into ``options.n_strata`` k-means clusters; whole clusters are taken in a
+    seeded random order until k rows are reached, the last cluster's rows nearest its centroid
+    first. The picks thus come from the fewest clusters that hold k rows in that order.
+    """
+    n_strata = min(options.n_strata, len(X))
+    centers, labels = fit_kmeans(X, n_strata, seed=seed, batch_size=options.kmeans_batch_size, backend=options.kmeans_backend)
+    picks: list[np.ndarray] = []
+    left = k
+    for cluster in np.random.default_rng(seed).permutation(n_strata):
+        members = np.flatnonzero(labels == cluster)
+        if len(members) == 0:
+            continue
+        # nearest to the centroid first (stable on ties), so a partly taken cluster keeps its core
+        members = members[np.argsort(-(X[members] @ centers[cluster]), kind="stable")]
+        picks.append(members[:left])
+        left -= len(picks[-1])
+        if left == 0:
+            break
+    return np.concatenate(picks)

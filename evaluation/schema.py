@@ -137,6 +137,22 @@ TABLES: dict[str, TableSpec] = {
             _c("stats", "VARCHAR", "further per-method statistics as JSON text"),
         ),
     ),
+    "experiment_arms": TableSpec(
+        "one row per arm and seed of an experiment: the train and eval runs that answer it",
+        (
+            _c("experiment", "VARCHAR", "experiment name, e.g. entropy", False),
+            _c("arm", "VARCHAR", "arm name, e.g. grpo, par-0.5, data-random (base: the untrained model)", False),
+            _c("question", "INTEGER", "the question of the experiment the arm answers"),
+            _c("seed", "INTEGER", "training seed"),
+            _c("data", "VARCHAR", "training data variant: kmeans, random, few-clusters or full"),
+            _c("domain", "VARCHAR", "training domain; its benchmark is the held-out one"),
+            _c("changes", "VARCHAR", "config keys the arm sets beside the experiment's baseline, as JSON text"),
+            _c("label", "VARCHAR", "model_label of the arm's evaluation"),
+            _c("curate_run", "VARCHAR", "curation run of the training data (NULL: the full split)"),
+            _c("train_run", "VARCHAR", "training run (NULL for the base model)"),
+            _c("eval_run", "VARCHAR", "evaluation run"),
+        ),
+    ),
     "eval_problems": TableSpec(
         "derived from eval_samples at ingest: one row per problem",
         (
@@ -173,6 +189,8 @@ VIEW_DESCRIPTIONS: dict[str, str] = {
     "eval_summary": "avg@k, pass@k, maj@k, entropy and diversity per run, model, benchmark and k",
     "entropy_vs_accuracy": "Spearman correlation of per-problem mean entropy with accuracy",
     "train_curves": "train_steps pivoted wide: one column per metric",
+    "experiment_results": "per experiment arm and seed: entropy and reward early and late in training, "
+    "held-out accuracy and entropy",
 }
 
 # Always present in train_curves so that reports and users can rely on them.
@@ -239,6 +257,39 @@ SELECT eval_run, model_label, benchmark,
        avg(accuracy) AS accuracy
 FROM ranked
 GROUP BY ALL
+"""
+
+
+# "initial" is the first 10% of steps (at least step 1), "final" the last 20%: single steps are batches of a few
+# prompts, too noisy to compare arms by. The held-out columns are the arm's evaluation on the
+# test split of its training domain, the same prompts for every arm.
+EXPERIMENT_RESULTS_SQL = """
+CREATE OR REPLACE VIEW experiment_results AS
+WITH span AS (
+  SELECT run_key, max(step) AS n_steps FROM train_steps GROUP BY run_key
+),
+curve AS (
+  SELECT t.run_key, s.n_steps,
+         avg(value) FILTER (WHERE metric = 'entropy' AND step <= greatest(1, 0.1 * s.n_steps)) AS entropy_initial,
+         avg(value) FILTER (WHERE metric = 'entropy' AND step > 0.8 * s.n_steps) AS entropy_final,
+         avg(value) FILTER (WHERE metric = 'entropy_target' AND step > 0.8 * s.n_steps) AS entropy_target,
+         avg(value) FILTER (WHERE metric = 'reward' AND step <= greatest(1, 0.1 * s.n_steps)) AS reward_initial,
+         avg(value) FILTER (WHERE metric = 'reward' AND step > 0.8 * s.n_steps) AS reward_final
+  FROM train_steps t JOIN span s USING (run_key)
+  GROUP BY t.run_key, s.n_steps
+),
+heldout AS (
+  SELECT eval_run, benchmark, avg(accuracy) AS accuracy, avg(mean_entropy) AS entropy
+  FROM eval_problems GROUP BY eval_run, benchmark
+)
+SELECT a.experiment, a.arm, a.question, a.seed, a.data, a.domain, a.label, c.n_steps,
+       c.entropy_initial, c.entropy_final, c.entropy_final / c.entropy_initial AS entropy_ratio,
+       c.entropy_target, c.reward_initial, c.reward_final,
+       h.accuracy AS heldout_accuracy, h.entropy AS heldout_entropy,
+       a.curate_run, a.train_run, a.eval_run
+FROM experiment_arms a
+LEFT JOIN curve c ON c.run_key = a.train_run
+LEFT JOIN heldout h ON h.eval_run = a.eval_run AND h.benchmark = a.domain
 """
 
 

@@ -124,6 +124,7 @@ class Store:
         con.execute(schema.PASS_AT_K_MACRO_SQL)
         con.execute(schema.EVAL_SUMMARY_SQL)
         con.execute(schema.ENTROPY_VS_ACCURACY_SQL)
+        con.execute(schema.EXPERIMENT_RESULTS_SQL)
         Store._create_train_curves(con)
 
     @staticmethod

@@ -244,6 +244,47 @@ def merge(
     console.print(f"{report_.method}: rank {report_.rank}, {report_.seconds:.2f}s -> {out}")
 
 
+@experiment_app.command("entropy")
+def experiment_entropy(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or profile name (default: demo)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Training seeds, comma-separated; every arm runs once per seed."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms to run (default: all; grpo always)."),
+    domain: str = typer.Option("gcd", "--domain", help="Training domain; its test split is the held-out set."),
+    k: int = typer.Option(600, "--k", help="Prompts kept by each selected data variant (k-means, random, few clusters)."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default ./workspace or $POLYMATH_HOME."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile key for every arm."),
+) -> None:
+    """Reproduce the entropy findings of arXiv 2511.05993 in miniature; writes a markdown report."""
+    from pydantic import ValidationError
+
+    from experiments.entropy import ARM_NAMES, EntropyExperiment
+    from flows.experiment import entropy_experiment_flow
+    from polymath.config import load_config
+    from polymath.errors import ConfigError
+
+    try:
+        cfg = load_config(config, overrides)
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
+        spec = {"seeds": seed_list, "domain": domain, "k": k}
+        if arms:
+            spec["arms"] = [a.strip() for a in arms.split(",") if a.strip()]
+        try:
+            experiment = EntropyExperiment.model_validate(spec)
+        except ValidationError as exc:
+            raise ConfigError(
+                "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors()) + f" (arms: {', '.join(ARM_NAMES)})"
+            ) from None
+        ws = _workspace(workspace)
+        ws.root.mkdir(parents=True, exist_ok=True)
+        path = entropy_experiment_flow(cfg, str(ws.root.resolve()), experiment)
+    except PolymathError as exc:
+        _fail(exc)
+    console.print(f"report: {path}")
+
+
 def main() -> None:
     app()
 

@@ -34,6 +34,9 @@ class CurateStage(CurateConfig):
     enabled: bool = True
     """False trains on the full training split (no selection)."""
 
+    domains: list[str] | None = None
+    """Select only among these domains' training problems (None: every domain)."""
+
 
 class TrainStage(TrainConfig):
     """Training settings plus which experts to train."""
@@ -170,6 +173,17 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         key, value = parse_override(item)
         _set_dotted(tree, key, value, origin=f"--set {item}")
     origin = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    try:
+        return PolymathConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin)) from None
+
+
+def with_changes(cfg: PolymathConfig, changes: dict[str, Any], origin: str = "changes") -> PolymathConfig:
+    """A copy of ``cfg`` with dotted keys (``train.entropy.mode``) set, validated like ``--set``."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in changes.items():
+        _set_dotted(tree, key, value, origin=f"{origin}: {key}")
     try:
         return PolymathConfig.model_validate(tree)
     except ValidationError as exc:

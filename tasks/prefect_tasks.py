@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from polymath.config import PolymathConfig
 from polymath.workspace import Workspace
@@ -54,7 +55,12 @@ def model_task(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool =
     return _log(run_guarded("model", "base", stages.model_stage, cfg, ws, data, force))
 
 
-@task(name="train-expert", cache_policy=NO_CACHE, task_run_name="train-{domain}")
+def _train_run_name() -> str:
+    params = task_run.parameters
+    return f"train-{params.get('label') or params.get('domain')}"
+
+
+@task(name="train-expert", cache_policy=NO_CACHE, task_run_name=_train_run_name)
 def train_task(
     cfg: PolymathConfig,
     ws: Workspace,
@@ -63,9 +69,11 @@ def train_task(
     curate: StageRef | None,
     domain: str,
     force: bool = False,
+    label: str | None = None,
 ) -> StageRef:
+    name = label or f"expert:{domain}"
     ref = run_guarded(
-        "train", f"expert:{domain}", isolation.call, stages.train_stage, cfg, ws, model, data, curate, domain, force
+        "train", name, isolation.call, stages.train_stage, cfg, ws, model, data, curate, domain, force, label
     )
     return _log(ref)
 

@@ -121,8 +121,15 @@ def curate_stage(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool
     key = _key("curate", section, inputs, "curation")
     if ref := _finished(ws, "curate", key, "curate", force):
         return ref
+    problems = train_problems(data)
+    if cfg.curate.domains is not None:
+        available = sorted({p.domain for p in problems})
+        missing = sorted(set(cfg.curate.domains) - set(available))
+        if missing:
+            raise StageError(f"curate.domains names {missing}, which the training data does not have; available: {available}")
+        problems = [p for p in problems if p.domain in cfg.curate.domains]
     with ws.stage_run("curate", key, section, inputs) as run:
-        result = curate(train_problems(data), cfg.curate, ws.cache_dir / "embeddings")
+        result = curate(problems, cfg.curate, ws.cache_dir / "embeddings")
         selection = result.selection.assign(run_key=key)
         selection.to_parquet(run.tmp / "curation_selection.parquet", index=False)
         result.metrics.assign(run_key=key).to_parquet(run.tmp / "curation_metrics.parquet", index=False)
@@ -210,7 +217,13 @@ def train_stage(
     curate: StageRef | None,
     domain: str,
     force: bool = False,
+    label: str | None = None,
 ) -> StageRef:
+    """Train one domain expert by GRPO on the domain's curated problems.
+
+    ``label`` names the run in ``runs`` and its evaluations (default ``expert:<domain>``); it is not
+    part of the run's key, so two labels for the same training reuse one run.
+    """
     from training.expert import train_expert
     from training.verifiers import reward
 
@@ -219,7 +232,7 @@ def train_stage(
     section.pop("show_progress", None)
     inputs = {"model": model.key, "data": data.key, "curate": curate.key if curate else "", "domain": domain}
     key = _key("train", section, inputs, "training")
-    label = f"expert:{domain}"
+    label = label or f"expert:{domain}"
     if ref := _finished(ws, "train", key, label, force):
         return ref
     problems = [p for p in curated_problems(data, curate) if p.domain == domain]

@@ -30,7 +30,9 @@ def blobs(n_centers=6, per=15, d=12, noise=0.15, seed=0):
 
 
 def test_registry_has_exactly_the_documented_strategies():
-    assert set(STRATEGIES) == {"kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full"}
+    assert set(STRATEGIES) == {
+        "kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full", "few-clusters"
+    }
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -99,6 +101,27 @@ def test_nearest_to_centers_matches_brute_force_across_blocks(monkeypatch):
     np.testing.assert_array_equal(labels, full.argmin(axis=0))
 
 
+def test_centroid_picks_beat_random_subsets_on_a_dense_and_a_spread_domain():
+    """A big tight domain (templated prompts) beside a small spread one, as in the demo: the picks
+    nearest k-means++-seeded centroids cover the set better and are more diverse than random ones
+    (from random starts the centroids crowd into the tight domain and Vendi falls below random)."""
+    from curation.diversity import vendi_score
+
+    rng = np.random.default_rng(0)
+    tight = rng.standard_normal(32) * 3 + 0.3 * rng.standard_normal((1500, 32))
+    spread = rng.standard_normal(32) * 3 + 2.0 * rng.standard_normal((500, 32))
+    X = unit(np.vstack([tight, spread]))
+
+    def coverage(picks):
+        return float((1 - (X @ X[picks].T).max(axis=1)).mean())
+
+    randoms = [select("random", X, 60, seed=s) for s in range(3)]
+    for seed in range(3):
+        picks = select("kmeans-centroid", X, 60, seed=seed)
+        assert vendi_score(X[picks]) > max(vendi_score(X[r]) for r in randoms)
+        assert coverage(picks) < min(coverage(r) for r in randoms)
+
+
 # ---------- kmeans-stratified ----------
 
 
@@ -146,6 +169,38 @@ def test_stratified_per_domain_balance_splits_the_budget_evenly():
     assert counts == {"big": 20, "small": 20}
     unbalanced = select("kmeans-stratified", X, 40, seed=0, domains=domains, options=StrategyOptions(n_strata=4))
     assert int((domains[unbalanced] == "small").sum()) < 20
+
+
+# ---------- few-clusters ----------
+
+
+def test_few_clusters_takes_whole_clusters_in_seeded_order():
+    X, _ = blobs(n_centers=6, per=15, seed=4)
+    options = StrategyOptions(n_strata=6)
+    picks = select("few-clusters", X, 40, seed=2, options=options)
+    centers, labels = fit_kmeans(X, 6, seed=2, batch_size=options.kmeans_batch_size)
+    order = np.random.default_rng(2).permutation(6)
+    sizes = np.bincount(labels, minlength=6)
+    # brute force: the shortest prefix of the cluster order that holds 40 rows
+    need = int(np.searchsorted(np.cumsum(sizes[order]), 40)) + 1
+    whole, last = order[: need - 1], order[need - 1]
+    picked = np.bincount(labels[picks], minlength=6)
+    assert set(np.flatnonzero(picked)) == set(order[:need].tolist())
+    np.testing.assert_array_equal(picked[whole], sizes[whole])
+    # the partly taken cluster gives its rows nearest the centroid
+    members = np.flatnonzero(labels == last)
+    sims = X[members] @ centers[last]
+    taken = np.isin(members, picks)
+    assert sims[taken].min() >= sims[~taken].max()
+
+
+def test_few_clusters_is_less_diverse_than_centroid_picks():
+    from curation.diversity import vendi_score
+
+    X, _ = blobs(n_centers=12, per=20, d=16, seed=5)
+    narrow = select("few-clusters", X, 24, seed=0, options=StrategyOptions(n_strata=12))
+    spread = select("kmeans-centroid", X, 24, seed=0)
+    assert vendi_score(X[narrow]) < vendi_score(X[spread])
 
 
 # ---------- kcenter ----------

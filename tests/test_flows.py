@@ -111,6 +111,15 @@ def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
     assert curate_stage(cfg, ws, data).skipped  # rerun: a cache hit
 
 
+def test_curate_domains_names_a_missing_domain_and_the_ones_that_exist(micro_config_path, tmp_path):
+    from tasks.stages import curate_stage, data_stage
+
+    cfg = load_config(micro_config_path, ["curate.domains=[gcd]"])
+    ws = Workspace(tmp_path)
+    with pytest.raises(StageError, match=r"curate.domains names \['gcd'\].*available: \['arithmetic', 'reverse'\]"):
+        curate_stage(cfg, ws, data_stage(cfg, ws))
+
+
 def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path):
     """What a scheduled deployment calls: profile name + overrides in, run keys out (all reused here)."""
     from flows.deployments import run_profile

@@ -1,0 +1,265 @@
+"""The entropy findings of arXiv 2511.05993, in miniature: the arms and how they run.
+
+Every arm is the experiment's baseline, plain GRPO, with a few config keys changed. The baseline
+differs from the demo profile in three keys: no entropy bonus, a symmetric clip (0.2 / 0.2, the
+paper's GRPO; DAPO's clip-higher is an arm of its own) and one training domain, gcd, the demo
+domain where the warm-started model is right about half the time (the others give too few
+rewarded groups for entropy to move in 100 steps). The training data is 600 of the domain's
+4,000 problems chosen by kmeans-centroid, as the paper trains on 616 prompts chosen by k-means.
+
+Arms are ordinary stage runs: a rerun reuses every finished one, and a changed arm reruns alone.
+
+    cfg = load_config("demo")
+    plan = experiment_plan(cfg, EntropyExperiment(seeds=[0]))
+    rows = run_experiment(plan, Workspace("workspace"))   # stage functions, no Prefect
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from polymath.config import PolymathConfig, with_changes
+from polymath.errors import ConfigError
+from polymath.workspace import Workspace
+from tasks import stages
+from tasks.stages import StageRef
+
+log = logging.getLogger("polymath")
+
+EXPERIMENT = "entropy"
+
+# What the experiment changes in the profile for every arm.
+BASELINE: dict[str, Any] = {
+    "train.entropy.mode": "none",
+    "train.entropy.coef": 0.0,
+    "train.eps_low": 0.2,
+    "train.eps_high": 0.2,
+    "train.par.schedule": "constant",
+    "train.par.lambda0": 1.0,
+    "train.token_filter": "all",
+    "train.num_iterations": 1,
+    "curate.strategy": "kmeans-centroid",
+    # the held-out set is the whole test split of the domain, the same prompts for every arm
+    "evaluate.max_problems_per_benchmark": 250,
+}
+
+# Data variants: curate-section changes (None: the domain's full training split, no selection).
+DATA_VARIANTS: dict[str, dict[str, Any] | None] = {
+    "kmeans": {},
+    "random": {"curate.strategy": "random"},
+    # 20 k-means clusters of ~200 problems: 600 problems come from about three of them
+    "few-clusters": {"curate.strategy": "few-clusters", "curate.n_strata": 20},
+    "full": None,
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of the experiment: the baseline with ``changes`` applied."""
+
+    name: str
+    question: int
+    what: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    data: str = "kmeans"
+
+
+# The controllers' scales are the tiny model's: its gcd rollouts start near 0.6 nats per token,
+# and bonus coefficients of order 0.1 are what move it (0.15 at once made it stop emitting EOS).
+ARMS: tuple[Arm, ...] = (
+    Arm("grpo", 1, "plain GRPO: no bonus, symmetric clip, every token, on-policy, 600 k-means prompts"),
+    Arm("entropy-fixed", 2, "constant entropy bonus 0.03", {"train.entropy.mode": "fixed", "train.entropy.coef": 0.03}),
+    Arm(
+        "entropy-adaptive",
+        2,
+        "Skywork-OR1 controller, target 0.6 nats (about the initial entropy), c from 0 by 0.005 per step to <= 0.3",
+        {
+            "train.entropy.mode": "adaptive",
+            "train.entropy.target": 0.6,
+            "train.entropy.coef": 0.0,
+            "train.entropy.delta": 0.005,
+            "train.entropy.c_max": 0.3,
+        },
+    ),
+    Arm(
+        "entropy-aer",
+        2,
+        "AER: target 70% of the initial entropy, c from 0.1 by 0.005 per step to <= 0.3, harder prompts more",
+        {
+            "train.entropy.mode": "aer",
+            "train.entropy.target_fraction": 0.7,
+            "train.entropy.coef": 0.1,
+            "train.entropy.delta": 0.005,
+            "train.entropy.c_max": 0.3,
+        },
+    ),
+    Arm(
+        "par-0",
+        3,
+        "positive-advantage tokens weighted by lambda = 0 (the loss of adv-nonpos: zero-advantage tokens have no gradient)",
+        {"train.par.lambda0": 0.0},
+    ),
+    Arm("par-0.5", 3, "positive-advantage tokens weighted by lambda = 0.5", {"train.par.lambda0": 0.5}),
+    Arm(
+        "par-entropy-guided",
+        3,
+        "lambda from 0, -0.05 per step while entropy < 0.3 nats, else +0.05 (the paper's 0.2 of 0.37, scaled)",
+        {"train.par.schedule": "entropy-guided", "train.par.lambda0": 0.0, "train.par.step": 0.05, "train.par.delta": 0.3},
+    ),
+    Arm("adv-nonneg", 3, "policy gradient on tokens with advantage >= 0 only", {"train.token_filter": "nonneg"}),
+    Arm("adv-nonpos", 3, "policy gradient on tokens with advantage <= 0 only", {"train.token_filter": "nonpos"}),
+    Arm("offpolicy-2", 4, "2 optimizer steps per rollout batch", {"train.num_iterations": 2}),
+    Arm("offpolicy-4", 4, "4 optimizer steps per rollout batch", {"train.num_iterations": 4}),
+    # The ratio is exactly 1 on a batch's first update, so clipping acts only from the second: the
+    # clipping arms take 4 updates per batch and compare with offpolicy-4, the same with [0.8, 1.2].
+    Arm("clip-higher", 5, "clip range [0.8, 1.28] (DAPO), 4 updates per batch", {"train.eps_high": 0.28, "train.num_iterations": 4}),
+    Arm("clip-lower", 5, "clip range [0.72, 1.2] (the mirror of clip-higher), 4 updates per batch", {"train.eps_low": 0.28, "train.num_iterations": 4}),
+    Arm("data-random", 6, "600 random prompts of the domain", data="random"),
+    Arm("data-few-clusters", 6, "600 prompts from the fewest of 20 k-means clusters (low diversity)", data="few-clusters"),
+    Arm("data-full", 6, "the domain's whole training split (4,000 prompts)", data="full"),
+)
+ARM_NAMES = tuple(a.name for a in ARMS)
+
+
+class EntropyExperiment(BaseModel):
+    """What ``polymath experiment entropy`` runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """Training seeds; every arm runs once per seed."""
+    arms: list[str] = Field(default_factory=lambda: list(ARM_NAMES), min_length=1)
+    """Arms to run (default: all); ``grpo`` is always added, every question compares against it."""
+    domain: str = "gcd"
+    """The training domain; its test split is the held-out set."""
+    k: int = Field(600, ge=1)
+    """Prompts each selected data variant keeps (the paper: 616 of ~17k)."""
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        unknown = [a for a in arms if a not in ARM_NAMES]
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; choose from: {', '.join(ARM_NAMES)}")
+        return ["grpo", *[a for a in ARM_NAMES if a in arms and a != "grpo"]]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {seeds} repeat a seed; list distinct seeds, e.g. 0,1,2")
+        return seeds
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One arm at one seed, with the full config its stages run under."""
+
+    arm: Arm
+    seed: int
+    cfg: PolymathConfig
+
+    @property
+    def label(self) -> str:
+        return f"{EXPERIMENT}:{self.arm.name}:s{self.seed}"
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    base: PolymathConfig
+    domain: str
+    data_configs: dict[str, PolymathConfig | None]
+    runs: list[ArmRun]
+
+
+def experiment_plan(cfg: PolymathConfig, experiment: EntropyExperiment) -> ExperimentPlan:
+    """The configs of every data variant and arm run, validated before anything trains."""
+    changes = {**BASELINE, "curate.k": experiment.k, "curate.domains": [experiment.domain]}
+    base = with_changes(cfg, changes, origin="experiment baseline")
+    arms = [a for a in ARMS if a.name in experiment.arms]
+    data_configs: dict[str, PolymathConfig | None] = {}
+    for variant in sorted({a.data for a in arms}, key=list(DATA_VARIANTS).index):
+        changes = DATA_VARIANTS[variant]
+        data_configs[variant] = None if changes is None else with_changes(base, changes, origin=f"data variant {variant}")
+    runs = [
+        ArmRun(arm, seed, with_changes(base, {**arm.changes, "train.seed": seed}, origin=f"arm {arm.name}"))
+        for arm in arms
+        for seed in experiment.seeds
+    ]
+    return ExperimentPlan(base, experiment.domain, data_configs, runs)
+
+
+@dataclass
+class StageCalls:
+    """The stage runners the experiment calls: plain functions here, Prefect tasks in the flow."""
+
+    data: Callable[..., StageRef] = stages.data_stage
+    model: Callable[..., StageRef] = stages.model_stage
+    curate: Callable[..., StageRef] = stages.curate_stage
+    train: Callable[..., StageRef] = stages.train_stage
+    evaluate: Callable[..., StageRef] = stages.evaluate_stage
+    ingest: Callable[[Workspace, list[StageRef]], Any] = field(
+        default=lambda ws, refs: [stages.ingest(ws, r) for r in refs]
+    )
+
+
+def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None = None) -> pd.DataFrame:
+    """Run (or reuse) every stage of the plan, ingest them, and return the ``experiment_arms`` rows."""
+    calls = calls or StageCalls()
+    base = plan.base
+    data = calls.data(base, ws)
+    if plan.domain not in data.manifest()["summary"]["domains"]:
+        raise ConfigError(
+            f"experiment domain {plan.domain!r} is not in the training data "
+            f"({', '.join(sorted(data.manifest()['summary']['domains']))}); pick one with --domain"
+        )
+    model = calls.model(base, ws, data)
+    curates = {v: (calls.curate(c, ws, data) if c is not None else None) for v, c in plan.data_configs.items()}
+    base_eval = calls.evaluate(base, ws, model, data, None)
+    calls.ingest(ws, [data, model, *[c for c in curates.values() if c], base_eval])
+    rows = [_row("base", 0, 0, "", plan.domain, {}, "base", None, None, base_eval)]
+    for i, run in enumerate(plan.runs, 1):
+        log.info("experiment %s: %s (%d of %d)", EXPERIMENT, run.label, i, len(plan.runs))
+        curate = curates[run.arm.data]
+        train = calls.train(run.cfg, ws, model, data, curate, plan.domain, False, run.label)
+        evaluated = calls.evaluate(run.cfg, ws, model, data, train)
+        calls.ingest(ws, [train, evaluated])
+        rows.append(
+            _row(run.arm.name, run.arm.question, run.seed, run.arm.data, plan.domain, run.arm.changes, run.label,
+                 curate, train, evaluated)
+        )
+    frame = pd.DataFrame(rows)
+    record_arms(ws, frame)
+    return frame
+
+
+def _row(arm, question, seed, data, domain, changes, label, curate, train, evaluated) -> dict:
+    return {
+        "experiment": EXPERIMENT,
+        "arm": arm,
+        "question": question,
+        "seed": seed,
+        "data": data,
+        "domain": domain,
+        "changes": json.dumps(changes, sort_keys=True),
+        "label": label,
+        "curate_run": curate.key if curate else None,
+        "train_run": train.key if train else None,
+        "eval_run": evaluated.key,
+    }
+
+
+def record_arms(ws: Workspace, frame: pd.DataFrame) -> None:
+    """Write the arm rows, replacing each arm's earlier rows (its other arms stay)."""
+    from evaluation.store import Store
+
+    store = Store(ws.db_path)
+    for arm, rows in frame.groupby("arm", sort=False):
+        store.replace("experiment_arms", rows.reset_index(drop=True), {"experiment": EXPERIMENT, "arm": arm})

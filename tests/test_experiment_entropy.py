@@ -1,0 +1,243 @@
+"""The entropy experiment: its plan, its results view, its verdicts, and a micro run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from evaluation.store import Store
+from experiments.entropy import ARMS, BASELINE, EntropyExperiment, experiment_plan
+from experiments.entropy_report import (
+    Summary,
+    verdict_collapse,
+    verdict_data,
+    verdict_offpolicy,
+    verdict_positive_tokens,
+    verdict_spearman,
+)
+from flows.cli import app
+from polymath.config import load_config
+from polymath.workspace import Workspace
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# ---------- the plan ----------
+
+
+def test_every_arm_is_the_baseline_with_only_its_own_changes(micro_config_path):
+    plan = experiment_plan(load_config(micro_config_path), EntropyExperiment(seeds=[3], domain="reverse", k=8))
+    base = _flatten(plan.base.model_dump(mode="json"))
+    for key, value in BASELINE.items():
+        assert base[key] == value
+    assert base["curate.domains"] == ["reverse"] and base["curate.k"] == 8
+    assert [r.arm.name for r in plan.runs] == [a.name for a in ARMS]
+    for run in plan.runs:
+        arm = _flatten(run.cfg.model_dump(mode="json"))
+        declared = {**run.arm.changes, "train.seed": 3}
+        changed = {k for k, v in arm.items() if base.get(k) != v}
+        assert changed <= set(declared), run.arm.name
+        assert {k: arm[k] for k in declared} == declared, run.arm.name
+    assert set(plan.data_configs) == {"kmeans", "random", "few-clusters", "full"}
+    assert plan.data_configs["full"] is None
+    assert plan.data_configs["few-clusters"].curate.strategy == "few-clusters"
+
+
+def test_grpo_always_runs_and_unknown_arms_are_named():
+    assert EntropyExperiment(arms=["clip-higher"]).arms == ["grpo", "clip-higher"]
+    with pytest.raises(ValidationError, match="unknown arms \\['nope'\\]; choose from: grpo"):
+        EntropyExperiment(arms=["nope"])
+    with pytest.raises(ValidationError, match="repeat a seed"):
+        EntropyExperiment(seeds=[1, 1])
+
+
+def test_cli_rejects_bad_arms_and_seeds(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["experiment", "entropy", "--arms", "grpo,nope", "-w", str(tmp_path)])
+    assert out.exit_code == 1 and "unknown arms ['nope']" in out.output
+    out = runner.invoke(app, ["experiment", "entropy", "--seeds", "0,x", "-w", str(tmp_path)])
+    assert out.exit_code == 1 and "--seeds '0,x': expected integers" in out.output
+
+
+# ---------- the experiment_results view ----------
+
+
+def test_experiment_results_view_matches_a_direct_computation(tmp_path):
+    store = Store(tmp_path / "polymath.duckdb")
+    rng = np.random.default_rng(0)
+    steps = []
+    for run in ("t1", "t2"):
+        for step in range(1, 21):
+            for metric in ("entropy", "reward", "entropy_target"):
+                steps.append((run, "gcd", step, metric, float(rng.random())))
+    frame = pd.DataFrame(steps, columns=["run_key", "expert", "step", "metric", "value"])
+    for run in ("t1", "t2"):
+        store.replace("train_steps", frame[frame.run_key == run].reset_index(drop=True), {"run_key": run})
+    samples = []
+    for run in ("e1", "e2"):
+        for bench in ("gcd", "legs"):
+            for pid in range(3):
+                for idx in range(4):
+                    samples.append({
+                        "eval_run": run, "model_label": run, "benchmark": bench, "problem_id": f"p{pid}",
+                        "sample_idx": idx, "completion": "x", "extracted_answer": "1", "score": 0.0,
+                        "correct": bool(rng.random() < 0.5), "n_tokens": 2,
+                        "mean_entropy": float(rng.random()), "sum_logprob": -1.0, "n_bigrams": 0, "new_bigrams": 0,
+                    })
+    samples = pd.DataFrame(samples)
+    for run in ("e1", "e2"):
+        store.replace("eval_samples", samples[samples.eval_run == run].reset_index(drop=True), {"eval_run": run})
+    arms = pd.DataFrame([
+        {"experiment": "entropy", "arm": "grpo", "question": 1, "seed": s, "data": "kmeans", "domain": "gcd",
+         "changes": "{}", "label": f"l{s}", "curate_run": "c", "train_run": t, "eval_run": e}
+        for s, t, e in ((0, "t1", "e1"), (1, "t2", "e2"))
+    ])
+    store.replace("experiment_arms", arms, {"experiment": "entropy", "arm": "grpo"})
+
+    got = store.query("SELECT * FROM experiment_results ORDER BY seed")
+    for row, (t, e) in zip(got.itertuples(), (("t1", "e1"), ("t2", "e2"))):
+        wide = frame[frame.run_key == t].pivot(index="step", columns="metric", values="value")
+        assert row.n_steps == 20
+        assert row.entropy_initial == pytest.approx(wide.loc[1:2, "entropy"].mean())
+        assert row.entropy_final == pytest.approx(wide.loc[17:20, "entropy"].mean())
+        assert row.entropy_ratio == pytest.approx(row.entropy_final / row.entropy_initial)
+        assert row.entropy_target == pytest.approx(wide.loc[17:20, "entropy_target"].mean())
+        assert row.reward_initial == pytest.approx(wide.loc[1:2, "reward"].mean())
+        assert row.reward_final == pytest.approx(wide.loc[17:20, "reward"].mean())
+        held = samples[(samples.eval_run == e) & (samples.benchmark == "gcd")]
+        assert row.heldout_accuracy == pytest.approx(held.groupby("problem_id")["correct"].mean().mean())
+        assert row.heldout_entropy == pytest.approx(held.groupby("problem_id")["mean_entropy"].mean().mean())
+
+
+# ---------- verdicts ----------
+
+
+def _summary(rows: list[dict]) -> Summary:
+    return Summary(pd.DataFrame(rows))
+
+
+def test_collapse_verdict_follows_the_entropy_ratio():
+    def row(ratio):
+        return {"arm": "grpo", "seeds": 3, "entropy_initial": 0.6, "entropy_final": 0.6 * ratio, "entropy_ratio": ratio,
+                "entropy_ratio_sd": 0.01, "heldout_entropy": 0.3, "heldout_entropy_sd": 0.01}
+    assert verdict_collapse(_summary([row(0.3)]))[0] == "holds"
+    assert verdict_collapse(_summary([row(0.7)]))[0] == "partly"
+    assert verdict_collapse(_summary([row(1.0)]))[0] == "does not hold"
+    assert verdict_collapse(_summary([]))[0] == "not run"
+
+
+def test_differences_within_twice_the_standard_error_do_not_count():
+    rows = [
+        {"arm": "grpo", "seeds": 4, "reward_final": 0.50, "reward_final_sd": 0.04,
+         "heldout_accuracy": 0.60, "heldout_accuracy_sd": 0.02, "entropy_ratio": 0.5, "entropy_ratio_sd": 0.05},
+        # +0.05 reward against 2 SE = 2 * sqrt(2 * 0.04^2 / 4) = 0.057: level
+        {"arm": "offpolicy-2", "seeds": 4, "reward_final": 0.55, "reward_final_sd": 0.04,
+         "heldout_accuracy": 0.60, "heldout_accuracy_sd": 0.02, "entropy_ratio": 0.5, "entropy_ratio_sd": 0.05},
+        # +0.10 reward: higher; accuracy -0.05: lower
+        {"arm": "offpolicy-4", "seeds": 4, "reward_final": 0.60, "reward_final_sd": 0.04,
+         "heldout_accuracy": 0.55, "heldout_accuracy_sd": 0.02, "entropy_ratio": 0.5, "entropy_ratio_sd": 0.05},
+    ]
+    s = _summary(rows)
+    assert s.compare("offpolicy-2", "grpo", "reward_final") == 0
+    assert s.compare("offpolicy-4", "grpo", "reward_final") == 1
+    assert s.compare("offpolicy-4", "grpo", "heldout_accuracy") == -1
+    word, text = verdict_offpolicy(s)
+    assert word == "partly" and "offpolicy-4: final training reward 0.600 ± 0.040" in text
+    rows[1]["reward_final"] = 0.65
+    assert verdict_offpolicy(_summary(rows))[0] == "holds"
+
+
+def test_a_column_without_a_seed_spread_compares_by_its_raw_difference():
+    s = _summary([{"arm": "grpo", "seeds": 3, "entropy_final": 0.30}, {"arm": "clip-higher", "seeds": 3, "entropy_final": 0.31}])
+    assert math.isnan(s.noise("clip-higher", "grpo", "entropy_final"))
+    assert s.compare("clip-higher", "grpo", "entropy_final") == 1
+
+
+def test_low_diversity_must_collapse_faster_than_every_diverse_subset():
+    def row(arm, ratio, acc=0.7):
+        return {"arm": arm, "seeds": 3, "entropy_ratio": ratio, "entropy_ratio_sd": 0.01,
+                "heldout_accuracy": acc, "heldout_accuracy_sd": 0.01}
+    rows = [row("grpo", 0.45), row("data-full", 0.40), row("data-random", 0.44), row("data-few-clusters", 0.30)]
+    assert verdict_data(_summary(rows))[0] == "holds"
+    rows[2] = row("data-random", 0.30)  # random collapses as fast as the narrow subset
+    assert verdict_data(_summary(rows))[0] == "partly"
+
+
+def test_positive_token_verdict_needs_every_ordering():
+    base = {"seeds": 2, "entropy_ratio_sd": 0.01, "heldout_accuracy": 0.5, "heldout_accuracy_sd": 0.01}
+    rows = [{"arm": "grpo", "entropy_ratio": 0.5, **base}, {"arm": "adv-nonneg", "entropy_ratio": 0.1, **base},
+            {"arm": "adv-nonpos", "entropy_ratio": 1.2, **base}, {"arm": "par-0", "entropy_ratio": 0.9, **base}]
+    assert verdict_positive_tokens(_summary(rows))[0] == "holds"
+    rows[3]["entropy_ratio"] = 0.3  # lambda = 0 collapsing faster than lambda = 1 breaks the claim
+    assert verdict_positive_tokens(_summary(rows))[0] == "partly"
+
+
+def test_spearman_verdict_calls_small_correlations_weak():
+    frame = pd.DataFrame([{"arm": "grpo", "seeds": 2, "spearman": -0.1, "spearman_min": -0.2, "spearman_max": 0.0}])
+    word, text = verdict_spearman(frame)
+    assert word == "holds" and "weak negative" in text
+    frame.loc[0, "spearman"] = -0.7
+    assert verdict_spearman(frame)[0] == "does not hold"
+
+
+# ---------- end to end on the micro profile ----------
+
+
+@pytest.fixture(scope="module")
+def micro_experiment(prefect_harness, micro_config_path, tmp_path_factory):
+    from flows.experiment import entropy_experiment_flow
+
+    ws = Workspace(tmp_path_factory.mktemp("ws"))
+    cfg = load_config(micro_config_path)
+    experiment = EntropyExperiment(seeds=[0], arms=["adv-nonneg", "data-full", "data-few-clusters"], domain="reverse", k=8)
+    path = entropy_experiment_flow(cfg, str(ws.root), experiment)
+    return cfg, ws, experiment, path
+
+
+def test_experiment_writes_arms_and_a_report_from_queries(micro_experiment):
+    _, ws, _, path = micro_experiment
+    store = Store(ws.db_path)
+    arms = store.query("SELECT arm, data, curate_run, train_run, eval_run FROM experiment_arms ORDER BY arm")
+    assert list(arms["arm"]) == ["adv-nonneg", "base", "data-few-clusters", "data-full", "grpo"]
+    assert pd.isna(arms.set_index("arm").loc["data-full", "curate_run"])
+    picked = store.query(
+        "SELECT DISTINCT s.domain FROM curation_selection s JOIN experiment_arms a ON s.run_key = a.curate_run"
+    )
+    assert list(picked["domain"]) == ["reverse"]
+    results = store.query("SELECT * FROM experiment_results WHERE arm <> 'base'")
+    assert results[["entropy_final", "reward_final", "heldout_accuracy"]].notna().all().all()
+    text = open(path).read()
+    for q in range(1, 8):
+        assert f"### Q{q}." in text
+    assert "### Q4. Do more off-policy updates per batch raise training reward but not held-out accuracy? **not run**" in text
+    assert text.count("```sql") >= 4
+    assert (ws.reports_dir / "entropy" / "entropy_curves.png").stat().st_size > 0
+
+
+def test_experiment_rerun_reuses_every_stage_run(micro_experiment):
+    from flows.experiment import entropy_experiment_flow
+
+    cfg, ws, experiment, _ = micro_experiment
+    before = {p: p.stat().st_mtime for p in (ws.root / "artifacts").glob("*/*/manifest.json")}
+    entropy_experiment_flow(cfg, str(ws.root), experiment)
+    after = {p: p.stat().st_mtime for p in (ws.root / "artifacts").glob("*/*/manifest.json")}
+    assert after == before
+    rows = Store(ws.db_path).query("SELECT count(*) AS n FROM experiment_arms")
+    assert int(rows["n"][0]) == 5
+    assert json.loads(
+        Store(ws.db_path).query("SELECT changes FROM experiment_arms WHERE arm = 'adv-nonneg'")["changes"][0]
+    ) == {"train.token_filter": "nonneg"}
