@@ -158,6 +158,25 @@ class EntropyExperiment(BaseModel):
         return seeds
 
 
+def experiment_from_options(
+    seeds: list[int] | None = None, arms: list[str] | None = None, domain: str = "gcd", k: int = 600
+) -> EntropyExperiment:
+    """An EntropyExperiment from command-line or deployment options; ConfigError names the bad option."""
+    from pydantic import ValidationError
+
+    spec: dict[str, Any] = {"domain": domain, "k": k}
+    if seeds is not None:
+        spec["seeds"] = seeds
+    if arms:
+        spec["arms"] = arms
+    try:
+        return EntropyExperiment.model_validate(spec)
+    except ValidationError as exc:
+        raise ConfigError(
+            "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors()) + f" (arms: {', '.join(ARM_NAMES)})"
+        ) from None
+
+
 @dataclass(frozen=True)
 class ArmRun:
     """One arm at one seed, with the full config its stages run under."""

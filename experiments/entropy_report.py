@@ -364,7 +364,7 @@ def _accuracy_png(summary: pd.DataFrame, out_dir: Path) -> str:
     return "heldout_accuracy.png"
 
 
-def write_entropy_report(store: Store, out_dir: Path, seconds: float | None = None) -> Path:
+def write_entropy_report(store: Store, out_dir: Path) -> Path:
     """Write ``entropy.md`` and its PNGs into ``out_dir``; returns the markdown path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,8 +378,7 @@ def write_entropy_report(store: Store, out_dir: Path, seconds: float | None = No
     lines = [
         "# Entropy findings in miniature (arXiv 2511.05993)",
         "",
-        f"Results from `{store.path}`"
-        + (f"; this invocation took {seconds / 60:.1f} minutes (finished arms are reused)." if seconds else "."),
+        f"Results from `{store.path}`.",
         "Training entropy is the token-mean entropy of each step's rollouts; *initial* is the mean over the first "
         "10% of steps, *final* over the last 20%, *entropy_ratio* final / initial per seed. Held-out columns "
         "evaluate each arm's policy on the test split of its training domain. Cells are means over seeds "
@@ -402,6 +401,9 @@ def write_entropy_report(store: Store, out_dir: Path, seconds: float | None = No
         "",
         f"![training entropy per question]({_curves_png(store.query(CURVES_SQL), out_dir)})",
         "",
+        "The curves are the mean over seeds of this query, smoothed over 10 steps:",
+        "",
+        *_sql_block(CURVES_SQL),
         f"![held-out accuracy per arm]({_accuracy_png(summary[summary['arm'] != 'base'], out_dir)})",
         "",
         "Seed standard deviations of the same query:",

@@ -255,9 +255,7 @@ def experiment_entropy(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile key for every arm."),
 ) -> None:
     """Reproduce the entropy findings of arXiv 2511.05993 in miniature; writes a markdown report."""
-    from pydantic import ValidationError
-
-    from experiments.entropy import ARM_NAMES, EntropyExperiment
+    from experiments.entropy import experiment_from_options
     from flows.experiment import entropy_experiment_flow
     from polymath.config import load_config
     from polymath.errors import ConfigError
@@ -268,15 +266,8 @@ def experiment_entropy(
             seed_list = [int(x) for x in seeds.split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
-        spec = {"seeds": seed_list, "domain": domain, "k": k}
-        if arms:
-            spec["arms"] = [a.strip() for a in arms.split(",") if a.strip()]
-        try:
-            experiment = EntropyExperiment.model_validate(spec)
-        except ValidationError as exc:
-            raise ConfigError(
-                "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors()) + f" (arms: {', '.join(ARM_NAMES)})"
-            ) from None
+        arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+        experiment = experiment_from_options(seed_list, arm_list, domain, k)
         ws = _workspace(workspace)
         ws.root.mkdir(parents=True, exist_ok=True)
         path = entropy_experiment_flow(cfg, str(ws.root.resolve()), experiment)

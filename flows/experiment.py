@@ -30,7 +30,7 @@ def entropy_experiment_flow(cfg: PolymathConfig, workspace: str, experiment: Ent
         data=data_task, model=model_task, curate=curate_task, train=train_task, evaluate=_evaluate, ingest=ingest_task
     )
     run_experiment(plan, ws, calls)
-    path = write_entropy_report(Store(ws.db_path), ws.reports_dir / "entropy", time.perf_counter() - start)
+    path = write_entropy_report(Store(ws.db_path), ws.reports_dir / "entropy")
     create_markdown_artifact(Path(path).read_text(), key="entropy-experiment")
-    get_run_logger().info("entropy experiment report: %s", path)
+    get_run_logger().info("entropy experiment: %.1f min; report: %s", (time.perf_counter() - start) / 60, path)
     return str(path)

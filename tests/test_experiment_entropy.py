@@ -241,3 +241,15 @@ def test_experiment_rerun_reuses_every_stage_run(micro_experiment):
     assert json.loads(
         Store(ws.db_path).query("SELECT changes FROM experiment_arms WHERE arm = 'adv-nonneg'")["changes"][0]
     ) == {"train.token_filter": "nonneg"}
+
+
+def test_deployment_entry_point_runs_the_experiment_by_profile_name(micro_experiment, micro_config_path):
+    from flows.deployments import run_entropy_experiment
+
+    _, ws, experiment, path = micro_experiment
+    before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
+    out = run_entropy_experiment(
+        config=str(micro_config_path), workspace=str(ws.root), seeds=[0],
+        arms=["adv-nonneg", "data-full", "data-few-clusters"], domain="reverse", k=8,
+    )
+    assert out == path and sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before

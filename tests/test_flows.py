@@ -128,3 +128,23 @@ def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_p
     out = run_profile(config=str(micro_config_path), workspace=str(ws.root), stage="evaluate")
     assert out["curate"] == result["curate"].key
     assert out["evals"] == [r.key for r in result["evals"] if not r.label.startswith("merged:")]
+
+
+def test_every_deployment_in_prefect_yaml_names_a_flow_and_its_parameters():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+    from prefect import Flow
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
+    names = set()
+    for deployment in spec["deployments"]:
+        module, func = deployment["entrypoint"].split(":")
+        flow_obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+        assert isinstance(flow_obj, Flow), deployment["name"]
+        accepted = set(inspect.signature(flow_obj.fn).parameters)
+        assert set(deployment.get("parameters", {})) <= accepted, deployment["name"]
+        names.add(deployment["name"])
+    assert {"pipeline-nightly", "experiment-entropy"} <= names
