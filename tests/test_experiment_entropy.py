@@ -253,3 +253,17 @@ def test_deployment_entry_point_runs_the_experiment_by_profile_name(micro_experi
         arms=["adv-nonneg", "data-full", "data-few-clusters"], domain="reverse", k=8,
     )
     assert out == path and sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
+
+
+def test_the_plain_runner_needs_no_prefect_and_reuses_the_flow_runs(micro_experiment):
+    from experiments.entropy import run_experiment
+
+    cfg, ws, experiment, _ = micro_experiment
+    before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
+    rows = run_experiment(experiment_plan(cfg, experiment), ws)  # stage functions, no flow or task
+    assert sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
+    assert sorted(rows["arm"]) == ["adv-nonneg", "base", "data-few-clusters", "data-full", "grpo"]
+    stored = Store(ws.db_path).query("SELECT arm, train_run FROM experiment_arms ORDER BY arm")
+    assert dict(zip(stored["arm"], stored["train_run"].fillna(""))) == dict(
+        zip(rows.sort_values("arm")["arm"], rows.sort_values("arm")["train_run"].fillna(""))
+    )
