@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from polymath.config import PolymathConfig, with_changes
+from polymath.config import PolymathConfig, option_errors, with_changes
 from polymath.errors import ConfigError
 from polymath.workspace import Workspace
 from tasks import stages
@@ -162,8 +162,6 @@ def experiment_from_options(
     seeds: list[int] | None = None, arms: list[str] | None = None, domain: str = "gcd", k: int = 600
 ) -> EntropyExperiment:
     """An EntropyExperiment from command-line or deployment options; ConfigError names the bad option."""
-    from pydantic import ValidationError
-
     spec: dict[str, Any] = {"domain": domain, "k": k}
     if seeds is not None:
         spec["seeds"] = seeds
@@ -172,9 +170,7 @@ def experiment_from_options(
     try:
         return EntropyExperiment.model_validate(spec)
     except ValidationError as exc:
-        raise ConfigError(
-            "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors()) + f" (arms: {', '.join(ARM_NAMES)})"
-        ) from None
+        raise ConfigError(option_errors(exc) + f" (arms: {', '.join(ARM_NAMES)})") from None
 
 
 @dataclass(frozen=True)
@@ -234,11 +230,7 @@ def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None
     calls = calls or StageCalls()
     base = plan.base
     data = calls.data(base, ws)
-    if plan.domain not in data.manifest()["summary"]["domains"]:
-        raise ConfigError(
-            f"experiment domain {plan.domain!r} is not in the training data "
-            f"({', '.join(sorted(data.manifest()['summary']['domains']))}); pick one with --domain"
-        )
+    stages.require_domains([plan.domain], data, "--domain", error=ConfigError)
     model = calls.model(base, ws, data)
     curates = {v: (calls.curate(c, ws, data) if c is not None else None) for v, c in plan.data_configs.items()}
     base_eval = calls.evaluate(base, ws, model, data, None)

@@ -122,19 +122,26 @@ class Summary:
     def seeds(self, arm: str) -> int:
         return int(self.frame.at[arm, "seeds"])
 
+    def sd(self, arm: str, col: str) -> float:
+        """The seed standard deviation of ``col`` for ``arm``; NaN where there is none (one seed, base)."""
+        sd_col = f"{col}_sd"
+        if arm == "base" or sd_col not in self.frame.columns:
+            return float("nan")
+        sd = self.frame.at[arm, sd_col]
+        return float("nan") if sd is None else float(sd)
+
     def noise(self, a: str, b: str, col: str) -> float:
         """Twice the standard error of mean(a) - mean(b); NaN with a single seed."""
-        se2 = 0.0
-        sd_col = f"{col}_sd"
-        if sd_col not in self.frame.columns:
+        if f"{col}_sd" not in self.frame.columns:
             return float("nan")
+        se2 = 0.0
         for arm in (a, b):
             if arm == "base":
                 continue
-            sd = self.frame.at[arm, sd_col]
-            if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+            sd = self.sd(arm, col)
+            if math.isnan(sd):
                 return float("nan")
-            se2 += float(sd) ** 2 / self.seeds(arm)
+            se2 += sd**2 / self.seeds(arm)
         return 2.0 * math.sqrt(se2)
 
     def compare(self, a: str, b: str, col: str) -> int:
@@ -147,13 +154,8 @@ class Summary:
         return 0 if abs(diff) <= noise else (1 if diff > 0 else -1)
 
     def fmt(self, arm: str, col: str, digits: int = 3) -> str:
-        value = self.mean(arm, col)
-        sd_col = f"{col}_sd"
-        if sd_col in self.frame.columns and arm != "base":
-            sd = self.frame.at[arm, sd_col]
-            if sd is not None and not (isinstance(sd, float) and math.isnan(sd)):
-                return f"{value:.{digits}f} ± {float(sd):.{digits}f}"
-        return f"{value:.{digits}f}"
+        value, sd = self.mean(arm, col), self.sd(arm, col)
+        return f"{value:.{digits}f}" if math.isnan(sd) else f"{value:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _word(sign: int, up: str, down: str, same: str) -> str:

@@ -220,6 +220,7 @@ def merge(
 
     from merging.config import MergeConfig
     from merging.merge import merge_adapters
+    from polymath.config import option_errors
     from polymath.errors import ConfigError
     from tasks.stages import merge_row
 
@@ -228,7 +229,7 @@ def merge(
         try:
             cfg = MergeConfig.model_validate({k: v for k, v in params.items() if v is not None})
         except ValidationError as exc:
-            raise ConfigError("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None
+            raise ConfigError(option_errors(exc)) from None
         report_ = merge_adapters(adapters, out, cfg, overwrite=overwrite)
         if workspace is not None:
             from evaluation.store import Store

@@ -179,6 +179,11 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         raise ConfigError(_explain(exc, origin)) from None
 
 
+def option_errors(exc: ValidationError) -> str:
+    """A command's validation errors as ``--option: message`` parts (the field name is the option)."""
+    return "; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+
+
 def with_changes(cfg: PolymathConfig, changes: dict[str, Any], origin: str = "changes") -> PolymathConfig:
     """A copy of ``cfg`` with dotted keys (``train.entropy.mode``) set, validated like ``--set``."""
     tree = cfg.model_dump(mode="json")

@@ -71,9 +71,8 @@ def train_task(
     force: bool = False,
     label: str | None = None,
 ) -> StageRef:
-    name = label or f"expert:{domain}"
     ref = run_guarded(
-        "train", name, isolation.call, stages.train_stage, cfg, ws, model, data, curate, domain, force, label
+        "train", stages.expert_label(domain, label), isolation.call, stages.train_stage, cfg, ws, model, data, curate, domain, force, label
     )
     return _log(ref)
 

@@ -123,10 +123,7 @@ def curate_stage(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool
         return ref
     problems = train_problems(data)
     if cfg.curate.domains is not None:
-        available = sorted({p.domain for p in problems})
-        missing = sorted(set(cfg.curate.domains) - set(available))
-        if missing:
-            raise StageError(f"curate.domains names {missing}, which the training data does not have; available: {available}")
+        require_domains(cfg.curate.domains, data, "curate.domains")
         problems = [p for p in problems if p.domain in cfg.curate.domains]
     with ws.stage_run("curate", key, section, inputs) as run:
         result = curate(problems, cfg.curate, ws.cache_dir / "embeddings")
@@ -197,16 +194,25 @@ def model_dir(model: StageRef) -> Path:
 # ---------------------------------------------------------------- train
 
 
-def expert_domains(cfg: PolymathConfig, data: StageRef) -> list[str]:
+def require_domains(wanted: list[str], data: StageRef, option: str, error: type[PolymathError] = StageError) -> None:
+    """Raise ``error`` naming ``option``, the missing domains and the available ones, unless the
+    training data has every domain in ``wanted``."""
     available = sorted(data.manifest()["summary"]["domains"])
-    if cfg.train.domains is None:
-        return available
-    missing = [d for d in cfg.train.domains if d not in available]
+    missing = [d for d in wanted if d not in available]
     if missing:
-        raise StageError(
-            f"train.domains names {missing}, which the training data does not have; available: {available}"
-        )
+        raise error(f"{option} names {missing}, which the training data does not have; available: {available}")
+
+
+def expert_domains(cfg: PolymathConfig, data: StageRef) -> list[str]:
+    if cfg.train.domains is None:
+        return sorted(data.manifest()["summary"]["domains"])
+    require_domains(cfg.train.domains, data, "train.domains")
     return list(cfg.train.domains)
+
+
+def expert_label(domain: str, label: str | None = None) -> str:
+    """The name of a training run and its evaluations: ``label``, or ``expert:<domain>``."""
+    return label or f"expert:{domain}"
 
 
 def train_stage(
@@ -232,7 +238,7 @@ def train_stage(
     section.pop("show_progress", None)
     inputs = {"model": model.key, "data": data.key, "curate": curate.key if curate else "", "domain": domain}
     key = _key("train", section, inputs, "training")
-    label = label or f"expert:{domain}"
+    label = expert_label(domain, label)
     if ref := _finished(ws, "train", key, label, force):
         return ref
     problems = [p for p in curated_problems(data, curate) if p.domain == domain]
