@@ -59,7 +59,10 @@ class DataConfig(BaseModel):
     strip_prefixes: list[str] = Field(default_factory=list, description="Fixed leading instruction texts to remove.")
     strip_suffixes: list[str] = Field(default_factory=list, description="Fixed trailing instruction texts to remove.")
     verifier: str | None = Field(
-        None, description="reasoning-gym | math | numeric | exact; None = from the format and answer_format."
+        None,
+        description="marker | reasoning-gym | math | numeric | exact; None = from the format and answer_format "
+        "(reasoning-gym data: marker, the exact final answer after 'Answer:'; reasoning-gym's partial-credit "
+        "scorer only when set explicitly).",
     )
     domains: list[str] | None = Field(None, description="Embedded domains to use (None = all four).")
     train_per_domain: int = Field(4000, gt=0, description="Embedded training problems per domain.")
@@ -77,7 +80,7 @@ class DataConfig(BaseModel):
         if self.verifier:
             return self.verifier
         if self.format == "reasoning-gym":
-            return "reasoning-gym"
+            return "marker"
         return {"gsm8k": "numeric", "boxed": "math", "plain": "exact"}[self.answer_format]
 
 
@@ -252,12 +255,17 @@ def _records(cfg: DataConfig, path: str, split: str, verifier: str) -> tuple[lis
         if not prompt:
             raise DataError(f"{where}: empty prompt in field {fmap.prompt!r}; remove the row or fix the text")
         answer = parse_answer(values["answer"], cfg.answer_format, where)
+        raw_answer = "" if values["answer"] is None else str(values["answer"]).strip()
+        # GSM8K's and boxed answers come with their worked solution: keep it (it sizes evaluation's token cap).
+        solution = raw_answer if cfg.answer_format != "plain" and raw_answer != answer else None
         domain = str(values["domain"]) if fmap.domain else cfg.domain
         pid = str(values["id"]) if fmap.id else f"{Path(path).stem}-{rows - 1}"
         top = {c.split(".")[0] for c in (fmap.prompt, fmap.answer)}
         extra = {k: v for k, v in row.items() if k not in top}
         metadata = {"verifier": verifier, **{k: v for k, v in extra.items() if _jsonable(v)}}
-        problems.append(Problem(id=pid, domain=domain, prompt=prompt, answer=answer, metadata=metadata))
+        problems.append(
+            Problem(id=pid, domain=domain, prompt=prompt, answer=answer, metadata=metadata, solution=solution)
+        )
     return problems, rows
 
 
@@ -304,6 +312,9 @@ def load_problems(cfg: DataConfig) -> ProblemSet:
     """Load train and test problems as the config says."""
     if cfg.format == "reasoning-gym":
         train, test = load_embedded(cfg.domains, cfg.train_per_domain, cfg.test_per_domain)
+        verifier = cfg.resolved_verifier()
+        tag = lambda p: replace(p, metadata={**p.metadata, "verifier": verifier})  # noqa: E731
+        train, test = [tag(p) for p in train], [tag(p) for p in test]
         if cfg.strip_prefixes or cfg.strip_suffixes:
             strip = lambda p: replace(p, prompt=normalize_prompt(p.prompt, cfg.strip_prefixes, cfg.strip_suffixes))  # noqa: E731
             train, test = [strip(p) for p in train], [strip(p) for p in test]

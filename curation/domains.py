@@ -1,7 +1,9 @@
-"""The embedded problem set: procedural reasoning-gym domains, generated offline.
+"""The embedded problem set: procedural reasoning-gym domains with worked solutions, generated offline.
 
-Four domains that exercise different skills (arithmetic, counting with world
-knowledge, number theory, string manipulation), about 17,000 problems in all.
+Four domains that exercise different skills (signed running sums, counting with
+world knowledge, Euclid's algorithm, string reversal), about 17,000 problems in
+all. reasoning-gym generates the problems; each carries a worked solution in
+polymath's trace format (curation/traces.py), one valid order drawn per problem.
 Generation is seeded, so every machine builds the same set; the test split is
 generated from a different seed and filtered so no test prompt appears in train.
 """
@@ -9,12 +11,14 @@ generated from a different seed and filtered so no test prompt appears in train.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from polymath.errors import DataError
 
 from .records import Problem
+from .traces import trace
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +33,10 @@ class DomainSpec:
 
 
 EMBEDDED_DOMAINS: tuple[DomainSpec, ...] = (
-    DomainSpec("arithmetic", "chain_sum", dict(min_terms=2, max_terms=4, min_digits=1, max_digits=1)),
-    DomainSpec("legs", "leg_counting", dict(min_animals=1, max_animals=2, max_instances=4)),
+    DomainSpec("arithmetic", "chain_sum", dict(min_terms=3, max_terms=4, min_digits=1, max_digits=1)),
+    DomainSpec("legs", "leg_counting", dict(min_animals=2, max_animals=2, max_instances=4)),
     DomainSpec("gcd", "gcd", dict(min_numbers=2, max_numbers=2, min_value=2, max_value=99)),
-    DomainSpec("reverse", "spell_backward", dict(min_word_len=8, max_word_len=12)),
+    DomainSpec("reverse", "spell_backward", dict(min_word_len=9, max_word_len=12)),
 )
 
 TRAIN_SEED = 20_251_105
@@ -66,14 +70,12 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
             seen.add(question)
             metadata = dict(entry.get("metadata", {}))
             metadata["reasoning_gym_task"] = spec.task
+            pid = f"{spec.domain}-{attempt_seed}-{i}"
+            answer = str(entry["answer"])
+            # One valid order per problem, seeded by its id: the set holds every fork of the format.
+            solution = trace(spec.task, metadata, answer, random.Random(pid))
             out.append(
-                Problem(
-                    id=f"{spec.domain}-{attempt_seed}-{i}",
-                    domain=spec.domain,
-                    prompt=question,
-                    answer=str(entry["answer"]),
-                    metadata=metadata,
-                )
+                Problem(id=pid, domain=spec.domain, prompt=question, answer=answer, solution=solution, metadata=metadata)
             )
             if len(out) == n:
                 return out

@@ -11,8 +11,11 @@ class Problem:
     """One verifiable prompt.
 
     ``answer`` is the reference answer as a string (already extracted from
-    GSM8K ``#### 42`` or ``\\boxed{}`` forms); ``metadata`` carries what the
-    domain's verifier needs beyond the answer (reasoning-gym's entry metadata).
+    GSM8K ``#### 42`` or ``\\boxed{}`` forms); ``solution`` is a worked solution
+    ending in that answer when the source has one (the embedded domains' traces,
+    GSM8K's reasoning), used by the warm start and to size evaluation's token cap;
+    ``metadata`` carries what the domain's verifier needs beyond the answer
+    (reasoning-gym's entry metadata).
     """
 
     id: str
@@ -20,3 +23,4 @@ class Problem:
     prompt: str
     answer: str
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    solution: str | None = None

@@ -7,6 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# The completion cap when neither the config nor the problems' worked solutions give one.
+FALLBACK_CAP = 256
+
+
 class EvalConfig(BaseModel):
     """How many completions to sample per problem, and how."""
 
@@ -21,8 +25,10 @@ class EvalConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
 
-    max_new_tokens: int = Field(256, ge=1)
-    """Longest completion, in tokens; longer ones are cut (and usually scored wrong)."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Longest completion, in tokens; longer ones are cut (``hit_cap`` in eval_samples). None: 1.5x the longest
+    worked solution of each benchmark (256 when its problems carry none); a value below the longest solution
+    is an error."""
 
     batch_size: int = Field(8, ge=1)
     """Prompts per generate call on the HF backend; each yields k sequences, so rows = batch_size * k."""
@@ -42,6 +48,11 @@ class EvalConfig(BaseModel):
 
     vllm_logprobs: int = Field(20, ge=1)
     """vLLM only: log-probs returned per token; the entropy is estimated over these top tokens."""
+
+    @property
+    def cap(self) -> int:
+        """The token cap the engines apply: ``max_new_tokens``, or FALLBACK_CAP when it is unset."""
+        return self.max_new_tokens if self.max_new_tokens is not None else FALLBACK_CAP
 
     @model_validator(mode="after")
     def _greedy_is_single(self) -> EvalConfig:

@@ -110,20 +110,21 @@ def hf_generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, se
                     top_k=0,
                     min_p=None,
                     num_return_sequences=config.k,
-                    max_new_tokens=config.max_new_tokens,
+                    max_new_tokens=config.cap,
                     logits_processor=_processors(config, recorder),
                     pad_token_id=pad_id,
                     eos_token_id=eos_ids,
                 )
                 generated = sequences[:, enc["input_ids"].shape[1] :]
                 entropy, logprob = recorder.finish(sequences)
-                out.extend(_split(_to_samples(generated, entropy, logprob, eos_ids, tokenizer), config.k))
+                samples = _to_samples(generated, entropy, logprob, eos_ids, tokenizer, config.cap)
+                out.extend(_split(samples, config.k))
     finally:
         model.train(was_training)
     return out
 
 
-def _to_samples(generated, entropy, logprob, eos_ids: list[int], tokenizer) -> list[Sample]:
+def _to_samples(generated, entropy, logprob, eos_ids: list[int], tokenizer, max_new_tokens: int) -> list[Sample]:
     rows, steps = generated.shape
     is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
     has_eos = is_eos.any(dim=1)
@@ -143,6 +144,7 @@ def _to_samples(generated, entropy, logprob, eos_ids: list[int], tokenizer) -> l
                 token_ids=tuple(ids),
                 mean_entropy=float(mean_entropy[r]),
                 sum_logprob=float(sum_logprob[r]),
+                hit_cap=not bool(has_eos[r]) and steps >= max_new_tokens,
             )
         )
     return samples

@@ -13,12 +13,14 @@ class Sample:
     the distribution the token was drawn from; ``sum_logprob`` the sum of the
     drawn tokens' log-probabilities under it. ``token_ids`` are the generated
     tokens up to and including EOS (no padding); the statistics cover the same.
+    ``hit_cap`` is true when generation stopped at the token cap, not at EOS.
     """
 
     text: str
     token_ids: tuple[int, ...]
     mean_entropy: float
     sum_logprob: float
+    hit_cap: bool = False
 
     @property
     def n_tokens(self) -> int:

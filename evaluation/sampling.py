@@ -16,7 +16,7 @@ import torch
 
 from curation.records import Problem
 from evaluation import schema
-from evaluation.config import EvalConfig
+from evaluation.config import FALLBACK_CAP, EvalConfig
 from evaluation.hf_engine import hf_generate
 from evaluation.metrics import bigram_novelty
 from evaluation.samples import Sample
@@ -90,6 +90,32 @@ def _score(scorer: Scorer, problem: Problem, text: str) -> tuple[str | None, flo
     return (None if extracted is None else str(extracted)), float(score)
 
 
+# Room above the longest worked solution: a model's own chain may be longer than the reference's.
+CAP_MARGIN = 1.5
+
+
+def token_cap(benchmark: str, problems: Sequence[Problem], tokenizer, configured: int | None) -> int:
+    """The completion token cap for one benchmark: ``configured``, or sized from its longest worked solution.
+
+    A configured cap below the longest solution (EOS included) would cut correct completions: an error.
+    """
+    lengths = [
+        (len(tokenizer(p.solution, add_special_tokens=False)["input_ids"]) + 1, p.id) for p in problems if p.solution
+    ]
+    if not lengths:
+        return configured if configured is not None else FALLBACK_CAP
+    longest, pid = max(lengths)
+    if configured is None:
+        return math.ceil(CAP_MARGIN * longest)
+    if configured < longest:
+        raise ConfigError(
+            f"evaluate.max_new_tokens is {configured}, but the longest worked solution of benchmark {benchmark!r} "
+            f"is {longest} tokens (problem {pid!r}): correct completions would be cut. Raise evaluate.max_new_tokens "
+            f"to at least {longest}, or leave it unset (null) to size it from the data"
+        )
+    return configured
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -117,8 +143,8 @@ def evaluate_model(
         model, tokenizer = _hf_model(model, tokenizer, adapter_dir)
         wrapped = model if adapter_dir is not None else None
 
-        def generate(prompts: list[str]) -> list[list[Sample]]:
-            return hf_generate(model, tokenizer, prompts, config, seed=config.seed)
+        def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
+            return hf_generate(model, tokenizer, prompts, cfg, seed=cfg.seed)
     else:
         engine = model if _is_engine(model) else load_engine(
             model, enable_lora=adapter_dir is not None, seed=config.seed, max_logprobs=config.vllm_logprobs
@@ -127,20 +153,22 @@ def evaluate_model(
         if tokenizer is None:
             tokenizer = engine.get_tokenizer()
 
-        def generate(prompts: list[str]) -> list[list[Sample]]:
-            return vllm_generate(engine, prompts, config, seed=config.seed, lora=lora)
+        def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
+            return vllm_generate(engine, prompts, cfg, seed=cfg.seed, lora=lora)
 
     rows = []
     try:
         for benchmark, problems in selected.items():
             prompts = [format_prompt(p, tokenizer) for p in problems]
-            for problem, samples in zip(problems, generate(prompts), strict=True):
+            cap = token_cap(benchmark, problems, tokenizer, config.max_new_tokens)
+            cfg = config.model_copy(update={"max_new_tokens": cap})
+            for problem, samples in zip(problems, generate(prompts, cfg), strict=True):
                 novelty = bigram_novelty([s.text for s in samples])
                 for idx, (sample, (n_bigrams, new_bigrams)) in enumerate(zip(samples, novelty)):
                     extracted, score = _score(scorer, problem, sample.text)
                     rows.append((
                         eval_run, model_label, benchmark, problem.id, idx, sample.text, extracted, score,
-                        score >= config.correct_threshold, sample.n_tokens,
+                        score >= config.correct_threshold, sample.n_tokens, extracted is None, sample.hit_cap,
                         sample.mean_entropy if math.isfinite(sample.mean_entropy) else None,
                         sample.sum_logprob if math.isfinite(sample.sum_logprob) else None,
                         n_bigrams, new_bigrams,
@@ -157,7 +185,7 @@ def samples_frame(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=EVAL_SAMPLE_COLUMNS)
     ints = {c: np.int32 for c in ("sample_idx", "n_tokens", "n_bigrams", "new_bigrams")}
     floats = {c: np.float64 for c in ("score", "mean_entropy", "sum_logprob")}
-    return df.astype({**ints, **floats, "correct": bool})
+    return df.astype({**ints, **floats, "correct": bool, "no_answer": bool, "hit_cap": bool})
 
 
 def _hf_model(model, tokenizer, adapter_dir):

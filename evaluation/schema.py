@@ -72,6 +72,7 @@ TABLES: dict[str, TableSpec] = {
             _c("finished_at", "TIMESTAMP", "end time, UTC"),
             _c("seconds", "DOUBLE", "wall-clock duration"),
             _c("artifact_dir", "VARCHAR", "workspace/artifacts/<stage>/<key>"),
+            _c("inputs", "VARCHAR", "the keys of the run's inputs (upstream runs, domain, label) as JSON text"),
         ),
     ),
     "curation_selection": TableSpec(
@@ -117,6 +118,8 @@ TABLES: dict[str, TableSpec] = {
             _c("score", "DOUBLE", "verifier score in [0, 1]"),
             _c("correct", "BOOLEAN", "score >= the configured threshold", False),
             _c("n_tokens", "INTEGER", "generated tokens, EOS included, padding excluded"),
+            _c("no_answer", "BOOLEAN", "the verifier found no answer in the completion (it scores 0)"),
+            _c("hit_cap", "BOOLEAN", "generation stopped at the token cap (evaluate.max_new_tokens), not at EOS"),
             _c("mean_entropy", "DOUBLE", "mean per-token entropy of the sampling distribution (nats)"),
             _c("sum_logprob", "DOUBLE", "sum of log-probs of the sampled tokens under it"),
             _c("n_bigrams", "INTEGER", "word bigrams in the completion", False),
@@ -165,6 +168,8 @@ TABLES: dict[str, TableSpec] = {
             _c("accuracy", "DOUBLE", "c / n"),
             _c("mean_entropy", "DOUBLE", "mean of the samples' mean token entropy"),
             _c("mean_tokens", "DOUBLE", "mean completion length in tokens"),
+            _c("no_answer_rate", "DOUBLE", "share of samples without an answer the verifier could read"),
+            _c("hit_cap_rate", "DOUBLE", "share of samples cut at the token cap"),
         ),
         derived=True,
     ),
@@ -180,6 +185,24 @@ TABLES: dict[str, TableSpec] = {
             _c("maj_correct", "BOOLEAN", "majority-voted answer of the first k samples is correct"),
             _c("distinct_2", "DOUBLE", "unique / total word bigrams of the first k completions"),
             _c("unique_answer_ratio", "DOUBLE", "distinct non-NULL answers of the first k / k"),
+        ),
+        derived=True,
+    ),
+    "eval_comparisons": TableSpec(
+        "derived after each evaluation ingest: every evaluated model against the reference of its evaluation "
+        "group (same base model, data and evaluate settings), per benchmark, with a paired bootstrap interval",
+        (
+            _c("eval_run", "VARCHAR", "evaluation run of the compared model", False),
+            _c("model_label", "VARCHAR", "compared model", False),
+            _c("benchmark", "VARCHAR", "benchmark", False),
+            _c("reference", "VARCHAR", "reference model label (base)", False),
+            _c("reference_run", "VARCHAR", "evaluation run of the reference"),
+            _c("n_problems", "INTEGER", "problems both runs scored"),
+            _c("accuracy", "DOUBLE", "avg@k of the compared model"),
+            _c("reference_accuracy", "DOUBLE", "avg@k of the reference"),
+            _c("diff", "DOUBLE", "accuracy - reference_accuracy"),
+            _c("ci_low", "DOUBLE", "2.5% point of the paired bootstrap over problems (2,000 resamples)"),
+            _c("ci_high", "DOUBLE", "97.5% point of the same"),
         ),
         derived=True,
     ),
@@ -229,7 +252,10 @@ SELECT {_KEY.replace(', problem_id', '')}, a.k,
        avg(a.maj_correct::DOUBLE) AS maj_at_k,
        avg(p.mean_entropy) AS mean_entropy,
        avg(a.distinct_2) AS distinct_2,
-       avg(a.unique_answer_ratio) AS unique_answer_ratio
+       avg(a.unique_answer_ratio) AS unique_answer_ratio,
+       avg(p.mean_tokens) AS mean_tokens,
+       avg(p.no_answer_rate) AS no_answer_rate,
+       avg(p.hit_cap_rate) AS hit_cap_rate
 FROM eval_problems_at_k a JOIN eval_problems p USING ({_KEY})
 GROUP BY ALL
 """
@@ -325,7 +351,8 @@ PROBLEMS_TEMP_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _polymath_p AS
 SELECT {_KEY}, min(_row) AS pid,
        count(*) AS n, count(*) FILTER (WHERE correct) AS c,
-       avg(correct::DOUBLE) AS accuracy, avg(mean_entropy) AS mean_entropy, avg(n_tokens) AS mean_tokens
+       avg(correct::DOUBLE) AS accuracy, avg(mean_entropy) AS mean_entropy, avg(n_tokens) AS mean_tokens,
+       avg(coalesce(no_answer, false)::DOUBLE) AS no_answer_rate, avg(coalesce(hit_cap, false)::DOUBLE) AS hit_cap_rate
 FROM {{incoming}}
 GROUP BY {_KEY}
 """
@@ -343,7 +370,7 @@ WINDOW w AS (PARTITION BY p.pid ORDER BY i.sample_idx, i._row
 
 EVAL_PROBLEMS_SQL = f"""
 INSERT INTO eval_problems
-SELECT {_KEY}, n, c, accuracy, mean_entropy, mean_tokens FROM _polymath_p
+SELECT {_KEY}, n, c, accuracy, mean_entropy, mean_tokens, no_answer_rate, hit_cap_rate FROM _polymath_p
 """
 
 # The ladder rows are the samples at positions k - 1, where the running sums

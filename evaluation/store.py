@@ -121,6 +121,12 @@ class Store:
     def _create_all(con: duckdb.DuckDBPyConnection) -> None:
         for name in schema.TABLES:
             con.execute(schema.create_table_sql(name))
+        # A database written by an older polymath lacks the columns added since: add them (NULL in old rows).
+        present = set(con.execute("SELECT table_name, column_name FROM duckdb_columns()").fetchall())
+        for name, spec in schema.TABLES.items():
+            for col in spec.columns:
+                if (name, col.name) not in present:
+                    con.execute(f"ALTER TABLE {name} ADD COLUMN {schema.quote_ident(col.name)} {col.sql_type}")
         con.execute(schema.PASS_AT_K_MACRO_SQL)
         con.execute(schema.EVAL_SUMMARY_SQL)
         con.execute(schema.ENTROPY_VS_ACCURACY_SQL)
@@ -192,8 +198,9 @@ class Store:
         return len(df)
 
     def _create_all_if_missing(self, con: duckdb.DuckDBPyConnection) -> None:
-        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        if not set(schema.TABLES) <= present:
+        present = set(con.execute("SELECT table_name, column_name FROM duckdb_columns()").fetchall())
+        wanted = {(name, c.name) for name, spec in schema.TABLES.items() for c in spec.columns}
+        if not wanted <= present:
             self._create_all(con)
 
     @staticmethod
@@ -270,6 +277,32 @@ class Store:
                 parts.append(f"{schema.quote_ident(col)} = ?")
                 params.append(value)
         return " AND ".join(parts), params
+
+    def refresh_comparisons(self) -> int:
+        """Recompute ``eval_comparisons`` from eval_problems and the evaluate runs, in one transaction."""
+        from evaluation.compare import COLUMNS, comparisons
+
+        runs = self.query("SELECT run_key, config, inputs FROM runs WHERE stage = 'evaluate'")
+        problems = self.query(
+            "SELECT eval_run, model_label, benchmark, problem_id, accuracy FROM eval_problems ORDER BY ALL"
+        )
+        table = comparisons(problems, runs) if len(runs) else pd.DataFrame(columns=COLUMNS)
+        incoming = pa.Table.from_pandas(table[COLUMNS], preserve_index=False)
+        con = self._connect(read_only=False)
+        try:
+            con.register(_INCOMING, incoming)
+            con.execute("BEGIN TRANSACTION")
+            self._create_all_if_missing(con)
+            con.execute("DELETE FROM eval_comparisons")
+            cols = ", ".join(schema.quote_ident(c) for c in COLUMNS)
+            con.execute(f"INSERT INTO eval_comparisons ({cols}) SELECT {cols} FROM {_INCOMING}")
+            con.execute("COMMIT")
+        except duckdb.Error as err:
+            _rollback(con)
+            raise StoreError(f"could not refresh eval_comparisons in {self.path}: {err}") from err
+        finally:
+            con.close()
+        return len(table)
 
     # -- reads -------------------------------------------------------------
 

@@ -76,6 +76,8 @@ def synthetic_samples(
                         "score": correct.astype(np.float64),
                         "correct": correct,
                         "n_tokens": (lengths * 2 + 1).astype(np.int32),
+                        "no_answer": pd.isna(answers),
+                        "hit_cap": lengths == 20,
                         "mean_entropy": entropy,
                         "sum_logprob": -rng.gamma(5.0, 3.0, size=rows),
                         "n_bigrams": n_bigrams,

@@ -85,7 +85,7 @@ def vllm_generate(engine, prompts: Sequence[str], config: EvalConfig, seed: int,
         n=config.k,
         temperature=config.temperature,
         top_p=config.top_p,
-        max_tokens=config.max_new_tokens,
+        max_tokens=config.cap,
         logprobs=config.vllm_logprobs,
         seed=seed,
     )
@@ -117,4 +117,5 @@ def _to_sample(completion) -> Sample:
         token_ids=tuple(token_ids),
         mean_entropy=sum(entropies) / len(entropies) if entropies else math.nan,
         sum_logprob=logprob_sum,
+        hit_cap=getattr(completion, "finish_reason", None) == "length",
     )

@@ -221,7 +221,7 @@ class StageCalls:
     train: Callable[..., StageRef] = stages.train_stage
     evaluate: Callable[..., StageRef] = stages.evaluate_stage
     ingest: Callable[[Workspace, list[StageRef]], Any] = field(
-        default=lambda ws, refs: [stages.ingest(ws, r) for r in refs]
+        default=lambda ws, refs: stages.ingest_all(ws, refs)
     )
 
 

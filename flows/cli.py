@@ -103,7 +103,7 @@ def run(
         ws = _workspace(workspace)
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
-        flow_fn, force_set = select_flow(stage.value if stage else None, force)
+        flow_fn, force_set = select_flow(stage.value if stage else None, force, cfg.workers)
         kwargs = {}
         if runner is Runner.ray:
             flow_fn = flow_fn.with_options(task_runner=make_task_runner("ray", ray_address))

@@ -28,7 +28,7 @@ def run_profile(
     cfg = load_config(config, overrides)
     ws = Workspace(workspace)
     ws.root.mkdir(parents=True, exist_ok=True)
-    flow_fn, force_set = select_flow(stage, force)
+    flow_fn, force_set = select_flow(stage, force, cfg.workers)
     result = flow_fn(cfg, str(ws.root.resolve()), force_set)
     return {k: [r.key for r in v] if isinstance(v, list) else getattr(v, "key", v) for k, v in result.items()}
 

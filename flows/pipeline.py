@@ -6,6 +6,7 @@ from prefect import flow
 
 from polymath.config import PolymathConfig
 
+from .runners import with_workers
 from .stages import curate_flow, evaluate_flow, merge_flow, train_flow
 
 ALL_STAGES = ["data", "curate", "model", "train", "evaluate", "merge"]
@@ -14,7 +15,7 @@ ALL_STAGES = ["data", "curate", "model", "train", "evaluate", "merge"]
 @flow(name="pipeline")
 def pipeline(cfg: PolymathConfig, workspace: str, force: list[str] | None = None, parallel: bool = False) -> dict:
     up = curate_flow(cfg, workspace, force)
-    up = train_flow(cfg, workspace, force, parallel, up=up)
+    up = with_workers(train_flow, cfg.workers)(cfg, workspace, force, parallel, up=up)
     up = evaluate_flow(cfg, workspace, force, parallel, up=up)
     return merge_flow(cfg, workspace, force, parallel, up=up)
 
@@ -27,10 +28,13 @@ STAGE_FLOWS = {
 }
 
 
-def select_flow(stage: str | None, force: bool):
-    """The flow for ``--stage`` (None: the pipeline) and the stages ``--force`` reruns.
+def select_flow(stage: str | None, force: bool, workers: int = 1):
+    """The flow for ``--stage`` (None: the pipeline) and the stages ``--force`` reruns; the trainings run
+    ``workers`` at a time.
 
     A forced single stage reruns only itself; a bare ``--force`` reruns every stage.
     """
     force_set = ([stage] if stage else list(ALL_STAGES)) if force else []
-    return (STAGE_FLOWS[stage] if stage else pipeline), force_set
+    flow_fn = STAGE_FLOWS[stage] if stage else pipeline
+    # The pipeline and the later stage flows set the train flow's runner themselves.
+    return (with_workers(flow_fn, workers) if stage == "train" else flow_fn), force_set

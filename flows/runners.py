@@ -20,6 +20,15 @@ def make_task_runner(runner: str = "local", ray_address: str | None = None):
     raise ConfigError(f"unknown runner {runner!r}; choose local or ray")
 
 
+def with_workers(flow_fn, workers: int):
+    """``flow_fn`` whose submitted tasks run ``workers`` at a time on local threads (unchanged for 1)."""
+    if workers <= 1:
+        return flow_fn
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+
+
 def ray_options(num_gpus: float = 0.0, num_cpus: float = 1.0):
     """Per-task Ray resources (a no-op context when Ray is not the runner)."""
     from contextlib import nullcontext

@@ -23,9 +23,9 @@ from tasks.prefect_tasks import (
     model_task,
     train_task,
 )
-from tasks.stages import StageRef, expert_domains
+from tasks.stages import GREEDY_LABEL, StageRef, expert_domains
 
-from .runners import ray_options
+from .runners import ray_options, with_workers
 
 
 @flow(name="curate")
@@ -51,7 +51,7 @@ def train_flow(
     domains = expert_domains(cfg, data)
     progress = create_progress_artifact(0.0, description=f"experts trained of {len(domains)}")
     experts: list[StageRef] = []
-    if parallel:
+    if parallel or cfg.workers > 1:
         with ray_options(num_gpus=1.0 if cfg.train.use_vllm or cfg.train.bf16 else 0.0):
             futures = [train_task.submit(cfg, ws, model, data, curate, d, "train" in force) for d in domains]
         for i, fut in enumerate(futures, 1):
@@ -89,22 +89,27 @@ def evaluate_flow(
 ) -> dict:
     force = force or []
     ws = Workspace(workspace)
-    up = up or train_flow(cfg, workspace, force, parallel)
+    up = up or with_workers(train_flow, cfg.workers)(cfg, workspace, force, parallel)
     targets: list[StageRef | None] = ([None] if cfg.evaluate.include_base else []) + list(up["experts"])
-    evals = _evaluate_all(cfg, ws, up, targets, "evaluate" in force, parallel)
+    evals = _evaluate_all(cfg, ws, up, targets, "evaluate" in force, parallel, greedy_base=cfg.evaluate.greedy_base)
     return {**up, "evals": evals}
 
 
-def _evaluate_all(cfg, ws, up, targets, force, parallel) -> list[StageRef]:
-    labels = [t.label if t else "base" for t in targets]
+def _evaluate_all(cfg, ws, up, targets, force, parallel, greedy_base: bool = False) -> list[StageRef]:
+    jobs = [(t, t.label if t else "base", False) for t in targets]
+    if greedy_base:
+        jobs.insert(1 if targets and targets[0] is None else 0, (None, GREEDY_LABEL, True))
     if parallel:
         with ray_options(num_gpus=1.0 if cfg.evaluate.backend == "vllm" else 0.0):
             futures = [
-                evaluate_task.submit(cfg, ws, up["model"], up["data"], t, label, force) for t, label in zip(targets, labels)
+                evaluate_task.submit(cfg, ws, up["model"], up["data"], t, label, force, greedy)
+                for t, label, greedy in jobs
             ]
         evals = [f.result() for f in futures]
     else:
-        evals = [evaluate_task(cfg, ws, up["model"], up["data"], t, label, force) for t, label in zip(targets, labels)]
+        evals = [
+            evaluate_task(cfg, ws, up["model"], up["data"], t, label, force, greedy) for t, label, greedy in jobs
+        ]
     ingest_task(ws, evals)
     _accuracy_artifact(evals, key="evaluation-accuracy")
     return evals

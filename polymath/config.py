@@ -51,6 +51,10 @@ class EvaluateStage(EvalConfig):
     include_base: bool = True
     """Evaluate the base model beside the experts and merges."""
 
+    greedy_base: bool = True
+    """Also evaluate the base model by greedy decoding, one sample per problem (``base@greedy``): the control
+    for "learned vs sharpened"."""
+
 
 ALL_METHODS: list[str] = ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare"]
 
@@ -69,6 +73,9 @@ class PolymathConfig(BaseModel):
 
     name: str = DEFAULT_PROFILE
     """Profile name (shown in reports)."""
+    workers: int = Field(1, ge=1)
+    """Stage runs of one kind (expert trainings, evaluations) run this many at a time on the local runner, each
+    in its own process; 1 runs them one after another in the flow's process."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Where the prompts come from."""
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -71,8 +71,11 @@ def train_task(
     force: bool = False,
     label: str | None = None,
 ) -> StageRef:
+    # Several trainings at a time each get a process of their own (torch's thread pool is per process).
+    isolate = True if cfg.workers > 1 else None
     ref = run_guarded(
-        "train", stages.expert_label(domain, label), isolation.call, stages.train_stage, cfg, ws, model, data, curate, domain, force, label
+        "train", stages.expert_label(domain, label), isolation.call, stages.train_stage, cfg, ws, model, data, curate,
+        domain, force, label, isolate=isolate,
     )
     return _log(ref)
 
@@ -86,8 +89,11 @@ def evaluate_task(
     target: StageRef | None,
     label: str,
     force: bool = False,
+    greedy: bool = False,
 ) -> StageRef:
-    ref = run_guarded("evaluate", label, isolation.call, stages.evaluate_stage, cfg, ws, model, data, target, force)
+    ref = run_guarded(
+        "evaluate", label, isolation.call, stages.evaluate_stage, cfg, ws, model, data, target, force, greedy
+    )
     return _log(ref)
 
 
@@ -101,9 +107,6 @@ def merge_task(
 @task(name="ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
 def ingest_task(ws: Workspace, refs: list[StageRef]) -> dict[str, int]:
     """One writer: every finished run's rows go into DuckDB from this task, run by run."""
-    totals: dict[str, int] = {}
-    for ref in refs:
-        for table, n in stages.ingest(ws, ref).items():
-            totals[table] = totals.get(table, 0) + n
+    totals = stages.ingest_all(ws, refs)
     get_run_logger().info("ingested %s", totals or "runs only")
     return totals

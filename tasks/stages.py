@@ -62,6 +62,7 @@ def write_problems(problems: list[Problem], path: Path) -> None:
             "domain": [p.domain for p in problems],
             "prompt": [p.prompt for p in problems],
             "answer": [p.answer for p in problems],
+            "solution": [p.solution for p in problems],
             "metadata": [json.dumps(p.metadata, default=str) for p in problems],
         }
     )
@@ -71,7 +72,10 @@ def write_problems(problems: list[Problem], path: Path) -> None:
 def read_problems(path: Path) -> list[Problem]:
     frame = pd.read_parquet(path)
     return [
-        Problem(id=r.id, domain=r.domain, prompt=r.prompt, answer=r.answer, metadata=json.loads(r.metadata))
+        Problem(
+            id=r.id, domain=r.domain, prompt=r.prompt, answer=r.answer, metadata=json.loads(r.metadata),
+            solution=getattr(r, "solution", None),
+        )
         for r in frame.itertuples(index=False)
     ]
 
@@ -83,7 +87,7 @@ def data_stage(cfg: PolymathConfig, ws: Workspace, force: bool = False) -> Stage
     from curation.data import load_problems
 
     section = cfg.data.model_dump(mode="json")
-    key = _key("data", section, {}, "curation/data.py", "curation/domains.py", "curation/records.py")
+    key = _key("data", section, {}, "curation/data.py", "curation/domains.py", "curation/records.py", "curation/traces.py")
     if ref := _finished(ws, "data", key, "data", force):
         return ref
     with ws.stage_run("data", key, section, {}) as run:
@@ -165,7 +169,10 @@ def model_stage(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool 
     inputs = {"data": data.key} if cfg.model.source == "tiny" else {}
     if cfg.model.source != "tiny":
         section.pop("tiny")
-    key = _key("model", section, inputs, "training/models.py", "training/prompting.py")
+    key = _key(
+        "model", section, inputs, "training/models.py", "training/warm_start.py", "training/prompting.py",
+        "training/verifiers.py",
+    )
     if ref := _finished(ws, "model", key, "base", force):
         return ref
     with ws.stage_run("model", key, section, inputs) as run:
@@ -314,6 +321,9 @@ def merge_stage(
 # ---------------------------------------------------------------- evaluate
 
 
+GREEDY_LABEL = "base@greedy"
+
+
 def evaluate_stage(
     cfg: PolymathConfig,
     ws: Workspace,
@@ -321,13 +331,23 @@ def evaluate_stage(
     data: StageRef,
     target: StageRef | None,
     force: bool = False,
+    greedy: bool = False,
 ) -> StageRef:
-    """Evaluate the base model (target None) or base + the adapter of a train/merge run."""
+    """Evaluate the base model (target None) or base + the adapter of a train/merge run.
+
+    ``greedy`` evaluates the base model by greedy decoding, one sample per problem (``base@greedy``): the
+    control that tells what RL taught from what sharpening the sampling distribution alone would give.
+    """
     from evaluation.sampling import evaluate_model
     from training.verifiers import score
 
-    section = cfg.evaluate.model_dump(mode="json")
-    label = target.label if target else "base"
+    if greedy:
+        if target is not None:
+            raise StageError("greedy evaluation is the base model's control; it takes no adapter")
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"temperature": 0.0, "k": 1})})
+    # Which models are evaluated is the flow's business, not part of one evaluation's identity.
+    section = cfg.evaluate.model_dump(mode="json", exclude={"include_base", "greedy_base"})
+    label = target.label if target else (GREEDY_LABEL if greedy else "base")
     inputs = {"model": model.key, "data": data.key, "target": target.key if target else "", "label": label}
     key = _key("evaluate", section, inputs, "evaluation", "training/verifiers.py", "training/prompting.py")
     if ref := _finished(ws, "evaluate", key, label, force):
@@ -390,11 +410,25 @@ def ingest(ws: Workspace, ref: StageRef) -> dict[str, int]:
                 "finished_at": pd.Timestamp(m["finished_at"]).tz_convert(None),
                 "seconds": m.get("seconds"),
                 "artifact_dir": str(ref.dir),
+                "inputs": json.dumps(m.get("inputs"), sort_keys=True),
             }
         ]
     )
     store.replace("runs", runs_row, {"stage": ref.stage, "run_key": ref.key})
     return counts
+
+
+def ingest_all(ws: Workspace, refs: list[StageRef]) -> dict[str, int]:
+    """Ingest finished runs one by one, then refresh the derived comparisons once if any was an evaluation."""
+    from evaluation.store import Store
+
+    totals: dict[str, int] = {}
+    for ref in refs:
+        for table, n in ingest(ws, ref).items():
+            totals[table] = totals.get(table, 0) + n
+    if any(ref.stage == "evaluate" for ref in refs):
+        totals["eval_comparisons"] = Store(ws.db_path).refresh_comparisons()
+    return totals
 
 
 # ---------------------------------------------------------------- progress

@@ -26,6 +26,7 @@ from evaluation.hf_engine import hf_generate
 from evaluation.sampling import EVAL_SAMPLE_COLUMNS, evaluate_model, resolve_backend
 from evaluation.store import Store
 from evaluation.vllm_engine import lora_request, vllm_generate
+from training.prompting import PLAIN_SUFFIX
 from polymath.errors import ConfigError, DataError, ModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,7 +176,10 @@ def test_an_adapter_is_applied_and_taken_out_again(model, tokenizer, tmp_path: P
     assert [n for n, _ in model.named_modules()] == before
     assert not base.sum_logprob.equals(tuned.sum_logprob)
     again = evaluate_model(model, tokenizer, PROBLEMS, config, first_char_scorer, "base", "r")
-    assert base.equals(again)
+    # the same samples again; the statistics agree to float32 rounding (a leftover adapter moves them by far more)
+    floats = ["score", "mean_entropy", "sum_logprob"]
+    assert base.drop(columns=floats).equals(again.drop(columns=floats))
+    assert (base[floats] - again[floats]).abs().max().max() < 1e-5
     with pytest.raises(ModelError, match="adapter_config.json"):
         evaluate_model(model, tokenizer, PROBLEMS, config, first_char_scorer, "x", "r", adapter_dir=tmp_path)
 
@@ -279,7 +283,7 @@ def test_evaluate_model_runs_a_vllm_engine(tokenizer, monkeypatch):
     df = evaluate_model(engine, tokenizer, PROBLEMS, config, first_char_scorer, "merged:ties", "r")
     assert len(df) == 7 * 2
     assert df.n_tokens.tolist()[:2] == [2, 3]
-    assert engine.calls[0][0][0] == "0+0=?\nAnswer: "
+    assert engine.calls[0][0][0] == "0+0=?" + PLAIN_SUFFIX
 
 
 def test_lora_request_for_an_adapter_folder(tmp_path: Path):
@@ -332,3 +336,38 @@ def test_real_vllm_engine_on_a_saved_tiny_model(model, tokenizer, tmp_path: Path
     df = evaluate_model(str(tmp_path / "model"), tokenizer, PROBLEMS, config, first_char_scorer, "base", "r")
     assert len(df) == 7 * 2
     assert df.mean_entropy.map(math.isfinite).all() and (df.mean_entropy > 0).all()
+
+
+def test_hit_cap_and_no_answer_are_recorded_per_sample(model, tokenizer):
+    config = EvalConfig(k=4, temperature=1.0, max_new_tokens=6, batch_size=4)
+    df = evaluate_model(model, tokenizer, PROBLEMS, config, first_char_scorer, "base", "run1")
+    # a sample is cut exactly when it used the whole cap without an EOS
+    assert ((df.n_tokens == 6) & ~df.completion.isna()).any()
+    assert df.hit_cap.any() and not df.hit_cap.all()
+    assert (df[df.hit_cap].n_tokens == 6).all()
+    assert (df.no_answer == df.extracted_answer.isna()).all()
+
+
+def _with_solutions(length: int) -> dict[str, list[Problem]]:
+    return {"arith": [Problem(f"s{i}", "arith", f"{i}+{i}=?", "x", solution="a" * (length - i)) for i in range(3)]}
+
+
+def test_token_cap_is_sized_from_the_longest_solution(model, tokenizer):
+    from evaluation.sampling import token_cap
+
+    problems = _with_solutions(20)["arith"]
+    # 20 characters + EOS = 21 tokens; 1.5x margin
+    assert token_cap("arith", problems, tokenizer, None) == 32
+    assert token_cap("arith", problems, tokenizer, 40) == 40
+    assert token_cap("arith", PROBLEMS["arith"], tokenizer, None) == 256  # no solutions: the fallback
+    df = evaluate_model(model, tokenizer, _with_solutions(20), EvalConfig(k=2, max_new_tokens=None), first_char_scorer,
+                        "base", "run1")
+    assert df.n_tokens.max() <= 32
+
+
+def test_a_cap_below_the_longest_solution_names_benchmark_length_and_key(model, tokenizer):
+    with pytest.raises(ConfigError) as err:
+        evaluate_model(model, tokenizer, _with_solutions(20), EvalConfig(k=2, max_new_tokens=12), first_char_scorer,
+                       "base", "run1")
+    message = str(err.value)
+    assert "'arith'" in message and "21 tokens" in message and "evaluate.max_new_tokens" in message

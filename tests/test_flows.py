@@ -8,6 +8,7 @@ import pytest
 
 from evaluation.store import Store
 from flows.pipeline import pipeline
+from flows.runners import with_workers
 from flows.stages import merge_flow, train_flow
 from polymath.config import load_config
 from polymath.errors import StageError
@@ -38,13 +39,32 @@ def test_pipeline_fills_every_table(first_run):
     assert counts["curation_selection"] == cfg.curate.k
     assert counts["train_steps"] > 0 and counts["merge_runs"] == len(cfg.merge.methods)
     labels = {r.label for r in result["evals"]}
-    assert labels == {"base", "expert:arithmetic", "expert:reverse", "merged:robustmerge", "merged:task-arithmetic"}
-    summary = Store(ws.db_path).query("SELECT DISTINCT model_label, benchmark FROM eval_summary")
+    assert labels == {"base", "base@greedy", "expert:arithmetic", "expert:reverse", "merged:robustmerge",
+                      "merged:task-arithmetic"}
+    store = Store(ws.db_path)
+    summary = store.query("SELECT DISTINCT model_label, benchmark FROM eval_summary")
     assert len(summary) == len(labels) * 2
+    greedy = store.query("SELECT DISTINCT k FROM eval_summary WHERE model_label = 'base@greedy'")
+    assert greedy.k.tolist() == [1]
+    # every sampled model against the base, per benchmark; the greedy control is its own group
+    compared = store.query("SELECT model_label, benchmark, reference, ci_low, diff, ci_high FROM eval_comparisons")
+    assert set(compared.model_label) == labels - {"base", "base@greedy"}
+    assert (compared.reference == "base").all() and len(compared) == (len(labels) - 2) * 2
+    assert ((compared.ci_low <= compared["diff"]) & (compared["diff"] <= compared.ci_high)).all()
     for expert in result["experts"]:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
         assert (expert.dir / "curves.png").exists()
     assert not list(ws.root.rglob(".tmp-*"))
+
+
+def test_two_workers_train_the_experts_in_processes_of_their_own(prefect_harness, micro_config_path, tmp_path):
+    cfg = load_config(micro_config_path, ["workers=2"])
+    out = with_workers(train_flow, cfg.workers)(cfg, str(tmp_path))
+    assert len(out["experts"]) == 2 and not any(r.skipped for r in out["experts"])
+    for expert in out["experts"]:
+        assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
+    steps = Store(Workspace(tmp_path).db_path).query("SELECT DISTINCT expert FROM train_steps ORDER BY 1")
+    assert steps.expert.tolist() == ["arithmetic", "reverse"]
 
 
 def test_rerun_skips_every_stage_and_keeps_counts(first_run):

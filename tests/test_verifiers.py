@@ -14,6 +14,7 @@ def embedded():
 
 def test_reasoning_gym_scorer_accepts_the_reference_and_rejects_others(embedded):
     for p in embedded:
+        p = Problem(p.id, p.domain, p.prompt, p.answer, {**p.metadata, "verifier": "reasoning-gym"})
         assert score(p, p.answer) == (p.answer, 1.0)
         assert score(p, f"<answer>{p.answer}</answer>")[1] == 1.0
         assert score(p, "zzz")[1] < 1.0
@@ -46,3 +47,47 @@ def test_math_verify_equivalence():
 def test_unknown_verifier_is_a_config_error():
     with pytest.raises(ConfigError, match="data.verifier"):
         get_verifier("nope")
+
+
+def _problem(answer: str, verifier: str = "marker", **meta) -> Problem:
+    return Problem("p", "d", "q", answer, {"verifier": verifier, **meta})
+
+
+def test_marker_verifier_reads_only_the_final_answer():
+    p = _problem("12")
+    assert score(p, "84%60=24, 60%24=12, 24%12=0. Answer: 12") == ("12", 1.0)
+    # the steps are not checked: a wrong chain with the right answer scores, a right chain with a wrong answer does not
+    assert score(p, "1+1=3. Answer: 12")[1] == 1.0
+    assert score(p, "84%60=24, 60%24=12, 24%12=0. Answer: 24")[1] == 0.0
+    # the last marker counts; whitespace around the answer is ignored
+    assert score(p, "Answer: 3, then Answer:   12  ")[1] == 1.0
+
+
+def test_marker_verifier_scores_malformed_traces_zero():
+    p = _problem("12")
+    for completion in ["84%60=24, 60%24=12", "12", "answer: 12", "Answer:", "Answer:   \n12", ""]:
+        extracted, value = score(p, completion)
+        assert value == 0.0, completion
+    assert score(p, "no marker")[0] is None
+    # no partial credit: a superstring of the answer is wrong
+    assert score(p, "Answer: 112")[1] == 0.0
+    assert score(p, "Answer: 12 12")[1] == 0.0
+
+
+def test_partial_credit_only_when_asked_for():
+    meta = {"reasoning_gym_task": "gcd", "numbers": [4, 6], "result": 2}
+    marker = _problem("2", **meta)
+    partial = _problem("2", verifier="reasoning-gym", **meta)
+    assert score(marker, "Answer: 12")[1] == 0.0
+    assert 0.0 < score(partial, "Answer: 12")[1] < 1.0
+    assert score(partial, "Answer: 2")[1] == 1.0
+
+
+def test_embedded_problems_default_to_the_marker_verifier():
+    from curation.data import DataConfig, load_problems
+
+    problems = load_problems(DataConfig(train_per_domain=5, test_per_domain=2))
+    assert {p.metadata["verifier"] for p in problems.train + problems.test} == {"marker"}
+    for p in problems.train:
+        assert score(p, p.solution)[1] == 1.0
+        assert score(p, p.answer)[1] == 0.0  # a bare answer without the marker is malformed

@@ -32,7 +32,7 @@ from training.controllers import Controllers
 from training.curves import plot_curves
 from training.grpo import STEP_METRICS, PolymathGRPOTrainer, step_records
 from training.models import load_model
-from training.threads import torch_threads
+from polymath.threads import torch_threads
 from training.prompting import format_prompt
 
 RewardFn = Callable[[Problem, str], float]

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
-import random
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.records import Problem
 from polymath.errors import ModelError
 
 from .prompting import PLAIN_SUFFIX
-from .threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +26,7 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 
 class TinyModelConfig(BaseModel):
-    """The embedded demo model: a small Qwen2 with a character tokenizer, warm-started by SFT."""
+    """The embedded demo model: a small Qwen2 with a character tokenizer, warm-started by SFT on worked solutions."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,13 +36,30 @@ class TinyModelConfig(BaseModel):
     num_kv_heads: int = Field(2, gt=0, description="Key/value heads (grouped-query attention, as in Qwen2).")
     intermediate_size: int = Field(384, gt=0, description="MLP width.")
     max_positions: int = Field(256, gt=0, description="Longest sequence in characters.")
-    sft_steps: int = Field(300, gt=0, description="Warm-start optimizer steps.")
+    sft_steps: int = Field(300, gt=0, description="Most warm-start optimizer steps (the band check may stop earlier).")
     sft_batch_size: int = Field(64, gt=0, description="Warm-start batch size.")
     sft_lr: float = Field(3e-3, gt=0, description="Warm-start peak learning rate (linear warmup, linear decay).")
+    band: tuple[float, float] = Field(
+        (0.25, 0.5),
+        description="Held-out accuracy band per domain at temperature 1: the warm start stops once every domain is "
+        "inside it, and a domain above its middle gets fewer examples, so RL has headroom everywhere.",
+    )
+    probe_every: int = Field(50, ge=1, description="Warm-start steps between two band checks.")
+    probe_problems: int = Field(
+        48, ge=0, description="Training problems per domain held out of the warm start to check the band (0: no check)."
+    )
+    probe_samples: int = Field(4, ge=1, description="Samples per probe problem at temperature 1.")
     seed: int = Field(0, description="Initialization and batch-order seed.")
     threads: int | None = Field(
         None, ge=1, description="Torch CPU threads for the warm start (None: torch's default; restored afterwards)."
     )
+
+    @model_validator(mode="after")
+    def _band_order(self) -> "TinyModelConfig":
+        low, high = self.band
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"model.tiny.band must be [low, high] with 0 <= low < high <= 1, got {list(self.band)}")
+        return self
 
 
 class ModelConfig(BaseModel):
@@ -215,82 +228,18 @@ def build_tiny_model(cfg: TinyModelConfig, vocab_size: int):
     return Qwen2ForCausalLM(config)
 
 
-def sft_warm_start(model, tokenizer, problems: list[Problem], cfg: TinyModelConfig, progress=None) -> dict:
-    """Supervised warm start on ``prompt + "\\nAnswer: " -> answer<eos>``, loss on answer tokens only.
-
-    A short plain PyTorch loop: deterministic under the seed, and at this size the
-    per-step overhead of a full trainer would dominate the step itself.
-    """
-    with torch_threads(cfg.threads):
-        return _sft_loop(model, tokenizer, problems, cfg, progress)
-
-
-def _sft_loop(model, tokenizer, problems: list[Problem], cfg: TinyModelConfig, progress) -> dict:
-    import torch
-
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    eos = tokenizer.eos_token_id
-    encoded = []
-    for p in problems:
-        prompt_ids = tokenizer(p.prompt + PLAIN_SUFFIX, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [eos]
-        if len(prompt_ids) + len(answer_ids) <= cfg.max_positions:
-            encoded.append((prompt_ids, answer_ids))
-    if not encoded:
-        raise ModelError(f"no training example fits model.tiny.max_positions={cfg.max_positions}; raise it")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warmup = max(1, cfg.sft_steps // 15)
-    model.train()
-    losses: list[float] = []
-    order: list[int] = []
-    t0 = time.perf_counter()
-    for step in range(cfg.sft_steps):
-        if len(order) < cfg.sft_batch_size:
-            fresh = list(range(len(encoded)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        batch = [encoded[i] for i in order[: cfg.sft_batch_size]]
-        del order[: cfg.sft_batch_size]
-        width = max(len(a) + len(b) for a, b in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for i, (a, b) in enumerate(batch):
-            seq = a + b
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-            labels[i, len(a) : len(seq)] = torch.tensor(b)
-        lr = cfg.sft_lr * min(1.0, (step + 1) / warmup) * (1.0 - 0.9 * step / cfg.sft_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, cfg.sft_steps, losses[-1])
-    model.eval()
-    tail = losses[-20:]
-    return {
-        "sft_steps": cfg.sft_steps,
-        "sft_seconds": round(time.perf_counter() - t0, 2),
-        "sft_final_loss": sum(tail) / len(tail),
-        "sft_first_loss": losses[0],
-        "sft_examples": len(encoded),
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "loss_is_finite": all(math.isfinite(x) for x in losses),
-    }
-
-
 def bootstrap_tiny(problems: list[Problem], cfg: TinyModelConfig, out_dir: Path, progress=None) -> dict:
-    """Build tokenizer and model, warm-start them, save to ``out_dir``; returns the SFT summary."""
-    texts = [p.prompt for p in problems] + [p.answer for p in problems]
+    """Build tokenizer and model, warm-start them on the problems' solutions, save to ``out_dir``.
+
+    Returns the warm start's summary (training/warm_start.py), the vocabulary size added.
+    """
+    from .verifiers import reward
+    from .warm_start import warm_start
+
+    texts = [p.prompt for p in problems] + [p.solution or p.answer for p in problems]
     tokenizer = build_char_tokenizer(texts)
     model = build_tiny_model(cfg, vocab_size=len(tokenizer))
-    summary = sft_warm_start(model, tokenizer, problems, cfg, progress=progress)
+    summary = warm_start(model, tokenizer, problems, cfg, reward, progress=progress)
 
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from curation.records import Problem
 
-PLAIN_SUFFIX = "\nAnswer: "
+PLAIN_SUFFIX = "\n"
 
 
 def format_prompt(problem: Problem | str, tokenizer) -> str:

@@ -1,10 +1,15 @@
 """Verifiable rewards: one registry of answer checkers.
 
 A problem names its checker in ``metadata["verifier"]`` (set by the data
-loader from ``data.verifier``); embedded reasoning-gym problems carry their
-task name and are scored by reasoning-gym's own ``score_answer``.
+loader from ``data.verifier``).
 
-- ``reasoning-gym``: the task's scorer (partial credit where the task gives it);
+- ``marker``: the embedded domains' default. The final answer is the rest of the line after the
+  last ``Answer:`` marker, compared exactly (whitespace-normalized) with the reference; a
+  completion without the marker, or with nothing after it, is malformed and scores 0. Only the
+  answer is read, never the steps before it. No partial credit;
+- ``reasoning-gym``: the task's own scorer on the extracted answer, partial credit where the task
+  gives it (chain_sum, gcd and leg_counting give 0.5 when the reference is a substring of the
+  answer): an explicit option, never a default;
 - ``math``: math-verify (parses LaTeX/expressions, checks equivalence);
 - ``numeric``: GSM8K style, the last number in the answer compared as a number;
 - ``exact``: whitespace- and case-normalized string match.
@@ -69,6 +74,19 @@ def extract_answer(completion: str) -> str | None:
     return lines[0] if lines else None
 
 
+ANSWER_MARKER = "Answer:"
+
+
+def final_answer(completion: str, marker: str = ANSWER_MARKER) -> str | None:
+    """The rest of the line after the last ``marker``, stripped; None when the marker is missing or nothing follows."""
+    if not completion or marker not in completion:
+        return None
+    tail = completion.rsplit(marker, 1)[1]
+    lines = tail.strip().splitlines()
+    answer = lines[0].strip() if lines else ""
+    return answer or None
+
+
 def _to_number(text: str) -> float | None:
     found = _NUMBER.findall(text)
     if not found:
@@ -99,6 +117,21 @@ class ExactVerifier:
             return 0.0
         norm = lambda s: " ".join(s.split()).lower()  # noqa: E731
         return float(norm(answer) == norm(problem.answer))
+
+
+class MarkerVerifier(ExactVerifier):
+    """Exact match of the final answer after the ``Answer:`` marker; no marker, no credit."""
+
+    name = "marker"
+
+    def extract(self, completion: str) -> str | None:
+        return final_answer(completion)
+
+    def score(self, problem: Problem, completion: str) -> float:
+        answer = self.extract(completion)
+        if answer is None:
+            return 0.0
+        return float(" ".join(answer.split()) == " ".join(problem.answer.split()))
 
 
 class NumericVerifier(ExactVerifier):
@@ -165,7 +198,7 @@ def _scorer(task: str) -> Callable:
 
 
 VERIFIERS: dict[str, Verifier] = {
-    v.name: v for v in (ExactVerifier(), NumericVerifier(), MathVerifier(), ReasoningGymVerifier())
+    v.name: v for v in (MarkerVerifier(), ExactVerifier(), NumericVerifier(), MathVerifier(), ReasoningGymVerifier())
 }
 
 

@@ -1,0 +1,77 @@
+"""Paired bootstrap comparisons: against an exhaustive bootstrap, pairing by group, and the DuckDB table."""
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.compare import comparisons, paired_bootstrap
+from evaluation.store import Store
+
+
+def test_paired_bootstrap_matches_the_exhaustive_bootstrap():
+    diffs = np.array([0.0, 0.25, 1.0, -0.5, 0.75])
+    n = len(diffs)
+    # every one of the n^n equally likely resamples, exactly
+    means = np.array([diffs[list(idx)].mean() for idx in itertools.product(range(n), repeat=n)])
+    exact = np.percentile(means, [2.5, 97.5])
+    low, high = paired_bootstrap(diffs, n_boot=200_000, seed=1)
+    assert low == pytest.approx(exact[0], abs=0.02) and high == pytest.approx(exact[1], abs=0.02)
+    assert paired_bootstrap(diffs, seed=3) == paired_bootstrap(diffs, seed=3)
+
+
+def test_a_constant_difference_has_a_zero_width_interval():
+    assert paired_bootstrap(np.full(50, 0.25)) == pytest.approx((0.25, 0.25))
+
+
+def _problems(run, label, accuracies, benchmark="b"):
+    return pd.DataFrame({"eval_run": run, "model_label": label, "benchmark": benchmark,
+                         "problem_id": [f"p{i}" for i in range(len(accuracies))], "accuracy": accuracies})
+
+
+def _run(key, model="m", data="d", config='{"k": 4}'):
+    return {"run_key": key, "config": config, "inputs": json.dumps({"model": model, "data": data, "target": key})}
+
+
+def test_runs_are_compared_with_the_base_of_their_own_group_problem_by_problem():
+    rng = np.random.default_rng(0)
+    base = rng.random(40).round(2)
+    gain = base + 0.2
+    problems = pd.concat([
+        _problems("base-1", "base", base),
+        _problems("expert-1", "expert:b", gain[::-1].copy()),  # listed in another order: paired by id
+        _problems("base-2", "base", np.zeros(40)),  # another evaluate config: not this group's reference
+        _problems("greedy", "base@greedy", np.ones(40)),
+    ])
+    problems.loc[problems.eval_run == "expert-1", "problem_id"] = [f"p{i}" for i in range(39, -1, -1)]
+    runs = pd.DataFrame([_run("base-1"), _run("expert-1"), _run("base-2", config='{"k": 8}'),
+                         _run("greedy", config='{"k": 1}')])
+    table = comparisons(problems, runs)
+    assert list(table.eval_run) == ["expert-1"]
+    row = table.iloc[0]
+    assert row.reference_run == "base-1" and row.n_problems == 40
+    assert row["diff"] == pytest.approx(0.2) and row.ci_low == pytest.approx(0.2) and row.ci_high == pytest.approx(0.2)
+
+
+def test_store_refreshes_eval_comparisons(tmp_path):
+    from evaluation.synthetic import synthetic_samples
+
+    store = Store(tmp_path / "r.duckdb")
+    for run, label in [("base-1", "base"), ("expert-1", "expert:x")]:
+        samples = synthetic_samples(n_problems=30, k=4, benchmarks=("b1", "b2"), models=(label,), seed=len(label))
+        samples["eval_run"] = run
+        store.replace("eval_samples", samples, {"eval_run": run})
+        row = pd.DataFrame([{**_run(run), "stage": "evaluate", "label": label, "status": "finished",
+                             "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01"),
+                             "seconds": 1.0, "artifact_dir": "x"}])
+        store.replace("runs", row, {"stage": "evaluate", "run_key": run})
+    assert store.refresh_comparisons() == 2
+    got = store.query("SELECT * FROM eval_comparisons ORDER BY benchmark")
+    assert list(got.benchmark) == ["b1", "b2"] and (got.model_label == "expert:x").all()
+    assert ((got.ci_low <= got["diff"]) & (got["diff"] <= got.ci_high)).all()
+    acc = store.query("SELECT benchmark, model_label, avg(accuracy) a FROM eval_problems GROUP BY ALL")
+    expected = acc.pivot(index="benchmark", columns="model_label", values="a")
+    assert got["diff"].to_numpy() == pytest.approx((expected["expert:x"] - expected["base"]).to_numpy())
+    assert store.refresh_comparisons() == 2  # idempotent

@@ -1,0 +1,77 @@
+"""The tiny model's warm start: band check, per-domain weights, probe split and the stopping rule."""
+
+import pytest
+
+from curation.domains import load_embedded
+from curation.records import Problem
+from polymath.errors import ModelError
+from training.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
+from training.warm_start import domain_weights, in_band, split_probe, warm_start
+
+BAND = (0.25, 0.5)
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, sft_batch_size=8)
+
+
+def test_weights_push_slow_domains_and_hold_back_quick_ones():
+    w = domain_weights({"slow": 0.0, "mid": 0.3, "middle": 0.375, "quick": 0.45, "done": 0.5, "over": 0.9}, BAND)
+    assert w["slow"] == 2.0 and w["mid"] == 1.0 and w["middle"] == 1.0
+    assert w["quick"] == pytest.approx(1 - (0.45 - 0.375) / 0.125)
+    assert w["done"] == 0.0 and w["over"] == 0.0
+    assert domain_weights({"a": 0.125}, BAND)["a"] == pytest.approx(1.5)
+
+
+def test_in_band_needs_every_domain_inside():
+    assert in_band({"a": 0.25, "b": 0.5}, BAND)
+    assert not in_band({"a": 0.25, "b": 0.51}, BAND)
+    assert not in_band({}, BAND)
+
+
+def test_probe_is_held_out_per_domain():
+    problems = [Problem(f"{d}{i}", d, "q", "a", solution="Answer: a") for d in "xy" for i in range(10)]
+    examples, probe = split_probe(problems, 3)
+    assert {d: [p.id for p in ps] for d, ps in probe.items()} == {"x": ["x7", "x8", "x9"], "y": ["y7", "y8", "y9"]}
+    assert len(examples) == 14 and not {p.id for p in examples} & {"x7", "y9"}
+    # a domain too small to spare a probe keeps all its problems and is not checked
+    assert split_probe(problems[:5], 3)[1] == {}
+
+
+def _run(scorer, steps=8, **cfg):
+    train, _ = load_embedded(["arithmetic", "reverse"], train_per_domain=40, test_per_domain=1)
+    config = TinyModelConfig(**TINY, sft_steps=steps, probe_every=2, probe_problems=4, probe_samples=2, **cfg)
+    tok = build_char_tokenizer([p.prompt for p in train] + [p.solution for p in train])
+    model = build_tiny_model(config, len(tok))
+    return warm_start(model, tok, train, config, scorer)
+
+
+def test_the_warm_start_stops_at_the_first_check_inside_the_band():
+    calls = []
+
+    def scorer(problem, completion):
+        calls.append(problem.domain)
+        return float(len(calls) % 3 == 0)  # a third right: inside [0.25, 0.5]
+
+    summary = _run(scorer)
+    assert summary["sft_stopped"] == "in_band" and summary["sft_steps"] == 2
+    assert set(summary["sft_probe"][0]["accuracy"]) == {"arithmetic", "reverse"}
+    assert summary["sft_examples"] == 80 - 2 * 4
+
+
+def test_the_warm_start_runs_on_below_the_band_and_stops_above_it():
+    below = _run(lambda p, c: 0.0)
+    assert below["sft_stopped"] == "max_steps" and below["sft_steps"] == 8 and len(below["sft_probe"]) == 4
+    assert below["sft_probe"][0]["weights"] == {"arithmetic": 2.0, "reverse": 2.0}
+    above = _run(lambda p, c: 1.0)
+    assert above["sft_stopped"] == "above_band" and above["sft_steps"] == 2
+
+
+def test_problems_without_solutions_are_refused():
+    config = TinyModelConfig(**TINY, sft_steps=1, probe_problems=0)
+    problems = [Problem("a", "d", "1+1", "2")]
+    tok = build_char_tokenizer(["1+1", "2"])
+    with pytest.raises(ModelError, match="worked solution"):
+        warm_start(build_tiny_model(config, len(tok)), tok, problems, config, lambda p, c: 0.0)
+
+
+def test_band_must_be_ordered():
+    with pytest.raises(ValueError, match="band"):
+        TinyModelConfig(band=(0.6, 0.4))
