@@ -3,7 +3,9 @@
 Two evaluation runs are comparable when they sampled the same problems from the
 same base model and data with the same evaluation settings: the same
 ``(model, data)`` inputs and the same evaluate config, hence the same problems
-in the same order. Within such a group every run is compared with each
+in the same order. The number of samples per problem (``k``) may differ: the
+per-problem accuracy ``c / n`` estimates the same quantity for any ``n``, so a
+base model sampled at a larger k (for its pass@k) still pairs with its experts. Within such a group every run is compared with each
 reference label present (``base`` by default): per benchmark, the difference of
 per-problem accuracy (``c / n``), its mean, and the percentile interval of that
 mean over ``n_boot`` resamples of the problems with replacement (paired: both
@@ -46,7 +48,10 @@ def comparison_groups(runs: pd.DataFrame) -> dict[str, str]:
     groups = {}
     for row in runs.itertuples(index=False):
         inputs = json.loads(row.inputs) if isinstance(row.inputs, str) and row.inputs else {}
-        key = {"model": inputs.get("model"), "data": inputs.get("data"), "config": row.config}
+        config = json.loads(row.config) if isinstance(row.config, str) and row.config else {}
+        if isinstance(config, dict):
+            config.pop("k", None)
+        key = {"model": inputs.get("model"), "data": inputs.get("data"), "config": config}
         groups[row.run_key] = json.dumps(key, sort_keys=True)
     return groups
 
@@ -62,20 +67,20 @@ def comparisons(problems: pd.DataFrame, runs: pd.DataFrame, references: tuple[st
     problems = problems[problems.eval_run.isin(groups)].assign(group=lambda f: f.eval_run.map(groups))
     rows = []
     for _, members in problems.groupby("group", sort=True):
-        labels = members.drop_duplicates("eval_run").set_index("eval_run")["model_label"]
+        models = members[["eval_run", "model_label"]].drop_duplicates().sort_values(["eval_run", "model_label"])
         for reference in references:
-            ref_runs = labels[labels == reference].index
-            if len(ref_runs) == 0:
+            ref_models = models[models.model_label == reference]
+            if ref_models.empty:
                 continue
-            ref_run = sorted(ref_runs)[0]
-            ref = members[members.eval_run == ref_run].set_index(["benchmark", "problem_id"])["accuracy"]
-            for run, label in labels.items():
-                if run == ref_run:
+            ref_run = ref_models.eval_run.iloc[0]
+            ref = members[(members.eval_run == ref_run) & (members.model_label == reference)]
+            ref = ref.set_index(["benchmark", "problem_id"])["accuracy"]
+            for run, label in models.itertuples(index=False):
+                if label == reference:
                     continue
-                mine = members[members.eval_run == run]
+                mine = members[(members.eval_run == run) & (members.model_label == label)]
                 for benchmark, part in mine.groupby("benchmark", sort=True):
-                    keys = list(zip(part.benchmark, part.problem_id))
-                    paired = ref.reindex(keys)
+                    paired = ref.reindex(list(zip(part.benchmark, part.problem_id)))
                     ok = paired.notna().to_numpy()
                     if not ok.any():
                         continue

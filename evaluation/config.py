@@ -27,8 +27,8 @@ class EvalConfig(BaseModel):
 
     max_new_tokens: int | None = Field(None, ge=1)
     """Longest completion, in tokens; longer ones are cut (``hit_cap`` in eval_samples). None: 1.5x the longest
-    worked solution of each benchmark (256 when its problems carry none); a value below the longest solution
-    is an error."""
+    worked solution over the benchmarks evaluated (256 when no problem carries one); a value below a benchmark's
+    longest solution is an error naming it."""
 
     batch_size: int = Field(8, ge=1)
     """Prompts per generate call on the HF backend; each yields k sequences, so rows = batch_size * k."""

@@ -154,7 +154,9 @@ def problem_stats(samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         entropy = group["mean_entropy"].astype(float)
         per_problem.append(
             (*key, n, c, c / n, float(entropy.mean()) if entropy.notna().any() else math.nan,
-             float(group["n_tokens"].astype(float).mean()))
+             float(group["n_tokens"].astype(float).mean()),
+             float(group["no_answer"].fillna(False).astype(float).mean()),
+             float(group["hit_cap"].fillna(False).astype(float).mean()))
         )
         for k in k_ladder(n):
             per_k.append(
@@ -162,7 +164,9 @@ def problem_stats(samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                  distinct_n(texts[:k], 2), unique_answer_ratio(answers[:k]))
             )
     p = pd.DataFrame(
-        per_problem, columns=[*PROBLEM_KEY, "n_samples", "n_correct", "accuracy", "mean_entropy", "mean_tokens"]
+        per_problem,
+        columns=[*PROBLEM_KEY, "n_samples", "n_correct", "accuracy", "mean_entropy", "mean_tokens", "no_answer_rate",
+                 "hit_cap_rate"],
     )
     a = pd.DataFrame(
         per_k, columns=[*PROBLEM_KEY, "k", "pass_at_k", "maj_correct", "distinct_2", "unique_answer_ratio"]
@@ -185,6 +189,9 @@ def summarize_samples(samples: pd.DataFrame) -> pd.DataFrame:
         mean_entropy=("mean_entropy", "mean"),
         distinct_2=("distinct_2", "mean"),
         unique_answer_ratio=("unique_answer_ratio", "mean"),
+        mean_tokens=("mean_tokens", "mean"),
+        no_answer_rate=("no_answer_rate", "mean"),
+        hit_cap_rate=("hit_cap_rate", "mean"),
     )
     return out.reset_index()
 

@@ -126,6 +126,23 @@ def _evaluation_section(store: Store, out_dir: Path) -> list[str]:
     return lines + ["", "### pass@k against k", "", f"![pass@k]({name})"]
 
 
+def _comparison_section(store: Store) -> list[str]:
+    rows = store.query(
+        "SELECT model_label, benchmark, reference, n_problems, accuracy, reference_accuracy, diff, ci_low, ci_high "
+        "FROM eval_comparisons ORDER BY model_label, benchmark"
+    )
+    lines = ["## Against the base model: paired differences with 95% intervals", ""]
+    if not len(rows):
+        return lines + [NO_DATA.format(stage="evaluate")]
+    rows["verdict"] = ["above" if lo > 0 else "below" if hi < 0 else "level" for lo, hi in zip(rows.ci_low, rows.ci_high)]
+    return lines + [
+        "avg@k difference from the reference evaluated with the same settings, and the percentile interval of "
+        "the paired bootstrap over problems (2,000 resamples); an interval that contains 0 is reported as level.",
+        "",
+        markdown_table(rows),
+    ]
+
+
 def _entropy_section(store: Store, out_dir: Path) -> list[str]:
     points = store.query(
         "SELECT model_label, benchmark, mean_entropy, accuracy FROM eval_problems "
@@ -165,6 +182,7 @@ def write_report(store: Store, out_dir: Path) -> Path:
         _curation_section(store),
         _training_section(store, out_dir),
         _evaluation_section(store, out_dir),
+        _comparison_section(store),
         _entropy_section(store, out_dir),
         _merge_section(store),
     ]

@@ -94,25 +94,31 @@ def _score(scorer: Scorer, problem: Problem, text: str) -> tuple[str | None, flo
 CAP_MARGIN = 1.5
 
 
-def token_cap(benchmark: str, problems: Sequence[Problem], tokenizer, configured: int | None) -> int:
-    """The completion token cap for one benchmark: ``configured``, or sized from its longest worked solution.
-
-    A configured cap below the longest solution (EOS included) would cut correct completions: an error.
-    """
+def longest_solution(problems: Sequence[Problem], tokenizer) -> tuple[int, str] | None:
+    """(tokens, problem id) of the longest worked solution, EOS included; None when no problem has one."""
     lengths = [
         (len(tokenizer(p.solution, add_special_tokens=False)["input_ids"]) + 1, p.id) for p in problems if p.solution
     ]
-    if not lengths:
-        return configured if configured is not None else FALLBACK_CAP
-    longest, pid = max(lengths)
+    return max(lengths) if lengths else None
+
+
+def token_cap(selected: Mapping[str, Sequence[Problem]], tokenizer, configured: int | None) -> int:
+    """The completion token cap of an evaluation: ``configured``, or sized from the longest worked solution.
+
+    Unset, it is CAP_MARGIN times the longest solution over every benchmark evaluated, so that a completion
+    which drifts into another domain's format can still end. A configured cap below the longest solution of a
+    benchmark would cut correct completions: an error naming the benchmark.
+    """
+    longest = {b: found for b, ps in selected.items() if (found := longest_solution(ps, tokenizer)) is not None}
     if configured is None:
-        return math.ceil(CAP_MARGIN * longest)
-    if configured < longest:
-        raise ConfigError(
-            f"evaluate.max_new_tokens is {configured}, but the longest worked solution of benchmark {benchmark!r} "
-            f"is {longest} tokens (problem {pid!r}): correct completions would be cut. Raise evaluate.max_new_tokens "
-            f"to at least {longest}, or leave it unset (null) to size it from the data"
-        )
+        return math.ceil(CAP_MARGIN * max(n for n, _ in longest.values())) if longest else FALLBACK_CAP
+    for benchmark, (n, pid) in longest.items():
+        if configured < n:
+            raise ConfigError(
+                f"evaluate.max_new_tokens is {configured}, but the longest worked solution of benchmark "
+                f"{benchmark!r} is {n} tokens (problem {pid!r}): correct completions would be cut. Raise "
+                f"evaluate.max_new_tokens to at least {n}, or leave it unset (null) to size it from the data"
+            )
     return configured
 
 
@@ -156,12 +162,11 @@ def evaluate_model(
         def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
             return vllm_generate(engine, prompts, cfg, seed=cfg.seed, lora=lora)
 
+    cfg = config.model_copy(update={"max_new_tokens": token_cap(selected, tokenizer, config.max_new_tokens)})
     rows = []
     try:
         for benchmark, problems in selected.items():
             prompts = [format_prompt(p, tokenizer) for p in problems]
-            cap = token_cap(benchmark, problems, tokenizer, config.max_new_tokens)
-            cfg = config.model_copy(update={"max_new_tokens": cap})
             for problem, samples in zip(problems, generate(prompts, cfg), strict=True):
                 novelty = bigram_novelty([s.text for s in samples])
                 for idx, (sample, (n_bigrams, new_bigrams)) in enumerate(zip(samples, novelty)):

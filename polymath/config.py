@@ -51,6 +51,10 @@ class EvaluateStage(EvalConfig):
     include_base: bool = True
     """Evaluate the base model beside the experts and merges."""
 
+    base_k: int | None = Field(None, ge=1)
+    """Samples per problem for the base model (None: ``k``); more than ``k`` gives the base's pass@k at larger k,
+    the headroom RL can turn into avg@k. Comparisons pair per-problem accuracies, which any k estimates."""
+
     greedy_base: bool = True
     """Also evaluate the base model by greedy decoding, one sample per problem (``base@greedy``): the control
     for "learned vs sharpened"."""

@@ -345,8 +345,10 @@ def evaluate_stage(
         if target is not None:
             raise StageError("greedy evaluation is the base model's control; it takes no adapter")
         cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"temperature": 0.0, "k": 1})})
+    elif target is None and cfg.evaluate.base_k is not None:
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"k": cfg.evaluate.base_k})})
     # Which models are evaluated is the flow's business, not part of one evaluation's identity.
-    section = cfg.evaluate.model_dump(mode="json", exclude={"include_base", "greedy_base"})
+    section = cfg.evaluate.model_dump(mode="json", exclude={"include_base", "greedy_base", "base_k"})
     label = target.label if target else (GREEDY_LABEL if greedy else "base")
     inputs = {"model": model.key, "data": data.key, "target": target.key if target else "", "label": label}
     key = _key("evaluate", section, inputs, "evaluation", "training/verifiers.py", "training/prompting.py")

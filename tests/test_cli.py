@@ -22,7 +22,7 @@ def workspace(tmp_path):
     runs = pd.DataFrame([{
         "stage": "curate", "run_key": "abc", "label": "curate", "config": "{}", "status": "finished",
         "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01 00:01"),
-        "seconds": 60.0, "artifact_dir": "x",
+        "seconds": 60.0, "artifact_dir": "x", "inputs": "{}",
     }])
     store.replace("runs", runs, {"stage": "curate", "run_key": "abc"})
     return tmp_path

@@ -31,7 +31,7 @@ def _problems(run, label, accuracies, benchmark="b"):
                          "problem_id": [f"p{i}" for i in range(len(accuracies))], "accuracy": accuracies})
 
 
-def _run(key, model="m", data="d", config='{"k": 4}'):
+def _run(key, model="m", data="d", config='{"k": 4, "temperature": 1.0}'):
     return {"run_key": key, "config": config, "inputs": json.dumps({"model": model, "data": data, "target": key})}
 
 
@@ -46,8 +46,10 @@ def test_runs_are_compared_with_the_base_of_their_own_group_problem_by_problem()
         _problems("greedy", "base@greedy", np.ones(40)),
     ])
     problems.loc[problems.eval_run == "expert-1", "problem_id"] = [f"p{i}" for i in range(39, -1, -1)]
-    runs = pd.DataFrame([_run("base-1"), _run("expert-1"), _run("base-2", config='{"k": 8}'),
-                         _run("greedy", config='{"k": 1}')])
+    runs = pd.DataFrame([_run("base-1", config='{"k": 8, "temperature": 1.0}'),
+                         _run("expert-1", config='{"k": 4, "temperature": 1.0}'),
+                         _run("base-2", config='{"k": 8, "temperature": 0.7}'),
+                         _run("greedy", config='{"k": 1, "temperature": 0.0}')])
     table = comparisons(problems, runs)
     assert list(table.eval_run) == ["expert-1"]
     row = table.iloc[0]

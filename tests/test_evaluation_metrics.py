@@ -142,7 +142,7 @@ def _hand_rows() -> pd.DataFrame:
         novelty = metrics.bigram_novelty(texts)
         for i in range(4):
             rows.append(("run", "base", "toy", pid, i, texts[i], answers[i], float(correct[i]), correct[i],
-                         3, entropy, -1.0, *novelty[i]))
+                         3, answers[i] is None, False, entropy, -1.0, *novelty[i]))
     return samples_frame(rows)
 
 

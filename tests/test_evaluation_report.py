@@ -29,7 +29,7 @@ def _frame(table: str, rows: list[tuple]) -> pd.DataFrame:
 
 def fill(store: Store) -> None:
     now = pd.Timestamp("2025-03-01 10:00")
-    store.replace("runs", _frame("runs", [("evaluate", "e1", "eval", "{}", "finished", now, now, 12.0, "a/e1")]),
+    store.replace("runs", _frame("runs", [("evaluate", "e1", "eval", "{}", "finished", now, now, 12.0, "a/e1", "{}")]),
                   {"run_key": "e1"})
     store.replace("curation_metrics", _frame("curation_metrics", [
         ("c1", "kmeans-centroid", 0, "vendi_score", 30.0), ("c1", "random", 0, "vendi_score", 20.0),
@@ -43,6 +43,7 @@ def fill(store: Store) -> None:
                                 eval_run="e1")
     for model, part in samples.groupby("model_label"):
         store.replace("eval_samples", part, {"eval_run": "e1", "model_label": model})
+    store.refresh_comparisons()
     store.replace("merge_runs", _frame("merge_runs", [("m1", "robustmerge", "{}", 16, 2, 0.5, 1.2, 0.7, "{}")]),
                   {"run_key": "m1"})
 

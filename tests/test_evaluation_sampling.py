@@ -355,11 +355,13 @@ def _with_solutions(length: int) -> dict[str, list[Problem]]:
 def test_token_cap_is_sized_from_the_longest_solution(model, tokenizer):
     from evaluation.sampling import token_cap
 
-    problems = _with_solutions(20)["arith"]
+    problems = _with_solutions(20)
     # 20 characters + EOS = 21 tokens; 1.5x margin
-    assert token_cap("arith", problems, tokenizer, None) == 32
-    assert token_cap("arith", problems, tokenizer, 40) == 40
-    assert token_cap("arith", PROBLEMS["arith"], tokenizer, None) == 256  # no solutions: the fallback
+    assert token_cap(problems, tokenizer, None) == 32
+    assert token_cap(problems, tokenizer, 40) == 40
+    assert token_cap(PROBLEMS, tokenizer, None) == 256  # no solutions: the fallback
+    # the longest solution of any benchmark sizes the cap of all (a drifting completion can still end)
+    assert token_cap({**PROBLEMS, **problems}, tokenizer, None) == 32
     df = evaluate_model(model, tokenizer, _with_solutions(20), EvalConfig(k=2, max_new_tokens=None), first_char_scorer,
                         "base", "run1")
     assert df.n_tokens.max() <= 32

@@ -95,7 +95,7 @@ def test_experiment_results_view_matches_a_direct_computation(tmp_path):
                     samples.append({
                         "eval_run": run, "model_label": run, "benchmark": bench, "problem_id": f"p{pid}",
                         "sample_idx": idx, "completion": "x", "extracted_answer": "1", "score": 0.0,
-                        "correct": bool(rng.random() < 0.5), "n_tokens": 2,
+                        "correct": bool(rng.random() < 0.5), "n_tokens": 2, "no_answer": False, "hit_cap": False,
                         "mean_entropy": float(rng.random()), "sum_logprob": -1.0, "n_bigrams": 0, "new_bigrams": 0,
                     })
     samples = pd.DataFrame(samples)

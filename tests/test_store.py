@@ -130,7 +130,7 @@ def test_every_table_accepts_its_rows(store: Store):
     now = pd.Timestamp("2025-01-01 13:00", tz="Europe/Paris")
     frames = {
         "runs": pd.DataFrame([("train", "k1", "math expert", '{"lr": 1e-5}', "finished", now,
-                               now + pd.Timedelta(seconds=90), 90.0, "workspace/artifacts/train/k1")]),
+                               now + pd.Timedelta(seconds=90), 90.0, "workspace/artifacts/train/k1", "{}")]),
         "curation_selection": pd.DataFrame([("c1", "p1", "arith", 3, 0), ("c1", "p2", "logic", 1, 1)]),
         "curation_metrics": pd.DataFrame([("c1", "random", 0, "vendi_score", 12.5)]),
         "merge_runs": pd.DataFrame([("m1", "robustmerge", '{"keep": 0.2}', 16, 2, 1.5, 0.3, 0.8, "{}")]),

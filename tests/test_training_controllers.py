@@ -47,6 +47,17 @@ def test_adaptive_bonus_applies_only_below_target():
     assert ctl.applied_coef(1.2) == 0.0
 
 
+def test_adaptive_without_a_target_anchors_it_to_the_initial_entropy_and_keeps_its_gate():
+    ctl = EntropyController(EntropySettings(mode="adaptive", coef=0.01, target=None, target_fraction=0.6, delta=0.01,
+                                            c_max=0.5))
+    assert ctl.target is None and ctl.applied_coef(0.01) == 0.0  # no target yet: no bonus
+    ctl.observe_initial(0.2)
+    assert ctl.target == pytest.approx(0.12)
+    assert ctl.applied_coef(0.1) == 0.01 and ctl.applied_coef(0.13) == 0.0
+    ctl.update(0.1)
+    assert ctl.coef == pytest.approx(0.02)
+
+
 def test_aer_anchors_target_to_initial_entropy_once():
     ctl = EntropyController(EntropySettings(mode="aer", coef=0.001, target_fraction=0.4, delta=0.001, c_max=0.01))
     assert ctl.target is None

@@ -39,14 +39,16 @@ class EntropySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["none", "fixed", "adaptive", "aer"] = "none"
-    """none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target``.
-    aer: target = ``target_fraction`` x initial entropy, per-prompt coefficients scaled by difficulty."""
+    """none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target`` (the bonus acts
+    only while H < target). aer: target = ``target_fraction`` x initial entropy, per-prompt coefficients scaled
+    by difficulty."""
     coef: float = Field(0.0, ge=0)
     """The coefficient for ``fixed``; the starting coefficient c0 for ``adaptive`` and ``aer``."""
-    target: float = Field(0.2, gt=0)
+    target: float | None = Field(0.2, gt=0)
     """Target token entropy in nats for ``adaptive`` (Skywork-OR1 uses 0.2)."""
     target_fraction: float = Field(0.4, gt=0, le=1.5)
-    """``aer`` only: the target is this fraction of the entropy measured on the first rollout batch."""
+    """``aer``, and ``adaptive`` with ``target: null``: the target is this fraction of the entropy measured on the
+    first rollout batch (before any update), so one setting fits domains whose entropies differ."""
     delta: float = Field(1e-4, gt=0)
     """Coefficient change per optimizer step: c += delta * sign(target - H)."""
     c_min: float = Field(0.0, ge=0)

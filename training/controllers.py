@@ -50,8 +50,10 @@ class EntropyController:
     def __init__(self, settings: EntropySettings):
         self.settings = settings
         self.coef = float(settings.coef)
-        # AER learns its target from the first batch; adaptive has it from the config.
-        self.target: float | None = float(settings.target) if settings.mode == "adaptive" else None
+        # AER learns its target from the first batch; adaptive has it from the config, or learns it too
+        # when the config gives none.
+        absolute = settings.mode == "adaptive" and settings.target is not None
+        self.target: float | None = float(settings.target) if absolute else None
         self.initial_entropy: float | None = None
 
     @property
@@ -70,7 +72,7 @@ class EntropyController:
         """
         if self.mode == "none":
             return 0.0
-        if self.mode == "adaptive" and not batch_entropy < self.target:
+        if self.mode == "adaptive" and not (self.target is not None and batch_entropy < self.target):
             return 0.0
         return self.coef
 
@@ -85,7 +87,7 @@ class EntropyController:
         if self.initial_entropy is not None:
             return
         self.initial_entropy = float(entropy)
-        if self.mode == "aer":
+        if self.mode == "aer" or (self.mode == "adaptive" and self.settings.target is None):
             self.target = self.settings.target_fraction * self.initial_entropy
 
     def update(self, entropy: float) -> None:

@@ -82,7 +82,7 @@ def final_answer(completion: str, marker: str = ANSWER_MARKER) -> str | None:
     if not completion or marker not in completion:
         return None
     tail = completion.rsplit(marker, 1)[1]
-    lines = tail.strip().splitlines()
+    lines = tail.splitlines()
     answer = lines[0].strip() if lines else ""
     return answer or None
 
