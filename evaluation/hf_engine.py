@@ -1,57 +1,31 @@
-"""Sampling with transformers ``generate``, with per-token statistics.
+"""Sampling with a transformers model: a KV-cached loop that drops each row at its EOS, with per-token statistics.
 
-Temperature and top-p are applied by our own logits processors, followed by a
-recorder, so the recorder sees exactly the distribution each token is drawn
-from (``generate`` would otherwise append its warpers after any custom
-processor). The recorder keeps two numbers per row and step: the entropy of
-that distribution and, one step later when the drawn token is known, the
-token's log-probability. Memory stays at one (rows x vocab) tensor, where
-``output_scores`` would keep one per generated token.
+``generate`` keeps every row of a batch until the last one ends, so one
+completion that runs to the token cap makes the whole batch run there; on
+reasoning chains, where about one sample in a hundred loops to the cap, nearly
+every batch of a few hundred rows did. This loop samples the same way (the
+model's logits, then temperature and top-p, then one draw per row) but removes
+finished rows from the batch and from the cache after each step, so a batch
+costs what its rows need.
+
+The statistics are those of the distribution each token is drawn from: its
+entropy, and the drawn token's log-probability under it. Greedy decoding
+(temperature 0) records the statistics of the temperature-1 distribution it
+takes the argmax of.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache, TopPLogitsWarper
 
 from evaluation.config import EvalConfig
 from evaluation.samples import Sample
 from polymath.errors import ModelError
-
-
-class TokenStatsRecorder(LogitsProcessor):
-    """Records entropy and drawn-token log-prob of the final sampling distribution.
-
-    Must be the last processor: it reads the scores every earlier processor
-    produced and passes them through unchanged.
-    """
-
-    def __init__(self) -> None:
-        self.entropy: list[torch.Tensor] = []
-        self.logprob: list[torch.Tensor] = []
-        self._last: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._last is not None:
-            self._take(input_ids[:, -1])
-        logp = torch.log_softmax(scores.float(), dim=-1)
-        # entr(0) = 0, so tokens removed by top-p (probability 0) add nothing
-        self.entropy.append(torch.special.entr(logp.exp()).sum(dim=-1))
-        self._last = logp
-        return scores
-
-    def _take(self, tokens: torch.Tensor) -> None:
-        self.logprob.append(self._last.gather(1, tokens[:, None].to(self._last.device)).squeeze(1))
-
-    def finish(self, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(entropy, logprob), each (rows, steps), once generation has returned."""
-        if self._last is not None:
-            self._take(sequences[:, -1])
-            self._last = None
-        return torch.stack(self.entropy, dim=1), torch.stack(self.logprob, dim=1)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -67,89 +41,97 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def _processors(config: EvalConfig, recorder: TokenStatsRecorder) -> LogitsProcessorList:
-    procs: list[LogitsProcessor] = []
-    if config.temperature > 0 and config.temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(config.temperature))
-    if config.temperature > 0 and config.top_p < 1.0:
-        procs.append(TopPLogitsWarper(config.top_p))
-    return LogitsProcessorList([*procs, recorder])
+def warp(logits: torch.Tensor, config: EvalConfig) -> torch.Tensor:
+    """Log-probabilities of the sampling distribution: temperature, then top-p (greedy: temperature 1)."""
+    scores = logits.float()
+    if config.temperature > 0:
+        if config.temperature != 1.0:
+            scores = scores / config.temperature
+        if config.top_p < 1.0:
+            scores = TopPLogitsWarper(config.top_p)(None, scores)
+    return torch.log_softmax(scores, dim=-1)
 
 
 @torch.inference_mode()
 def hf_generate(model, tokenizer, prompts: Sequence[str], config: EvalConfig, seed: int) -> list[list[Sample]]:
-    """k samples for each prompt (``config.k``), in prompt order.
-
-    Greedy decoding (temperature 0) records the statistics of the model's
-    distribution at temperature 1, the one greedy takes the argmax of.
-    """
+    """k samples for each prompt (``config.k``), in prompt order; seeded, the global RNG left alone."""
     eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = model.device
     was_training = model.training
     model.eval()
-    do_sample = config.temperature > 0
+    generator = torch.Generator(device=device).manual_seed(seed)
     out: list[list[Sample]] = []
-    fork_devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            batches = range(0, len(prompts), config.batch_size)
-            for start in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=None):
-                batch = list(prompts[start : start + config.batch_size])
-                # TRL conditions on prompts tokenized this way; evaluate what was trained
-                enc = tokenizer(
-                    batch, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-                ).to(device)
-                recorder = TokenStatsRecorder()
-                sequences = model.generate(
-                    **enc,
-                    do_sample=do_sample,
-                    temperature=1.0,
-                    top_p=1.0,
-                    top_k=0,
-                    min_p=None,
-                    num_return_sequences=config.k,
-                    max_new_tokens=config.cap,
-                    logits_processor=_processors(config, recorder),
-                    pad_token_id=pad_id,
-                    eos_token_id=eos_ids,
-                )
-                generated = sequences[:, enc["input_ids"].shape[1] :]
-                entropy, logprob = recorder.finish(sequences)
-                samples = _to_samples(generated, entropy, logprob, eos_ids, tokenizer, config.cap)
-                out.extend(_split(samples, config.k))
+        batches = range(0, len(prompts), config.batch_size)
+        for start in tqdm(batches, desc="sampling", unit="batch", leave=False, disable=None):
+            batch = list(prompts[start : start + config.batch_size])
+            # TRL conditions on prompts tokenized this way; evaluate what was trained
+            enc = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+            ids = enc["input_ids"].to(device).repeat_interleave(config.k, dim=0)
+            mask = enc["attention_mask"].to(device).repeat_interleave(config.k, dim=0)
+            samples = _sample(model, tokenizer, ids, mask, config, eos_ids, generator)
+            out.extend(samples[i : i + config.k] for i in range(0, len(samples), config.k))
     finally:
         model.train(was_training)
     return out
 
 
-def _to_samples(generated, entropy, logprob, eos_ids: list[int], tokenizer, max_new_tokens: int) -> list[Sample]:
-    rows, steps = generated.shape
-    is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
-    has_eos = is_eos.any(dim=1)
-    # length up to and including the first EOS; padding after it is not the model's choice
-    lengths = torch.where(has_eos, is_eos.int().argmax(dim=1) + 1, torch.full_like(has_eos, steps, dtype=torch.long))
-    mask = torch.arange(steps, device=generated.device)[None, :] < lengths[:, None]
-    # where(), not a product: a pad token top-p removed has log-prob -inf
-    mean_entropy = torch.where(mask, entropy, 0.0).sum(1) / lengths
-    sum_logprob = torch.where(mask, logprob, 0.0).sum(1)
+def _forward(model, ids, mask, positions, cache, **kwargs) -> torch.Tensor:
+    """Last-position logits of one cached forward pass (the cache argument is ``cache`` from transformers 5.25)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it on
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}, **kwargs)
+    return out.logits[:, -1]
+
+
+def _sample(model, tokenizer, ids, mask, config: EvalConfig, eos_ids: list[int], generator) -> list[Sample]:
+    rows, cap = ids.shape[0], config.cap
+    eos = torch.tensor(eos_ids, device=ids.device)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    entropies: list[list[float]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    ended = [False] * rows
+    active = torch.arange(rows, device=ids.device)
+    cache = DynamicCache(config=model.config)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = _forward(model, ids, mask, positions, cache, logits_to_keep=1)
+    last = positions[:, -1]
+    for step in range(cap):
+        logp = warp(logits, config)
+        if config.temperature > 0:
+            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        else:
+            nxt = logp.argmax(dim=-1)
+        entropy = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: tokens cut by top-p add nothing
+        chosen = logp.gather(1, nxt[:, None]).squeeze(1)
+        done = torch.isin(nxt, eos)
+        for row, token, h, lp, d in zip(active.tolist(), nxt.tolist(), entropy.tolist(), chosen.tolist(),
+                                        done.tolist()):
+            tokens[row].append(token)
+            entropies[row].append(h)
+            logprobs[row].append(lp)
+            ended[row] = d
+        keep = ~done
+        if step == cap - 1 or not keep.any():
+            break
+        if not keep.all():
+            # Finished rows leave the batch and the cache: the rest no longer wait for them.
+            index = keep.nonzero().squeeze(1)
+            cache.batch_select_indices(index)
+            active, mask, last, nxt = active[index], mask[index], last[index], nxt[index]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        last = last + 1
+        logits = _forward(model, nxt[:, None], mask, last[:, None], cache)
     samples = []
-    for r in range(rows):
-        ids = generated[r, : int(lengths[r])].tolist()
-        text_ids = ids[:-1] if bool(has_eos[r]) else ids
+    for row in range(rows):
+        text_ids = tokens[row][:-1] if ended[row] else tokens[row]
         samples.append(
             Sample(
                 text=tokenizer.decode(text_ids, skip_special_tokens=True),
-                token_ids=tuple(ids),
-                mean_entropy=float(mean_entropy[r]),
-                sum_logprob=float(sum_logprob[r]),
-                hit_cap=not bool(has_eos[r]) and steps >= max_new_tokens,
+                token_ids=tuple(tokens[row]),
+                mean_entropy=sum(entropies[row]) / len(entropies[row]),
+                sum_logprob=sum(logprobs[row]),
+                hit_cap=not ended[row] and len(tokens[row]) >= cap,
             )
         )
     return samples
-
-
-def _split(samples: list[Sample], k: int) -> list[list[Sample]]:
-    # generate() returns the k sequences of a prompt next to each other
-    return [samples[i : i + k] for i in range(0, len(samples), k)]

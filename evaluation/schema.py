@@ -212,6 +212,8 @@ VIEW_DESCRIPTIONS: dict[str, str] = {
     "eval_summary": "avg@k, pass@k, maj@k, entropy and diversity per run, model, benchmark and k",
     "entropy_vs_accuracy": "Spearman correlation of per-problem mean entropy with accuracy",
     "train_curves": "train_steps pivoted wide: one column per metric",
+    "train_summary": "per training run: expert, entropy mode, entropy and reward early (first 10% of steps) and "
+    "late (last 20%), the late/early entropy ratio",
     "experiment_results": "per experiment arm and seed: entropy and reward early and late in training, "
     "held-out accuracy and entropy",
 }
@@ -316,6 +318,26 @@ SELECT a.experiment, a.arm, a.question, a.seed, a.data, a.domain, a.label, c.n_s
 FROM experiment_arms a
 LEFT JOIN curve c ON c.run_key = a.train_run
 LEFT JOIN heldout h ON h.eval_run = a.eval_run AND h.benchmark = a.domain
+"""
+
+
+TRAIN_SUMMARY_SQL = """
+CREATE OR REPLACE VIEW train_summary AS
+WITH span AS (
+  SELECT run_key, max(step) AS n_steps FROM train_steps GROUP BY run_key
+)
+SELECT t.run_key, t.expert, r.label,
+       json_extract_string(r.config, '$.entropy.mode') AS entropy_mode,
+       s.n_steps,
+       avg(value) FILTER (WHERE metric = 'entropy' AND step <= greatest(1, 0.1 * s.n_steps)) AS entropy_initial,
+       avg(value) FILTER (WHERE metric = 'entropy' AND step > 0.8 * s.n_steps) AS entropy_final,
+       entropy_final / entropy_initial AS entropy_ratio,
+       avg(value) FILTER (WHERE metric = 'entropy_coef' AND step > 0.8 * s.n_steps) AS coef_final,
+       avg(value) FILTER (WHERE metric = 'reward' AND step <= greatest(1, 0.1 * s.n_steps)) AS reward_initial,
+       avg(value) FILTER (WHERE metric = 'reward' AND step > 0.8 * s.n_steps) AS reward_final,
+       avg(value) FILTER (WHERE metric = 'response_length') AS response_length
+FROM train_steps t JOIN span s USING (run_key) LEFT JOIN runs r ON r.stage = 'train' AND r.run_key = t.run_key
+GROUP BY ALL
 """
 
 

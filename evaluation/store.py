@@ -131,6 +131,7 @@ class Store:
         con.execute(schema.EVAL_SUMMARY_SQL)
         con.execute(schema.ENTROPY_VS_ACCURACY_SQL)
         con.execute(schema.EXPERIMENT_RESULTS_SQL)
+        con.execute(schema.TRAIN_SUMMARY_SQL)
         Store._create_train_curves(con)
 
     @staticmethod
@@ -200,7 +201,8 @@ class Store:
     def _create_all_if_missing(self, con: duckdb.DuckDBPyConnection) -> None:
         present = set(con.execute("SELECT table_name, column_name FROM duckdb_columns()").fetchall())
         wanted = {(name, c.name) for name, spec in schema.TABLES.items() for c in spec.columns}
-        if not wanted <= present:
+        views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        if not wanted <= present or not set(schema.VIEW_DESCRIPTIONS) <= views:
             self._create_all(con)
 
     @staticmethod

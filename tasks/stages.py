@@ -171,14 +171,16 @@ def model_stage(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool 
         section.pop("tiny")
     key = _key(
         "model", section, inputs, "training/models.py", "training/warm_start.py", "training/prompting.py",
-        "training/verifiers.py",
+        "training/verifiers.py", "evaluation/hf_engine.py",
     )
     if ref := _finished(ws, "model", key, "base", force):
         return ref
     with ws.stage_run("model", key, section, inputs) as run:
         out = run.tmp / "model"
         if cfg.model.source == "tiny":
-            summary = bootstrap_tiny(train_problems(data), cfg.model.tiny, out, progress=_progress("warm start"))
+            summary = bootstrap_tiny(
+                train_problems(data), cfg.model.tiny, out, progress=_progress("warm start"), sampler=_probe_sampler
+            )
         elif cfg.model.source == "smollm":
             gguf = smollm_gguf_path()
             convert_gguf(gguf, out)
@@ -191,6 +193,15 @@ def model_stage(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool 
             summary = {"path": str(Path(cfg.model.path).resolve())}
         run.summary.update(summary)
     return StageRef("model", key, ws.stage_dir("model", key), "base")
+
+
+def _probe_sampler(model, tokenizer, prompts: list[str], samples: int, max_new_tokens: int, seed: int):
+    """The warm start's band check sampled like the evaluation: each row dropped at its EOS."""
+    from evaluation.config import EvalConfig
+    from evaluation.hf_engine import hf_generate
+
+    config = EvalConfig(k=samples, temperature=1.0, max_new_tokens=max_new_tokens, batch_size=len(prompts))
+    return [[s.text for s in group] for group in hf_generate(model, tokenizer, prompts, config, seed=seed)]
 
 
 def model_dir(model: StageRef) -> Path:

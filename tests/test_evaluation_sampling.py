@@ -137,18 +137,23 @@ def test_token_statistics_match_a_teacher_forced_reference(model, tokenizer):
     assert any(s.n_tokens < config.max_new_tokens for group in samples for s in group)
 
 
-def test_our_processor_chain_draws_what_generate_would(model, tokenizer):
-    config = EvalConfig(k=4, temperature=0.6, top_p=0.8, max_new_tokens=10, batch_size=8)
-    prompts = ["12+3=?\nAnswer: ", "xyz\nAnswer: "]
-    ours = hf_generate(model, tokenizer, prompts, config, seed=11)
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    torch.manual_seed(11)
-    native = model.generate(**enc, do_sample=True, temperature=0.6, top_p=0.8, top_k=0, num_return_sequences=4,
-                            max_new_tokens=10, pad_token_id=0, eos_token_id=[1])
-    native = native[:, enc["input_ids"].shape[1] :]
-    flat = [s for group in ours for s in group]
-    for row, s in zip(native.tolist(), flat):
-        assert tuple(row[: s.n_tokens]) == s.token_ids
+def test_draws_follow_the_warped_distribution(model, tokenizer):
+    """First tokens of many samples against the temperature + top-p distribution (chi-square goodness of fit)."""
+    from scipy.stats import chisquare
+
+    config = EvalConfig(k=4000, temperature=0.6, top_p=0.8, max_new_tokens=1, batch_size=1)
+    prompt = "12+3=?\nAnswer: "
+    [group] = hf_generate(model, tokenizer, [prompt], config, seed=11)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1]
+    scores = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.6)(None, logits[None]))[0]
+    expected = torch.softmax(scores, dim=-1)
+    counts = torch.bincount(torch.tensor([s.token_ids[0] for s in group]), minlength=len(expected)).float()
+    support = expected > 0
+    assert counts[~support].sum() == 0  # nothing outside the nucleus is ever drawn
+    test = chisquare(counts[support].numpy(), (expected[support] * counts.sum()).numpy())
+    assert test.pvalue > 1e-3
 
 
 def test_greedy_decoding(model, tokenizer):

@@ -6,7 +6,7 @@ from curation.domains import load_embedded
 from curation.records import Problem
 from polymath.errors import ModelError
 from training.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from training.warm_start import domain_weights, in_band, split_probe, warm_start
+from training.warm_start import band_distance, domain_weights, in_band, split_probe, warm_start
 
 BAND = (0.25, 0.5)
 TINY = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, sft_batch_size=8)
@@ -15,9 +15,14 @@ TINY = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermedi
 def test_weights_push_slow_domains_and_hold_back_quick_ones():
     w = domain_weights({"slow": 0.0, "mid": 0.3, "middle": 0.375, "quick": 0.45, "done": 0.5, "over": 0.9}, BAND)
     assert w["slow"] == 2.0 and w["mid"] == 1.0 and w["middle"] == 1.0
-    assert w["quick"] == pytest.approx(1 - (0.45 - 0.375) / 0.125)
-    assert w["done"] == 0.0 and w["over"] == 0.0
+    assert w["quick"] == pytest.approx(1 - 0.9 * (0.45 - 0.375) / 0.125)
+    assert w["done"] == pytest.approx(0.1) and w["over"] == pytest.approx(0.1)  # a floor: never forgotten
     assert domain_weights({"a": 0.125}, BAND)["a"] == pytest.approx(1.5)
+
+
+def test_band_distance_sums_what_lies_outside():
+    assert band_distance({"a": 0.3, "b": 0.45}, BAND) == 0.0
+    assert band_distance({"a": 0.1, "b": 0.6, "c": 0.3}, BAND) == pytest.approx(0.15 + 0.1)
 
 
 def test_in_band_needs_every_domain_inside():
@@ -59,9 +64,28 @@ def test_the_warm_start_stops_at_the_first_check_inside_the_band():
 def test_the_warm_start_runs_on_below_the_band_and_stops_above_it():
     below = _run(lambda p, c: 0.0)
     assert below["sft_stopped"] == "max_steps" and below["sft_steps"] == 8 and len(below["sft_probe"]) == 4
+    assert below["sft_kept_step"] == 8
     assert below["sft_probe"][0]["weights"] == {"arithmetic": 2.0, "reverse": 2.0}
     above = _run(lambda p, c: 1.0)
     assert above["sft_stopped"] == "above_band" and above["sft_steps"] == 2
+
+
+def test_without_a_check_in_band_the_closest_weights_are_restored():
+    calls = []
+
+    def scorer(problem, completion):
+        calls.append(1)
+        # checks at steps 2, 4, 6, 8 (16 samples each): 20%, 0%, 0%, 0% right
+        return float(len(calls) <= 16 and len(calls) % 5 == 0)
+
+    train, _ = load_embedded(["arithmetic", "reverse"], train_per_domain=40, test_per_domain=1)
+    config = TinyModelConfig(**TINY, sft_steps=8, probe_every=2, probe_problems=4, probe_samples=2)
+    tok = build_char_tokenizer([p.prompt for p in train] + [p.solution for p in train])
+    model = build_tiny_model(config, len(tok))
+    summary = warm_start(model, tok, train, config, scorer)
+    assert summary["sft_stopped"] == "closest_to_band" and summary["sft_kept_step"] == 2
+    # step 2: arithmetic 1/8 right (0.125 below the band), reverse 2/8 (inside); later checks 0 right
+    assert [round(h["band_distance"], 3) for h in summary["sft_probe"]] == [0.125, 0.5, 0.5, 0.5]
 
 
 def test_problems_without_solutions_are_refused():

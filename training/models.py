@@ -228,18 +228,19 @@ def build_tiny_model(cfg: TinyModelConfig, vocab_size: int):
     return Qwen2ForCausalLM(config)
 
 
-def bootstrap_tiny(problems: list[Problem], cfg: TinyModelConfig, out_dir: Path, progress=None) -> dict:
+def bootstrap_tiny(problems: list[Problem], cfg: TinyModelConfig, out_dir: Path, progress=None, sampler=None) -> dict:
     """Build tokenizer and model, warm-start them on the problems' solutions, save to ``out_dir``.
 
-    Returns the warm start's summary (training/warm_start.py), the vocabulary size added.
+    Returns the warm start's summary (training/warm_start.py), the vocabulary size added. ``sampler`` draws
+    the band check's samples (default: transformers' ``generate``).
     """
     from .verifiers import reward
-    from .warm_start import warm_start
+    from .warm_start import hf_sampler, warm_start
 
     texts = [p.prompt for p in problems] + [p.solution or p.answer for p in problems]
     tokenizer = build_char_tokenizer(texts)
     model = build_tiny_model(cfg, vocab_size=len(tokenizer))
-    summary = warm_start(model, tokenizer, problems, cfg, reward, progress=progress)
+    summary = warm_start(model, tokenizer, problems, cfg, reward, progress=progress, sampler=sampler or hf_sampler)
 
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)

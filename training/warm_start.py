@@ -7,9 +7,13 @@ the model samples ``probe_samples`` completions at temperature 1 for
 ``probe_problems`` held-out training problems per domain, and
 
 - a domain below the band gets more examples (weight up to 2 at accuracy 0),
-  one above the middle of ``band`` fewer (its weight falls linearly to 0 at
-  the top of the band): the quick domains wait while the slow ones catch up;
-- the warm start stops at the first check where every domain is inside the band.
+  one above the middle of ``band`` fewer (its weight falls linearly to 10% at
+  the top of the band): the quick domains wait while the slow ones catch up.
+  A floor, not zero: a domain that gets no examples is forgotten within a few
+  dozen steps and relearned, and its accuracy swings across the whole band;
+- the warm start stops at the first check where every domain is inside the band;
+  if none is by ``sft_steps``, the weights of the check closest to the band
+  (least total accuracy outside it) are restored.
 
 Batches mix the domains at random: batches sorted into length buckets ran
 1.9x faster per step but learned far slower per step (a bucket is nearly one
@@ -33,8 +37,11 @@ from polymath.threads import torch_threads
 
 Progress = Callable[[int, int, float], None]
 Scorer = Callable[[Problem, str], float]
+# (model, tokenizer, prompts, samples per prompt, max new tokens, seed) -> completions per prompt
+Sampler = Callable[..., list[list[str]]]
 
 _POOL_BATCHES = 8
+_MIN_WEIGHT = 0.1
 
 
 def split_probe(problems: list[Problem], per_domain: int) -> tuple[list[Problem], dict[str, list[Problem]]]:
@@ -50,7 +57,8 @@ def split_probe(problems: list[Problem], per_domain: int) -> tuple[list[Problem]
 
 
 def domain_weights(accuracy: dict[str, float], band: tuple[float, float]) -> dict[str, float]:
-    """Sampling weight per domain: 2 - acc / low below the band, 1 up to its middle, then linearly to 0 at its top."""
+    """Sampling weight per domain: 2 - acc / low below the band, 1 up to its middle, then linearly to 0.1 at its
+    top and above."""
     low, high = band
     mid = (low + high) / 2
     weights = {}
@@ -60,12 +68,18 @@ def domain_weights(accuracy: dict[str, float], band: tuple[float, float]) -> dic
         elif acc <= mid:
             weights[domain] = 1.0
         else:
-            weights[domain] = max(0.0, 1.0 - (acc - mid) / (high - mid))
+            weights[domain] = max(_MIN_WEIGHT, 1.0 - (1.0 - _MIN_WEIGHT) * (acc - mid) / (high - mid))
     return weights
 
 
+def band_distance(accuracy: dict[str, float], band: tuple[float, float]) -> float:
+    """Total accuracy outside the band, summed over domains (0: every domain inside)."""
+    low, high = band
+    return sum(max(0.0, low - a) + max(0.0, a - high) for a in accuracy.values())
+
+
 def in_band(accuracy: dict[str, float], band: tuple[float, float]) -> bool:
-    return bool(accuracy) and all(band[0] <= a <= band[1] for a in accuracy.values())
+    return bool(accuracy) and band_distance(accuracy, band) == 0.0
 
 
 def _encode(problems: list[Problem], tokenizer, max_positions: int) -> list[tuple[str, list[int], list[int]]]:
@@ -124,8 +138,22 @@ class _Batches:
         return self.queue.pop()
 
 
+def hf_sampler(model, tokenizer, prompts: list[str], samples: int, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """``samples`` completions per prompt at temperature 1 with transformers' ``generate``."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        seqs = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                              num_return_sequences=samples, max_new_tokens=max_new_tokens,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [texts[i : i + samples] for i in range(0, len(texts), samples)]
+
+
 def probe_accuracy(model, tokenizer, probe: dict[str, list[Problem]], samples: int, max_new_tokens: int,
-                   scorer: Scorer, seed: int) -> dict[str, float]:
+                   scorer: Scorer, seed: int, sampler: Sampler = hf_sampler) -> dict[str, float]:
     """Mean score per domain of ``samples`` completions per problem at temperature 1."""
     import torch
 
@@ -133,32 +161,29 @@ def probe_accuracy(model, tokenizer, probe: dict[str, list[Problem]], samples: i
     model.eval()
     out = {}
     try:
-        with torch.inference_mode(), torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with torch.inference_mode():
             for domain, problems in probe.items():
-                enc = tokenizer([p.prompt + PLAIN_SUFFIX for p in problems], return_tensors="pt", padding=True,
-                                padding_side="left", add_special_tokens=False)
-                seqs = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                      num_return_sequences=samples, max_new_tokens=max_new_tokens,
-                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                texts = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                scores = [scorer(problems[i // samples], t) for i, t in enumerate(texts)]
+                completions = sampler(model, tokenizer, [p.prompt + PLAIN_SUFFIX for p in problems], samples,
+                                      max_new_tokens, seed)
+                scores = [scorer(p, c) for p, group in zip(problems, completions) for c in group]
                 out[domain] = sum(scores) / len(scores)
     finally:
         model.train(was_training)
     return out
 
 
-def warm_start(model, tokenizer, problems: list[Problem], cfg, scorer: Scorer, progress: Progress | None = None) -> dict:
+def warm_start(model, tokenizer, problems: list[Problem], cfg, scorer: Scorer, progress: Progress | None = None,
+               sampler: Sampler = hf_sampler) -> dict:
     """Train ``model`` in place on the problems' solutions; returns the run's summary (probe history included).
 
-    ``cfg`` is a :class:`training.models.TinyModelConfig`; ``scorer(problem, completion)`` scores probe samples.
+    ``cfg`` is a :class:`training.models.TinyModelConfig`; ``scorer(problem, completion)`` scores probe samples,
+    which ``sampler`` draws (the pipeline passes evaluation's sampler, which drops each row at its EOS).
     """
     with torch_threads(cfg.threads):
-        return _loop(model, tokenizer, problems, cfg, scorer, progress)
+        return _loop(model, tokenizer, problems, cfg, scorer, progress, sampler)
 
 
-def _loop(model, tokenizer, problems, cfg, scorer, progress) -> dict:
+def _loop(model, tokenizer, problems, cfg, scorer, progress, sampler) -> dict:
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -175,6 +200,7 @@ def _loop(model, tokenizer, problems, cfg, scorer, progress) -> dict:
     t0 = time.perf_counter()
     probe_seconds = 0.0
     step = 0
+    best: tuple[float, int, dict] | None = None
     for step in range(1, cfg.sft_steps + 1):
         batch = [encoded[i] for i in batches.next()]
         width = max(len(a) + len(b) for _, a, b in batch)
@@ -199,11 +225,15 @@ def _loop(model, tokenizer, problems, cfg, scorer, progress) -> dict:
             progress(step, cfg.sft_steps, losses[-1])
         if probe and step % cfg.probe_every == 0:
             p0 = time.perf_counter()
-            accuracy = probe_accuracy(model, tokenizer, probe, cfg.probe_samples, longest + 8, scorer, cfg.seed + step)
+            accuracy = probe_accuracy(model, tokenizer, probe, cfg.probe_samples, longest + 8, scorer,
+                                      cfg.seed + step, sampler)
             probe_seconds += time.perf_counter() - p0
             weights = domain_weights(accuracy, cfg.band)
+            distance = band_distance(accuracy, cfg.band)
             history.append({"step": step, "loss": sum(losses[-20:]) / len(losses[-20:]),
-                            "accuracy": accuracy, "weights": weights})
+                            "accuracy": accuracy, "weights": weights, "band_distance": distance})
+            if best is None or distance <= best[0]:  # ties: the later, longer-trained check
+                best = (distance, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
             if in_band(accuracy, cfg.band):
                 stopped = "in_band"
                 break
@@ -211,10 +241,15 @@ def _loop(model, tokenizer, problems, cfg, scorer, progress) -> dict:
                 stopped = "above_band"
                 break
             batches.set_weights(weights)
+    kept = step
+    if stopped == "max_steps" and best is not None and best[1] != step:
+        model.load_state_dict(best[2])
+        stopped, kept = "closest_to_band", best[1]
     model.eval()
     tail = losses[-20:]
     return {
         "sft_steps": step,
+        "sft_kept_step": kept,
         "sft_max_steps": cfg.sft_steps,
         "sft_stopped": stopped,
         "sft_seconds": round(time.perf_counter() - t0, 2),
