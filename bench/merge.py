@@ -1,4 +1,4 @@
-"""Benchmark: factored RobustMerge vs the dense path, on Qwen2.5-1.5B module shapes.
+"""Benchmark: factored merges vs their dense paths, on Qwen2.5-1.5B module shapes.
 
 N experts of rank r (random factors) on every linear module of a decoder layer
 (q 1536x1536, k/v 256x1536, o 1536x1536, gate/up 8960x1536, down 1536x8960).
@@ -10,12 +10,16 @@ Three paths compute the same RobustMerge update (same pruning and scales):
                    on the tall orientation) and truncation to ``--target-rank``: what
                    peft's ``*_svd`` combinations do, minus their full_matrices default.
 
+``--method knots`` measures KnOTS instead: ours (QR of the stacked factors, the SVD of an R x R core, TIES
+on the R x k aligned blocks; rank R = N*r, never a d x k matrix) against the dense transcription (the
+d x N*k concatenation of the dense updates, its reduced SVD, TIES on the same blocks).
+
 Each path runs in its own subprocess so that its peak resident memory (ru_maxrss
 above the RSS after inputs are built) is its own. Only ``--layers`` of the 28
 layers are measured (the layers are identical in shape); the full-model column
 multiplies the per-layer time by 28.
 
-Run:  python bench/merge.py [--layers 2] [--threads N] [--skip-dense] [--device cuda]
+Run:  python bench/merge.py [--method robustmerge|knots] [--layers 2] [--threads N] [--skip-dense] [--device cuda]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from merging.knots import knots, ties_blocks  # noqa: E402
 from merging.lowrank import LoraFactors, truncate  # noqa: E402
 from merging.robustmerge import robustmerge  # noqa: E402
 
@@ -50,7 +55,8 @@ MODULES = {
     "up_proj": (INTERMEDIATE, HIDDEN),
     "down_proj": (HIDDEN, INTERMEDIATE),
 }
-PATHS = ("exact", "compressed", "dense")
+PATHS = {"robustmerge": ("exact", "compressed", "dense"), "knots": ("knots", "knots-dense")}
+DENSE = {"robustmerge": "dense", "knots": "knots-dense"}
 
 
 def make_experts(d: int, k: int, n: int, r: int, seed: int, device: str) -> list[LoraFactors]:
@@ -66,7 +72,21 @@ def make_experts(d: int, k: int, n: int, r: int, seed: int, device: str) -> list
     ]
 
 
+def knots_dense(parts: list[LoraFactors], density: float) -> torch.Tensor:
+    """KnOTS as the paper writes it, on dense updates: SVD of [dW_1 .. dW_N], TIES on the V_n^T blocks."""
+    dense = [p.dense() for p in parts]
+    u, s, vh = torch.linalg.svd(torch.cat(dense, dim=1), full_matrices=False)
+    rank = sum(p.rank for p in parts)
+    k = dense[0].shape[1]
+    blocks = [vh[:rank, i * k : (i + 1) * k] for i in range(len(parts))]
+    return (u[:, :rank] * s[:rank]) @ ties_blocks(blocks, density, [1.0] * len(parts))
+
+
 def run_path(path: str, parts: list[LoraFactors], args) -> LoraFactors | torch.Tensor:
+    if path == "knots":
+        return knots(parts, density=args.density)
+    if path == "knots-dense":
+        return knots_dense(parts, args.density)
     merged = robustmerge(parts, keep=args.keep, lam=args.lam)
     if path == "exact":
         return merged
@@ -114,7 +134,7 @@ def worker(args) -> None:
         base_alloc = torch.cuda.memory_allocated()
     per_module: dict[str, list[float]] = {name: [] for name in MODULES}
     for (_, name), parts in inputs.items():
-        repeats = 1 if args.worker == "dense" else args.repeats
+        repeats = 1 if args.worker in DENSE.values() else args.repeats
         times = []
         for _ in range(repeats):
             _sync(args.device)
@@ -136,12 +156,14 @@ def worker(args) -> None:
 
 
 def accuracy(args) -> float:
-    """Relative error of the compressed merge vs the dense truncated SVD, on one gate_proj in float64."""
-    parts = make_experts(*MODULES["gate_proj"], args.experts, args.rank, seed=7, device=args.device)
+    """Relative error of our merge vs the dense path, on one k_proj (KnOTS) or gate_proj in float64."""
+    module = "k_proj" if args.method == "knots" else "gate_proj"
+    parts = make_experts(*MODULES[module], args.experts, args.rank, seed=7, device=args.device)
     parts = [LoraFactors(p.a.double(), p.b.double(), p.scaling) for p in parts]
-    dense_svd = run_path("dense", parts, args)
-    compressed = run_path("compressed", parts, args).dense()
-    return (torch.linalg.norm(compressed - dense_svd) / torch.linalg.norm(dense_svd)).item()
+    ours, dense = ("knots", "knots-dense") if args.method == "knots" else ("compressed", "dense")
+    reference = run_path(dense, parts, args)
+    mine = run_path(ours, parts, args).dense()
+    return (torch.linalg.norm(mine - reference) / torch.linalg.norm(reference)).item()
 
 
 def main() -> None:
@@ -152,21 +174,25 @@ def main() -> None:
     parser.add_argument("--target-rank", type=int, default=16, help="rank of the compressed merge")
     parser.add_argument("--keep", type=float, default=0.2)
     parser.add_argument("--lam", type=float, default=2.0)
+    parser.add_argument("--method", choices=sorted(PATHS), default="robustmerge")
+    parser.add_argument("--density", type=float, default=0.2, help="KnOTS: TIES density")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the fast paths (median)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-dense", action="store_true", help="measure only the factored paths")
-    parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[p for ps in PATHS.values() for p in ps], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
 
-    paths = [p for p in PATHS if not (args.skip_dense and p == "dense")]
+    dense_path = DENSE[args.method]
+    paths = [p for p in PATHS[args.method] if not (args.skip_dense and p == dense_path)]
     results = {}
     for path in paths:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", path]
-        for flag in ("layers", "experts", "rank", "target_rank", "keep", "lam", "repeats", "threads", "device"):
+        for flag in ("layers", "experts", "rank", "target_rank", "keep", "lam", "repeats", "threads", "device",
+                     "method", "density"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ}, check=False)
         if proc.returncode != 0:
@@ -175,15 +201,20 @@ def main() -> None:
 
     err = accuracy(args)
     n_r = args.experts * args.rank
+    name = "KnOTS-TIES" if args.method == "knots" else "RobustMerge"
     print(
-        f"RobustMerge, {args.experts} experts of rank {args.rank}, Qwen2.5-1.5B shapes, "
+        f"{name}, {args.experts} experts of rank {args.rank}, Qwen2.5-1.5B shapes, "
         f"{args.layers} of {N_LAYERS} layers measured, device {args.device}, {args.threads} threads"
     )
-    print(f"accuracy (one gate_proj, float64): compressed vs dense truncated SVD, relative error {err:.1e}")
+    what = "k_proj, float64): factor space vs dense" if args.method == "knots" else \
+        "gate_proj, float64): compressed vs dense truncated SVD"
+    print(f"accuracy (one {what}, relative error {err:.1e}")
     labels = {
         "exact": f"ours exact (rank {n_r})",
         "compressed": f"ours compressed (rank {args.target_rank})",
         "dense": f"dense delta + SVD (rank {args.target_rank})",
+        "knots": f"ours, factor space (rank {n_r})",
+        "knots-dense": f"dense concat + SVD (rank {n_r})",
     }
     layer_s = {p: sum(r["per_module_s"].values()) for p, r in results.items()}
     header = f"{'path':<30} {'s/layer':>10} {'28 layers (s)':>14} {'dense / this':>13} {'peak extra RSS MiB':>19}"
@@ -191,7 +222,7 @@ def main() -> None:
         header += f" {'GPU peak MiB':>13}"
     print(header)
     for p, r in results.items():
-        ratio = f"{layer_s['dense'] / layer_s[p]:.0f}x" if "dense" in layer_s else "-"
+        ratio = f"{layer_s[dense_path] / layer_s[p]:.0f}x" if dense_path in layer_s else "-"
         line = (
             f"{labels[p]:<30} {layer_s[p]:>10.4f} {layer_s[p] * N_LAYERS:>14.2f} {ratio:>13} "
             f"{r['peak_extra_mib']:>19.1f}"

@@ -90,3 +90,125 @@ def comparisons(problems: pd.DataFrame, runs: pd.DataFrame, references: tuple[st
                     rows.append((run, label, benchmark, reference, ref_run, int(ok.sum()),
                                  float(a.mean()), float(b.mean()), float((a - b).mean()), low, high))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------- merges
+
+MERGE_COLUMNS = [
+    "eval_run", "model_label", "method", "left_out", "scale", "benchmark", "seen", "n_problems",
+    "accuracy", "base_accuracy", "expert_accuracy", "normalized", "retained_gain", "retained_low", "retained_high",
+    "vs_task_arithmetic", "vs_ta_low", "vs_ta_high",
+]
+MEAN = "(mean of seen)"
+
+
+def _retained(a: np.ndarray, b: np.ndarray, e: np.ndarray) -> float:
+    gain = e.mean() - b.mean()
+    return float((a.mean() - b.mean()) / gain) if gain > 0 else float("nan")
+
+
+def bootstrap_statistic(columns: list[np.ndarray], statistic, n_boot: int = N_BOOT, seed: int = SEED,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``statistic(*columns)`` over paired resamples of the rows."""
+    n = len(columns[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    values = np.array([statistic(*(c[i] for c in columns)) for i in idx])
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return (float("nan"), float("nan"))
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def merge_summary(problems: pd.DataFrame, runs: pd.DataFrame, merges: pd.DataFrame,
+                  n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
+    """Per merged model and domain: accuracy, normalized accuracy, retained gain, and the difference from the
+    task-arithmetic merge of the same experts, with paired bootstrap intervals over problems.
+
+    ``merges``: merge_runs rows (run_key, method, label, scale) with the merge runs' ``inputs`` (JSON: the
+    expert labels it merged). A domain is *seen* when its expert is among them; the mean row averages the
+    seen domains (intervals from resampling every domain's problems together).
+    """
+    groups = comparison_groups(runs)
+    targets = {}
+    for row in runs.itertuples(index=False):
+        inputs = json.loads(row.inputs) if isinstance(row.inputs, str) and row.inputs else {}
+        targets[row.run_key] = inputs.get("target")
+    merge_info = {r.run_key: r for r in merges.itertuples(index=False)}
+    problems = problems[problems.eval_run.isin(groups)].assign(group=lambda f: f.eval_run.map(groups))
+    out = []
+    for _, members in problems.groupby("group", sort=True):
+        def table(label):
+            rows = members[members.model_label == label]
+            return rows.set_index(["benchmark", "problem_id"])["accuracy"] if len(rows) else None
+
+        base = table("base")
+        if base is None:
+            continue
+        labels = sorted(set(members.model_label))
+        for label in (lbl for lbl in labels if lbl.startswith("merged:")):
+            mine = members[members.model_label == label]
+            run = mine.eval_run.iloc[0]
+            info = merge_info.get(targets.get(run))
+            if info is None:
+                continue
+            experts = set(json.loads(info.inputs)) if isinstance(info.inputs, str) else set()
+            suffix = label[len("merged:") + len(info.method):]
+            ta = table(f"merged:task-arithmetic{suffix}")
+            seen_cols: list[list[np.ndarray]] = []
+            for benchmark, part in mine.groupby("benchmark", sort=True):
+                keys = list(zip(part.benchmark, part.problem_id))
+                expert = table(f"expert:{benchmark}")
+                if expert is None:
+                    continue
+                a = part.accuracy.to_numpy()
+                b, e = base.reindex(keys).to_numpy(), expert.reindex(keys).to_numpy()
+                ok = np.isfinite(b) & np.isfinite(e)
+                a, b, e = a[ok], b[ok], e[ok]
+                seen = f"expert:{benchmark}" in experts
+                low, high = bootstrap_statistic([a, b, e], _retained, n_boot, seed)
+                vs = (float("nan"),) * 3
+                if ta is not None and not label.startswith("merged:task-arithmetic"):
+                    t = ta.reindex(keys).to_numpy()[ok]
+                    if np.isfinite(t).all():
+                        vs = (float((a - t).mean()), *paired_bootstrap(a - t, n_boot, seed))
+                        if seen:
+                            seen_cols.append([a, b, e, t])
+                elif seen:
+                    seen_cols.append([a, b, e, a])
+                out.append((run, label, info.method, _left_out(label, info.method), info.scale, benchmark, seen,
+                            int(ok.sum()), float(a.mean()), float(b.mean()), float(e.mean()),
+                            float(a.mean() / e.mean()) if e.mean() > 0 else float("nan"), _retained(a, b, e),
+                            low, high, *vs))
+            if seen_cols:
+                out.append(_mean_row(run, label, info, seen_cols, n_boot, seed))
+    return pd.DataFrame(out, columns=MERGE_COLUMNS)
+
+
+def _left_out(label: str, method: str) -> str | None:
+    rest = label[len("merged:") + len(method):]
+    return rest[len("-without-"):] if rest.startswith("-without-") else None
+
+
+def _mean_row(run, label, info, cols, n_boot, seed) -> tuple:
+    """The seen domains' means; each bootstrap resample draws every domain's problems at once (equal sizes)."""
+    n = min(len(c[0]) for c in cols)
+    stacked = [np.stack([c[j][:n] for c in cols], axis=1) for j in range(4)]  # (n, domains) each
+
+    def retained(a, b, e, _t):
+        return float(np.mean([_retained(a[:, d], b[:, d], e[:, d]) for d in range(a.shape[1])]))
+
+    def diff(a, _b, _e, t):
+        return float((a - t).mean())
+
+    a, b, e, t = stacked
+    low, high = bootstrap_statistic(stacked, retained, n_boot, seed)
+    vs_low, vs_high = bootstrap_statistic(stacked, diff, n_boot, seed)
+    is_ta = label.startswith("merged:task-arithmetic")
+    normalized = float(np.mean(a.mean(0) / np.where(e.mean(0) > 0, e.mean(0), np.nan)))
+    return (run, label, info.method, _left_out(label, info.method), info.scale, MEAN, True, int(n * a.shape[1]),
+            float(a.mean()), float(b.mean()), float(e.mean()), normalized, retained(a, b, e, t), low, high,
+            float("nan") if is_ta else diff(a, b, e, t), float("nan") if is_ta else vs_low,
+            float("nan") if is_ta else vs_high)

@@ -163,13 +163,54 @@ def _entropy_section(store: Store, out_dir: Path) -> list[str]:
                     markdown_table(corr)]
 
 
-def _merge_section(store: Store) -> list[str]:
+def _merge_section(store: Store, out_dir: Path) -> list[str]:
     merges = store.query(
-        "SELECT method, rank, n_experts, seconds, mean_delta_norm, mean_expert_cosine, left(run_key, 8) AS run "
-        "FROM merge_runs ORDER BY ALL"
+        "SELECT label, method, scale, rank, n_experts, seconds, mean_delta_norm, mean_expert_cosine, "
+        "left(run_key, 8) AS run FROM merge_runs ORDER BY ALL"
     )
     lines = ["## Merging", ""]
-    return lines + ([markdown_table(merges)] if len(merges) else [NO_DATA.format(stage="merge")])
+    if not len(merges):
+        return lines + [NO_DATA.format(stage="merge")]
+    lines += [markdown_table(merges), ""]
+    sweep = store.query("SELECT label, scale, avg(accuracy) AS validation_accuracy, bool_or(chosen) AS chosen "
+                        "FROM merge_sweep GROUP BY ALL ORDER BY ALL")
+    if len(sweep):
+        lines += ["### Scale chosen on the validation split", "",
+                  "Mean validation accuracy over the merged experts' domains at every scale of the grid; the test "
+                  "split is evaluated at the chosen scale only.", "", markdown_table(sweep), ""]
+    summary = store.query(
+        "SELECT model_label, benchmark, seen, scale, accuracy, normalized, retained_gain, retained_low, "
+        "retained_high, vs_task_arithmetic, vs_ta_low, vs_ta_high FROM merge_summary ORDER BY model_label, benchmark"
+    )
+    if not len(summary):
+        return lines
+    lines += ["### Retained gain", "",
+              "Retained gain = (merged - base) / (expert - base) per domain, normalized accuracy = merged / expert, "
+              "and the difference from the task-arithmetic merge of the same experts; intervals are 95% paired "
+              "bootstrap intervals over problems. A domain is unseen when its expert was left out of the merge.",
+              "", markdown_table(summary), ""]
+    name = _retained_plot(summary, out_dir)
+    return lines + [f"![retained gain per method and domain]({name})"]
+
+
+def _retained_plot(summary: pd.DataFrame, out_dir: Path) -> str:
+    labels = sorted(set(summary.model_label))
+    benchmarks = sorted(set(summary.benchmark))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(labels) * len(benchmarks) / 2), 4.2))
+    ax = fig.subplots()
+    width = 0.8 / len(benchmarks)
+    for j, bench in enumerate(benchmarks):
+        rows = summary[summary.benchmark == bench].set_index("model_label").reindex(labels)
+        x = [i + (j - (len(benchmarks) - 1) / 2) * width for i in range(len(labels))]
+        value = rows.retained_gain.astype(float)
+        err = [(value - rows.retained_low.astype(float)).clip(lower=0), (rows.retained_high.astype(float) - value).clip(lower=0)]
+        ax.bar(x, value, width, yerr=err, capsize=2, label=bench)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(1, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(labels)), [lbl.removeprefix("merged:") for lbl in labels], rotation=30, ha="right")
+    ax.set(ylabel="retained gain", title="retained gain per merge and domain (95% intervals)")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "merge_retained_gain.png")
 
 
 def write_report(store: Store, out_dir: Path) -> Path:
@@ -184,7 +225,7 @@ def write_report(store: Store, out_dir: Path) -> Path:
         _evaluation_section(store, out_dir),
         _comparison_section(store),
         _entropy_section(store, out_dir),
-        _merge_section(store),
+        _merge_section(store, out_dir),
     ]
     path = out_dir / "report.md"
     path.write_text("\n\n".join("\n".join(s) for s in sections) + "\n")

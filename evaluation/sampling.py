@@ -20,7 +20,14 @@ from evaluation.config import FALLBACK_CAP, EvalConfig
 from evaluation.hf_engine import hf_generate
 from evaluation.metrics import bigram_novelty
 from evaluation.samples import Sample
-from evaluation.vllm_engine import load_engine, lora_request, vllm_available, vllm_generate
+from evaluation.vllm_engine import (
+    adapter_rank,
+    load_engine,
+    lora_request,
+    max_lora_rank,
+    vllm_available,
+    vllm_generate,
+)
 from polymath.errors import ConfigError, DataError, ModelError
 from training.prompting import format_prompt
 
@@ -152,8 +159,10 @@ def evaluate_model(
         def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
             return hf_generate(model, tokenizer, prompts, cfg, seed=cfg.seed)
     else:
+        lora_rank = max_lora_rank(adapter_rank(adapter_dir)) if adapter_dir is not None else 64
         engine = model if _is_engine(model) else load_engine(
-            model, enable_lora=adapter_dir is not None, seed=config.seed, max_logprobs=config.vllm_logprobs
+            model, enable_lora=adapter_dir is not None, max_lora_rank=lora_rank, seed=config.seed,
+            max_logprobs=config.vllm_logprobs,
         )
         lora = lora_request(adapter_dir, model_label) if adapter_dir is not None else None
         if tokenizer is None:

@@ -281,30 +281,41 @@ class Store:
         return " AND ".join(parts), params
 
     def refresh_comparisons(self) -> int:
-        """Recompute ``eval_comparisons`` from eval_problems and the evaluate runs, in one transaction."""
-        from evaluation.compare import COLUMNS, comparisons
+        """Recompute ``eval_comparisons`` and ``merge_summary`` from the evaluations, in one transaction."""
+        from evaluation import compare
 
         runs = self.query("SELECT run_key, config, inputs FROM runs WHERE stage = 'evaluate'")
         problems = self.query(
             "SELECT eval_run, model_label, benchmark, problem_id, accuracy FROM eval_problems ORDER BY ALL"
         )
-        table = comparisons(problems, runs) if len(runs) else pd.DataFrame(columns=COLUMNS)
-        incoming = pa.Table.from_pandas(table[COLUMNS], preserve_index=False)
+        merges = self.query(
+            "SELECT m.run_key, m.method, m.label, m.scale, r.inputs FROM merge_runs m "
+            "LEFT JOIN runs r ON r.stage = 'merge' AND r.run_key = m.run_key"
+        )
+        tables = {
+            "eval_comparisons": (compare.comparisons(problems, runs) if len(runs)
+                                 else pd.DataFrame(columns=compare.COLUMNS), compare.COLUMNS),
+            "merge_summary": (compare.merge_summary(problems, runs, merges) if len(runs) and len(merges)
+                              else pd.DataFrame(columns=compare.MERGE_COLUMNS), compare.MERGE_COLUMNS),
+        }
         con = self._connect(read_only=False)
         try:
-            con.register(_INCOMING, incoming)
             con.execute("BEGIN TRANSACTION")
             self._create_all_if_missing(con)
-            con.execute("DELETE FROM eval_comparisons")
-            cols = ", ".join(schema.quote_ident(c) for c in COLUMNS)
-            con.execute(f"INSERT INTO eval_comparisons ({cols}) SELECT {cols} FROM {_INCOMING}")
+            for name, (table, columns) in tables.items():
+                incoming = pa.Table.from_pandas(table[columns], preserve_index=False)
+                con.register(_INCOMING, incoming)
+                con.execute(f"DELETE FROM {name}")
+                cols = ", ".join(schema.quote_ident(c) for c in columns)
+                con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {_INCOMING}")
+                con.unregister(_INCOMING)
             con.execute("COMMIT")
         except duckdb.Error as err:
             _rollback(con)
-            raise StoreError(f"could not refresh eval_comparisons in {self.path}: {err}") from err
+            raise StoreError(f"could not refresh the comparison tables in {self.path}: {err}") from err
         finally:
             con.close()
-        return len(table)
+        return sum(len(t) for t, _ in tables.values())
 
     # -- reads -------------------------------------------------------------
 

@@ -38,6 +38,34 @@ def _require_vllm() -> None:
         )
 
 
+# The max_lora_rank values vLLM accepts (its LoRA kernels are compiled for these).
+SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def adapter_rank(adapter_dir: Path | str) -> int:
+    """The largest LoRA rank of a peft adapter folder (``r``, or its ``rank_pattern``'s largest value)."""
+    import json
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the adapter's config ({exc}); pass a peft adapter folder") from None
+    return max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def max_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM supports that holds ``rank``."""
+    for supported in SUPPORTED_LORA_RANKS:
+        if rank <= supported:
+            return supported
+    raise ConfigError(
+        f"the adapter has rank {rank}, above the largest LoRA rank vLLM serves ({SUPPORTED_LORA_RANKS[-1]}); "
+        f"merge with a rank cap (polymath merge --rank {SUPPORTED_LORA_RANKS[-1]}, or merge.rank in the config), "
+        "or evaluate with evaluate.backend: hf"
+    )
+
+
 def load_engine(model_path: Path | str, *, enable_lora: bool = False, max_lora_rank: int = 64,
                 seed: int = 0, max_logprobs: int = 20, **engine_kwargs: Any):
     """A ``vllm.LLM`` for a local model folder (``save_pretrained`` output)."""

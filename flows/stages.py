@@ -23,7 +23,7 @@ from tasks.prefect_tasks import (
     model_task,
     train_task,
 )
-from tasks.stages import GREEDY_LABEL, StageRef, expert_domains
+from tasks.stages import GREEDY_LABEL, StageRef, expert_domains, require_domains
 
 from .runners import ray_options, with_workers
 
@@ -133,7 +133,21 @@ def merge_flow(
     if len(up["experts"]) < 2:
         get_run_logger().warning("merge skipped: %d expert(s); merging needs at least two domains", len(up["experts"]))
         return {**up, "merges": []}
-    merges = [merge_task(cfg, ws, up["model"], up["experts"], m, "merge" in force) for m in cfg.merge.methods]
+    experts = up["experts"]
+    domains = [e.manifest()["summary"]["expert"] for e in experts]
+    require_domains(cfg.merge.leave_out, up["data"], "merge.leave_out")
+    sets: list[tuple[str | None, list[StageRef]]] = [(None, experts)]
+    for left_out in cfg.merge.leave_out:
+        members = [e for e, d in zip(experts, domains) if d != left_out]
+        if len(members) < 2:
+            get_run_logger().warning("leave-one-out without %s skipped: one expert is left to merge", left_out)
+        else:
+            sets.append((left_out, members))
+    merges = [
+        merge_task(cfg, ws, up["model"], up["data"], up["curate"], members, m, "merge" in force, left_out)
+        for left_out, members in sets
+        for m in cfg.merge.methods
+    ]
     ingest_task(ws, merges)
     # A merged adapter is evaluated whenever its merge reran, so its scores never go stale.
     merge_evals = _evaluate_all(cfg, ws, up, merges, "evaluate" in force or "merge" in force, parallel)

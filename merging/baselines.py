@@ -103,7 +103,10 @@ def _collect(model, modules: Sequence[str]) -> dict[str, LoraFactors]:
         if isinstance(layer, LoraLayer) and MERGED_NAME in layer.lora_A:
             a = layer.lora_A[MERGED_NAME].weight.detach().float().cpu()
             b = layer.lora_B[MERGED_NAME].weight.detach().float().cpu()
-            merged[name] = LoraFactors(a, b, float(layer.scaling[MERGED_NAME])).folded()
+            # add_weighted_adapter folds every expert's scaling into the merged factors and gives the merged
+            # adapter lora_alpha = r, meaning scaling 1; but it copies use_rslora from the first expert, so
+            # on rsLoRA experts layer.scaling says alpha / sqrt(r) = sqrt(r). The factors are the truth.
+            merged[name] = LoraFactors(a, b, 1.0)
     if set(merged) != set(modules):
         unknown = sorted(set(modules) ^ set(merged))
         raise MergeError(

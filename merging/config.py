@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MethodName = Literal["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare"]
+MethodName = Literal["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"]
 
 #: Density a baseline uses when ``MergeConfig.density`` is None. TIES keeps the
 #: top 20% of each task vector (the TIES paper's k); DARE drops half of the
 #: entries, a rate at which the DARE paper found rescaled LoRA/SFT deltas intact.
-DEFAULT_DENSITY: dict[str, float] = {"ties": 0.2, "dare": 0.5}
+DEFAULT_DENSITY: dict[str, float] = {"ties": 0.2, "dare": 0.5, "knots": 0.2}
 
 
 class MergeConfig(BaseModel):
@@ -28,7 +28,8 @@ class MergeConfig(BaseModel):
     method: MethodName = "robustmerge"
     """Merge method: ``robustmerge`` (paper form, exact rank N*r sum),
     ``robustmerge-reference`` (the official code's product of sums),
-    ``task-arithmetic``, ``ties`` or ``dare``."""
+    ``task-arithmetic``, ``ties``, ``dare`` or ``knots`` (KnOTS: TIES or DARE on the experts' updates
+    aligned in one shared SVD basis, in the factor space)."""
 
     keep: float = Field(default=0.2, gt=0.0, le=1.0)
     """RobustMerge: fraction of each LoRA factor's entries kept by magnitude pruning
@@ -58,13 +59,20 @@ class MergeConfig(BaseModel):
     """Seed of the random drop masks (DARE)."""
 
     density: float | None = Field(default=None, gt=0.0, le=1.0)
-    """TIES/DARE: fraction of each task vector's entries kept. None: 0.2 for TIES,
+    """TIES/DARE/KnOTS: fraction of each task vector's entries kept. None: 0.2 for TIES and KnOTS,
     0.5 for DARE."""
 
     weights: list[float] | None = None
     """Baselines: one weight per expert, in the order of the adapter folders.
     None: 1.0 each (a plain sum for task arithmetic and DARE, a mean over agreeing
     signs for TIES)."""
+
+    scale: float = 1.0
+    """KnOTS: global scale of the merged update (the baselines scale through ``weights``, RobustMerge through
+    ``lam``)."""
+
+    knots_merge: Literal["ties", "dare"] = "ties"
+    """KnOTS: how the aligned blocks are merged (the paper's best: TIES)."""
 
     majority_sign_method: Literal["total", "frequency"] = "total"
     """TIES: elect each entry's sign by the sum of the values (``total``, the TIES paper)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from merging.adapters import LoraAdapter
 from merging.baselines import CombinationType, peft_merge
 from merging.config import MergeConfig
+from merging.knots import knots
 from merging.lowrank import LoraFactors, truncate
 from merging.robustmerge import robustmerge, robustmerge_reference
 from polymath.errors import ConfigError
@@ -24,6 +25,14 @@ class MergeMethod(ABC):
     name: ClassVar[str]
     equal_ranks: ClassVar[bool] = False
     """Whether every expert must have the same rank in each module."""
+    scale_parameter: ClassVar[str]
+    """The config field that scales the merged update globally (what a scale sweep sets)."""
+
+    def scaled(self, config: MergeConfig, scale: float, n_experts: int) -> MergeConfig:
+        """``config`` with this method's global scale set to ``scale`` (every expert's weight, for the
+        weighted methods)."""
+        value: Any = [scale] * n_experts if self.scale_parameter == "weights" else scale
+        return config.model_copy(update={self.scale_parameter: value})
 
     @abstractmethod
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
@@ -76,6 +85,7 @@ class RobustMerge(MergeMethod):
 
     name = "robustmerge"
     equal_ranks = True
+    scale_parameter = "lam"
 
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
         return {"keep": config.keep, "lam": config.lam, "normalize": config.normalize, "rank": config.rank}
@@ -90,6 +100,7 @@ class RobustMergeReference(MergeMethod):
 
     name = "robustmerge-reference"
     equal_ranks = True
+    scale_parameter = "lam"
 
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
         return {"keep": config.keep, "lam": config.lam, "clamp_ratio": config.clamp_ratio, "rank": config.rank}
@@ -100,18 +111,24 @@ class RobustMergeReference(MergeMethod):
         )
 
 
+def expert_weights(config: MergeConfig, n_experts: int) -> list[float]:
+    """``config.weights``, or 1.0 per expert; a count that does not match the experts is an error."""
+    if config.weights is None:
+        return [1.0] * n_experts
+    if len(config.weights) != n_experts:
+        raise ConfigError(
+            f"merge weights has {len(config.weights)} values for {n_experts} adapters; give one weight per adapter"
+        )
+    return list(config.weights)
+
+
 class _PeftBaseline(MergeMethod):
     combination_type: ClassVar[CombinationType]
     uses_density: ClassVar[bool] = True
+    scale_parameter = "weights"
 
     def _weights(self, config: MergeConfig, n_experts: int) -> list[float]:
-        if config.weights is None:
-            return [1.0] * n_experts
-        if len(config.weights) != n_experts:
-            raise ConfigError(
-                f"merge weights has {len(config.weights)} values for {n_experts} adapters; give one weight per adapter"
-            )
-        return list(config.weights)
+        return expert_weights(config, n_experts)
 
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -167,3 +184,26 @@ class Dare(_PeftBaseline):
 
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
         return {**super().parameters(config, n_experts), "seed": config.seed}
+
+
+@register
+class Knots(MergeMethod):
+    """KnOTS: TIES (or DARE) of the experts' blocks in the shared SVD basis of their concatenated updates."""
+
+    name = "knots"
+    scale_parameter = "scale"
+
+    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
+        params = {"merge": config.knots_merge, "density": config.resolved_density(), "scale": config.scale,
+                  "weights": expert_weights(config, n_experts), "rank": config.rank}
+        if config.knots_merge == "dare":
+            params["seed"] = config.seed
+        return params
+
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        weights = expert_weights(config, len(experts))
+        return _per_module(
+            experts, config,
+            lambda p: knots(p, merge=config.knots_merge, density=config.resolved_density(), scale=config.scale,
+                            weights=weights, seed=config.seed),
+        )

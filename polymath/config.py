@@ -60,14 +60,31 @@ class EvaluateStage(EvalConfig):
     for "learned vs sharpened"."""
 
 
-ALL_METHODS: list[str] = ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare"]
+ALL_METHODS: list[str] = ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"]
 
 
 class MergeStage(MergeConfig):
-    """Merge settings shared by every method, plus the methods the stage runs."""
+    """Merge settings shared by every method, plus the methods the stage runs and how their scale is chosen."""
 
     methods: list[MethodName] = Field(default_factory=lambda: list(ALL_METHODS))
     """Merge methods to run and evaluate (the ``method`` field is set per run)."""
+
+    scales: list[float] | None = None
+    """Grid of global scales, the same for every method (RobustMerge's lambda, the baselines' weight per
+    expert, KnOTS's scale): each method is merged at every value, evaluated on the validation split, and kept
+    at the best; the test split sees only that one. None: each method at its configured scale, no sweep."""
+
+    validation_per_domain: int = Field(32, ge=1)
+    """Validation problems per domain for the scale sweep: training-split problems outside the curated
+    subset, so disjoint from the test split and from what the experts trained on."""
+
+    validation_k: int = Field(2, ge=1)
+    """Samples per validation problem (at the evaluate stage's temperature)."""
+
+    leave_out: list[str] = Field(default_factory=list)
+    """Domains to leave out in turn: each method also merges the other experts (its scale swept on their
+    domains' validation) and is evaluated on every domain, the left-out one unseen (``merged:<method>-without-
+    <domain>``)."""
 
 
 class PolymathConfig(BaseModel):

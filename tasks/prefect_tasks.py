@@ -17,6 +17,7 @@ from polymath.config import PolymathConfig
 from polymath.workspace import Workspace
 
 from . import isolation, stages
+from .merging import merge_stage, merged_label
 from .stages import StageRef, run_guarded
 
 
@@ -97,11 +98,25 @@ def evaluate_task(
     return _log(ref)
 
 
-@task(name="merge", cache_policy=NO_CACHE, task_run_name="merge-{method}")
+def _merge_run_name() -> str:
+    params = task_run.parameters
+    return merged_label(params["method"], params.get("left_out"))
+
+
+@task(name="merge", cache_policy=NO_CACHE, task_run_name=_merge_run_name)
 def merge_task(
-    cfg: PolymathConfig, ws: Workspace, model: StageRef, experts: list[StageRef], method: str, force: bool = False
+    cfg: PolymathConfig,
+    ws: Workspace,
+    model: StageRef,
+    data: StageRef,
+    curate: StageRef | None,
+    experts: list[StageRef],
+    method: str,
+    force: bool = False,
+    left_out: str | None = None,
 ) -> StageRef:
-    return _log(run_guarded("merge", method, stages.merge_stage, cfg, ws, model, experts, method, force))
+    label = merged_label(method, left_out)
+    return _log(run_guarded("merge", label, merge_stage, cfg, ws, model, data, curate, experts, method, force, left_out))
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)

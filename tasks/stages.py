@@ -280,53 +280,8 @@ def train_stage(
     return StageRef("train", key, ws.stage_dir("train", key), label)
 
 
-def merge_row(report, run_key: str) -> dict:
-    """A MergeReport as one ``merge_runs`` row (the detailed statistics as JSON text)."""
-    row = report.to_row()
-    stats = {k: v for k, v in row.items() if k not in {"method", "rank", "seconds", "n_experts", "parameters_json"}}
-    stats["expert_cosines"] = json.loads(stats.pop("expert_cosines_json"))
-    return {
-        "run_key": run_key,
-        "method": row["method"],
-        "params": row["parameters_json"],
-        "rank": row["rank"],
-        "n_experts": row["n_experts"],
-        "seconds": row["seconds"],
-        "mean_delta_norm": row["delta_norm_mean"],
-        "mean_expert_cosine": row["cosine_mean"],
-        "stats": json.dumps(stats, sort_keys=True, default=str),
-    }
-
-
 def adapter_dir(ref: StageRef) -> Path:
     return ref.dir / "adapter"
-
-
-# ---------------------------------------------------------------- merge
-
-
-def merge_stage(
-    cfg: PolymathConfig, ws: Workspace, model: StageRef, experts: list[StageRef], method: str, force: bool = False
-) -> StageRef:
-    from merging.config import MergeConfig
-    from merging.merge import merge_adapters
-
-    params = cfg.merge.model_dump(mode="json")
-    params.pop("methods")
-    params["method"] = method
-    params["base_model"] = str(model_dir(model))
-    merge_cfg = MergeConfig.model_validate(params)
-    section = {k: v for k, v in params.items() if k not in {"base_model", "device"}}
-    inputs = {"model": model.key, **{e.label: e.key for e in experts}}
-    key = _key("merge", section, inputs, "merging")
-    label = f"merged:{method}"
-    if ref := _finished(ws, "merge", key, label, force):
-        return ref
-    with ws.stage_run("merge", key, section, inputs) as run:
-        report = merge_adapters([adapter_dir(e) for e in experts], run.tmp / "adapter", merge_cfg)
-        pd.DataFrame([merge_row(report, key)]).to_parquet(run.tmp / "merge_runs.parquet", index=False)
-        run.summary.update(method=method, rank=report.rank, merge_seconds=round(report.seconds, 3))
-    return StageRef("merge", key, ws.stage_dir("merge", key), label)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -396,6 +351,7 @@ TABLE_FILES = {
     "train_steps": "run_key",
     "eval_samples": "eval_run",
     "merge_runs": "run_key",
+    "merge_sweep": "run_key",
 }
 
 

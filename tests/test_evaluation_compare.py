@@ -77,3 +77,33 @@ def test_store_refreshes_eval_comparisons(tmp_path):
     expected = acc.pivot(index="benchmark", columns="model_label", values="a")
     assert got["diff"].to_numpy() == pytest.approx((expected["expert:x"] - expected["base"]).to_numpy())
     assert store.refresh_comparisons() == 2  # idempotent
+
+
+def test_merge_summary_by_hand():
+    from evaluation.compare import MEAN, merge_summary
+
+    n = 20
+    # accuracy on domains x and y
+    acc = {"base": (0.2, 0.2), "expert:x": (0.6, 0.1), "expert:y": (0.2, 0.5), "merged:task-arithmetic": (0.4, 0.3),
+           "merged:ties": (0.5, 0.3)}
+    frames, runs = [], []
+    for label, values in acc.items():
+        for bench, value in zip(("x", "y"), values):
+            frames.append(_problems(f"e-{label}", label, np.full(n, value), bench))
+        target = f"m-{label}" if label.startswith("merged") else label
+        runs.append({**_run(f"e-{label}"), "inputs": json.dumps({"model": "m", "data": "d", "target": target})})
+    merges = pd.DataFrame([
+        {"run_key": f"m-{m}", "method": m.split(":")[1], "label": m, "scale": 1.0,
+         "inputs": json.dumps({"model": "m", "expert:x": "kx"})}  # only x's expert merged: y is unseen
+        for m in ("merged:task-arithmetic", "merged:ties")
+    ])
+    table = merge_summary(pd.concat(frames), pd.DataFrame(runs), merges).set_index(["model_label", "benchmark"])
+    ties_x = table.loc[("merged:ties", "x")]
+    assert ties_x.seen and ties_x.normalized == pytest.approx(0.5 / 0.6)
+    assert ties_x.retained_gain == pytest.approx((0.5 - 0.2) / (0.6 - 0.2))
+    assert ties_x.vs_task_arithmetic == pytest.approx(0.1) and ties_x.vs_ta_low == pytest.approx(0.1)
+    ties_y = table.loc[("merged:ties", "y")]
+    assert not ties_y.seen and ties_y.retained_gain == pytest.approx((0.3 - 0.2) / (0.5 - 0.2))
+    mean = table.loc[("merged:ties", MEAN)]
+    assert mean.retained_gain == pytest.approx(0.75) and mean.n_problems == n
+    assert np.isnan(table.loc[("merged:task-arithmetic", "x")].vs_task_arithmetic)

@@ -44,7 +44,8 @@ def fill(store: Store) -> None:
     for model, part in samples.groupby("model_label"):
         store.replace("eval_samples", part, {"eval_run": "e1", "model_label": model})
     store.refresh_comparisons()
-    store.replace("merge_runs", _frame("merge_runs", [("m1", "robustmerge", "{}", 16, 2, 0.5, 1.2, 0.7, "{}")]),
+    store.replace("merge_runs", _frame("merge_runs", [("m1", "robustmerge", "merged:robustmerge", "{}", 2.0, 16, 2, 0.5,
+                                                     1.2, 0.7, "{}")]),
                   {"run_key": "m1"})
 
 

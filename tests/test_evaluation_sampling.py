@@ -378,3 +378,31 @@ def test_a_cap_below_the_longest_solution_names_benchmark_length_and_key(model, 
                        "base", "run1")
     message = str(err.value)
     assert "'arith'" in message and "21 tokens" in message and "evaluate.max_new_tokens" in message
+
+
+def test_vllm_max_lora_rank_follows_the_adapter(tmp_path: Path, monkeypatch):
+    import json
+
+    from evaluation import sampling, vllm_engine
+
+    assert [vllm_engine.max_lora_rank(r) for r in (1, 5, 16, 48, 64, 65, 300, 512)] == [1, 8, 16, 64, 64, 128, 320,
+                                                                                       512]
+    with pytest.raises(ConfigError, match="--rank 512"):
+        vllm_engine.max_lora_rank(640)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "rank_pattern": {"q_proj": 96}}))
+    assert vllm_engine.adapter_rank(tmp_path) == 96
+
+    # an exact merge of 5 rank-16 experts (rank 80) reaches vLLM with max_lora_rank 128, not the default 64
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 80}))
+    seen = {}
+
+    def fake_engine(model, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sampling, "load_engine", fake_engine)
+    monkeypatch.setattr(sampling, "vllm_available", lambda: True)
+    with pytest.raises(RuntimeError, match="stop"):
+        evaluate_model(str(tmp_path), None, PROBLEMS, EvalConfig(k=1, backend="vllm"), first_char_scorer, "m", "r",
+                       adapter_dir=tmp_path)
+    assert seen["max_lora_rank"] == 128 and seen["enable_lora"]

@@ -37,19 +37,21 @@ def test_pipeline_fills_every_table(first_run):
     cfg, ws, result = first_run
     counts = _counts(ws)
     assert counts["curation_selection"] == cfg.curate.k
-    assert counts["train_steps"] > 0 and counts["merge_runs"] == len(cfg.merge.methods)
+    # every method over all experts, and again without gcd's expert (leave-one-out)
+    assert counts["train_steps"] > 0 and counts["merge_runs"] == 2 * len(cfg.merge.methods)
     labels = {r.label for r in result["evals"]}
-    assert labels == {"base", "base@greedy", "expert:arithmetic", "expert:reverse", "merged:robustmerge",
-                      "merged:task-arithmetic"}
+    assert labels == {"base", "base@greedy", "expert:arithmetic", "expert:gcd", "expert:reverse",
+                      "merged:robustmerge", "merged:task-arithmetic", "merged:robustmerge-without-gcd",
+                      "merged:task-arithmetic-without-gcd"}
     store = Store(ws.db_path)
     summary = store.query("SELECT DISTINCT model_label, benchmark FROM eval_summary")
-    assert len(summary) == len(labels) * 2
+    assert len(summary) == len(labels) * 3
     greedy = store.query("SELECT DISTINCT k FROM eval_summary WHERE model_label = 'base@greedy'")
     assert greedy.k.tolist() == [1]
     # every sampled model against the base, per benchmark; the greedy control is its own group
     compared = store.query("SELECT model_label, benchmark, reference, ci_low, diff, ci_high FROM eval_comparisons")
     assert set(compared.model_label) == labels - {"base", "base@greedy"}
-    assert (compared.reference == "base").all() and len(compared) == (len(labels) - 2) * 2
+    assert (compared.reference == "base").all() and len(compared) == (len(labels) - 2) * 3
     assert ((compared.ci_low <= compared["diff"]) & (compared["diff"] <= compared.ci_high)).all()
     for expert in result["experts"]:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
@@ -60,11 +62,35 @@ def test_pipeline_fills_every_table(first_run):
 def test_two_workers_train_the_experts_in_processes_of_their_own(prefect_harness, micro_config_path, tmp_path):
     cfg = load_config(micro_config_path, ["workers=2"])
     out = with_workers(train_flow, cfg.workers)(cfg, str(tmp_path))
-    assert len(out["experts"]) == 2 and not any(r.skipped for r in out["experts"])
+    assert len(out["experts"]) == 3 and not any(r.skipped for r in out["experts"])
     for expert in out["experts"]:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
     steps = Store(Workspace(tmp_path).db_path).query("SELECT DISTINCT expert FROM train_steps ORDER BY 1")
-    assert steps.expert.tolist() == ["arithmetic", "reverse"]
+    assert steps.expert.tolist() == ["arithmetic", "gcd", "reverse"]
+
+
+def test_merges_pick_their_scale_on_validation_and_summarize_against_task_arithmetic(first_run):
+    cfg, ws, result = first_run
+    store = Store(ws.db_path)
+    sweep = store.query("SELECT label, scale, benchmark, chosen FROM merge_sweep ORDER BY ALL")
+    # every method, both expert sets, every grid value, each merged domain's validation split
+    assert len(sweep) == 2 * 2 * 3 + 2 * 2 * 2
+    assert set(sweep[sweep.label == "merged:robustmerge-without-gcd"].benchmark) == {"arithmetic", "reverse"}
+    chosen = sweep[sweep.chosen].groupby("label").scale.nunique()
+    assert (chosen == 1).all() and len(chosen) == 4
+    runs = store.query("SELECT label, scale FROM merge_runs ORDER BY label")
+    picked = sweep[sweep.chosen].drop_duplicates("label").set_index("label").scale
+    assert runs.set_index("label").scale.to_dict() == picked.to_dict()
+    summary = store.query("SELECT * FROM merge_summary")
+    loo = summary[summary.model_label == "merged:robustmerge-without-gcd"]
+    assert set(loo.benchmark) == {"arithmetic", "gcd", "reverse", "(mean of seen)"}
+    assert loo.set_index("benchmark").seen.to_dict() == {"arithmetic": True, "gcd": False, "reverse": True,
+                                                         "(mean of seen)": True}
+    assert loo.left_out.dropna().unique().tolist() == ["gcd"]
+    full = summary[summary.model_label == "merged:robustmerge"].set_index("benchmark")
+    assert full.seen.all() and full.loc["(mean of seen)", "n_problems"] == 3 * full.loc["gcd", "n_problems"]
+    ta = summary[summary.model_label == "merged:task-arithmetic"]
+    assert ta.vs_task_arithmetic.isna().all() and full.vs_task_arithmetic.notna().all()
 
 
 def test_rerun_skips_every_stage_and_keeps_counts(first_run):
@@ -103,7 +129,7 @@ def test_failing_stage_names_itself_and_keeps_earlier_artifacts(first_run, monke
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(merging.merge, "merge_adapters", broken)
-    with pytest.raises(StageError, match=r"stage merge \(robustmerge\) failed: RuntimeError: disk full"):
+    with pytest.raises(StageError, match=r"stage merge \(merged:robustmerge\) failed: RuntimeError: disk full"):
         merge_flow(cfg, str(ws.root), ["merge"])
     for ref in [result["curate"], result["model"], *result["experts"], *result["merges"]]:
         assert ws.is_finished(ref.stage, ref.key)
@@ -134,9 +160,9 @@ def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
 def test_curate_domains_names_a_missing_domain_and_the_ones_that_exist(micro_config_path, tmp_path):
     from tasks.stages import curate_stage, data_stage
 
-    cfg = load_config(micro_config_path, ["curate.domains=[gcd]"])
+    cfg = load_config(micro_config_path, ["curate.domains=[legs]"])
     ws = Workspace(tmp_path)
-    with pytest.raises(StageError, match=r"curate.domains names \['gcd'\].*available: \['arithmetic', 'reverse'\]"):
+    with pytest.raises(StageError, match=r"curate.domains names \['legs'\].*available: \['arithmetic', 'gcd', 'reverse'\]"):
         curate_stage(cfg, ws, data_stage(cfg, ws))
 
 

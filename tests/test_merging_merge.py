@@ -51,9 +51,9 @@ def close(x: torch.Tensor, y: torch.Tensor, tol: float = 1e-5) -> bool:
 
 
 def test_registry_names():
-    assert method_names() == sorted(["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare"])
+    assert method_names() == sorted(["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"])
     assert get_method("ties").name == "ties"
-    with pytest.raises(ConfigError, match="'copa' is unknown; choose one of dare, robustmerge"):
+    with pytest.raises(ConfigError, match="'copa' is unknown; choose one of dare, knots, robustmerge"):
         get_method("copa")
 
 
@@ -255,3 +255,43 @@ def test_cuda_merge_matches_cpu(experts, tmp_path, method, rank):
     cpu, gpu = read_adapter(tmp_path / "cpu"), read_adapter(tmp_path / "gpu")
     for module, factors in cpu.modules.items():
         assert close(gpu.modules[module].dense(), factors.dense(), tol=1e-4), module
+
+
+@pytest.mark.parametrize("method", ["task-arithmetic", "ties", "dare", "robustmerge"])
+def test_rslora_experts_merge_to_their_dense_deltas(base, tmp_path, method):
+    """peft copies use_rslora onto the merged adapter; the merge must still give the experts' own scale."""
+    experts = [build_expert(base, tmp_path / f"rs{i}", seed=20 + i, r=4, alpha=8, use_rslora=True) for i in range(2)]
+    loaded = [read_adapter(p) for p in experts]
+    out = tmp_path / "merged"
+    merge_adapters(experts, out, MergeConfig(method=method, density=1.0, lam=1.0, keep=1.0, normalize=False))
+    deltas = merged_deltas(base, out)
+    for module, delta in deltas.items():
+        # with nothing trimmed or dropped, every method is the plain sum of s_n B_n A_n, s_n = alpha / sqrt(r)
+        parts = [e.modules[module] for e in loaded]
+        assert parts[0].scaling == pytest.approx(8 / 2)
+        expected = sum(p.dense() for p in parts)
+        if method == "ties":  # TIES averages agreeing entries: with 2 experts, sign disagreements keep one
+            assert torch.linalg.norm(delta) < 1.5 * torch.linalg.norm(expected)
+        else:
+            assert close(delta, expected, 1e-4), (method, module)
+
+
+def test_every_method_declares_the_field_its_scale_sweep_sets():
+    config = MergeConfig()
+    for name in method_names():
+        method = get_method(name)
+        scaled = method.scaled(config, 0.5, 3)
+        assert getattr(scaled, method.scale_parameter) == ([0.5] * 3 if method.scale_parameter == "weights" else 0.5)
+    assert get_method("robustmerge").scale_parameter == "lam" and get_method("knots").scale_parameter == "scale"
+
+
+def test_knots_end_to_end_through_peft(base, experts, tmp_path):
+    from merging.knots import knots
+
+    out = tmp_path / "knots"
+    report = merge_adapters(experts, out, MergeConfig(method="knots", scale=0.7))
+    loaded = [read_adapter(p) for p in experts]
+    assert report.rank == 4 * N_EXPERTS and report.parameters["density"] == 0.2
+    for module, delta in merged_deltas(base, out).items():
+        expected = knots([e.modules[module] for e in loaded], density=0.2, scale=0.7).dense()
+        assert close(delta, expected, 1e-4), module

@@ -133,7 +133,8 @@ def test_every_table_accepts_its_rows(store: Store):
                                now + pd.Timedelta(seconds=90), 90.0, "workspace/artifacts/train/k1", "{}")]),
         "curation_selection": pd.DataFrame([("c1", "p1", "arith", 3, 0), ("c1", "p2", "logic", 1, 1)]),
         "curation_metrics": pd.DataFrame([("c1", "random", 0, "vendi_score", 12.5)]),
-        "merge_runs": pd.DataFrame([("m1", "robustmerge", '{"keep": 0.2}', 16, 2, 1.5, 0.3, 0.8, "{}")]),
+        "merge_runs": pd.DataFrame([("m1", "robustmerge", "merged:robustmerge", '{"keep": 0.2}', 2.0, 16, 2, 1.5, 0.3, 0.8,
+                                     "{}")]),
         "train_steps": steps("t1", "math", {"reward": [0.1, 0.2]}),
     }
     for table, df in frames.items():

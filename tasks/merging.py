@@ -1,0 +1,130 @@
+"""The merge stage: one method over a set of experts, its global scale chosen on a validation split.
+
+With ``merge.scales`` set, the method is merged at every scale of the grid and each merge is evaluated on
+the validation problems of the merged experts' domains (training-split problems outside the curated subset,
+``merge.validation_per_domain`` per domain, ``merge.validation_k`` samples each); the adapter kept is the
+one with the best mean validation accuracy, and every point of the sweep is written to ``merge_sweep``.
+The test split is evaluated later, by the evaluate stage, on the kept adapter only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from curation.records import Problem
+from polymath.config import PolymathConfig
+from polymath.workspace import Workspace
+
+from .stages import StageRef, _finished, _key, adapter_dir, curated_problems, model_dir, train_problems
+
+
+def merged_label(method: str, left_out: str | None = None) -> str:
+    """``merged:<method>``, or ``merged:<method>-without-<domain>`` for a leave-one-out merge."""
+    return f"merged:{method}" + (f"-without-{left_out}" if left_out else "")
+
+
+def validation_problems(data: StageRef, curate: StageRef | None, domains: list[str], per_domain: int
+                        ) -> dict[str, list[Problem]]:
+    """The last ``per_domain`` training problems of each domain that the curated subset does not hold."""
+    chosen = {p.id for p in curated_problems(data, curate)} if curate is not None else set()
+    by_domain: dict[str, list[Problem]] = {d: [] for d in domains}
+    for p in train_problems(data):
+        if p.domain in by_domain and p.id not in chosen:
+            by_domain[p.domain].append(p)
+    return {d: ps[-per_domain:] for d, ps in by_domain.items()}
+
+
+def merge_row(report, run_key: str, label: str, scale: float | None) -> dict:
+    """A MergeReport as one ``merge_runs`` row (the detailed statistics as JSON text)."""
+    row = report.to_row()
+    stats = {k: v for k, v in row.items() if k not in {"method", "rank", "seconds", "n_experts", "parameters_json"}}
+    stats["expert_cosines"] = json.loads(stats.pop("expert_cosines_json"))
+    return {
+        "run_key": run_key,
+        "method": row["method"],
+        "label": label,
+        "params": row["parameters_json"],
+        "scale": scale,
+        "rank": row["rank"],
+        "n_experts": row["n_experts"],
+        "seconds": row["seconds"],
+        "mean_delta_norm": row["delta_norm_mean"],
+        "mean_expert_cosine": row["cosine_mean"],
+        "stats": json.dumps(stats, sort_keys=True, default=str),
+    }
+
+
+def merge_stage(
+    cfg: PolymathConfig,
+    ws: Workspace,
+    model: StageRef,
+    data: StageRef,
+    curate: StageRef | None,
+    experts: list[StageRef],
+    method: str,
+    force: bool = False,
+    left_out: str | None = None,
+) -> StageRef:
+    """Merge ``experts`` with ``method`` (``left_out``: the domain whose expert is not among them)."""
+    from merging.config import MergeConfig
+    from merging.merge import merge_adapters
+    from merging.methods import get_method
+
+    params = cfg.merge.model_dump(mode="json", exclude={"methods", "leave_out"})
+    sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k")}
+    params["method"] = method
+    params["base_model"] = str(model_dir(model))
+    merge_cfg = MergeConfig.model_validate(params)
+    section = {k: v for k, v in params.items() if k not in {"base_model", "device"}}
+    if sweep["scales"]:
+        section["sweep"] = {**sweep, "evaluate": cfg.evaluate.model_dump(mode="json", include={"temperature",
+                                                                                             "top_p", "seed"})}
+    inputs = {"model": model.key, **{e.label: e.key for e in experts}}
+    if sweep["scales"]:
+        inputs.update(data=data.key, curate=curate.key if curate else "")
+    key = _key("merge", section, inputs, "merging", "tasks/merging.py")
+    label = merged_label(method, left_out)
+    if ref := _finished(ws, "merge", key, label, force):
+        return ref
+    adapters = [adapter_dir(e) for e in experts]
+    with ws.stage_run("merge", key, section, inputs) as run:
+        scale = None
+        if sweep["scales"]:
+            domains = [e.manifest()["summary"]["expert"] for e in experts]
+            validation = validation_problems(data, curate, domains, sweep["validation_per_domain"])
+            points = []
+            for value in sweep["scales"]:
+                folder = run.tmp / "sweep" / f"scale-{value:g}"
+                scaled = get_method(method).scaled(merge_cfg, value, len(adapters))
+                merge_adapters(adapters, folder, scaled)
+                accuracy = _validate(cfg, model, folder, validation, sweep["validation_k"], f"{label}@{value:g}")
+                points += [{"run_key": key, "label": label, "method": method, "scale": value, "benchmark": b,
+                            "n_problems": len(validation[b]), "accuracy": a} for b, a in accuracy.items()]
+            frame = pd.DataFrame(points)
+            means = frame.groupby("scale", sort=False)["accuracy"].mean()
+            scale = float(means.idxmax())  # the first of equal bests, in grid order
+            frame["chosen"] = frame["scale"] == scale
+            frame.to_parquet(run.tmp / "merge_sweep.parquet", index=False)
+            merge_cfg = get_method(method).scaled(merge_cfg, scale, len(adapters))
+        report = merge_adapters(adapters, run.tmp / "adapter", merge_cfg)
+        shutil.rmtree(run.tmp / "sweep", ignore_errors=True)
+        pd.DataFrame([merge_row(report, key, label, scale)]).to_parquet(run.tmp / "merge_runs.parquet", index=False)
+        run.summary.update(method=method, label=label, left_out=left_out, scale=scale, rank=report.rank,
+                           merge_seconds=round(report.seconds, 3))
+    return StageRef("merge", key, ws.stage_dir("merge", key), label)
+
+
+def _validate(cfg: PolymathConfig, model: StageRef, adapter: Path, problems: dict[str, list[Problem]], k: int,
+              label: str) -> dict[str, float]:
+    """Mean validation accuracy per domain of the base model with ``adapter``."""
+    from evaluation.sampling import evaluate_model
+    from training.verifiers import score
+
+    config = cfg.evaluate.model_copy(update={"k": k, "max_problems_per_benchmark": None})
+    samples = evaluate_model(str(model_dir(model)), None, problems, config, score, label, "sweep",
+                             adapter_dir=adapter)
+    return {b: float(a) for b, a in samples.groupby("benchmark")["correct"].mean().items()}
