@@ -10,7 +10,8 @@ reference label present (``base`` by default): per benchmark, the difference of
 per-problem accuracy (``c / n``), its mean, and the percentile interval of that
 mean over ``n_boot`` resamples of the problems with replacement (paired: both
 models' accuracies on a resampled problem travel together). The resampling is
-seeded, so the same rows give the same interval.
+seeded, so the same rows give the same interval. When a group holds several runs of one
+model label (a rerun after a code change), only the latest takes part.
 """
 
 from __future__ import annotations
@@ -56,6 +57,22 @@ def comparison_groups(runs: pd.DataFrame) -> dict[str, str]:
     return groups
 
 
+def grouped_latest(problems: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``problems`` of evaluate runs, with their ``group``, keeping in each group only the latest run of each
+    model label: a rerun after a code change supersedes the old run instead of pairing with it.
+
+    ``runs``: evaluate-stage rows (run_key, config, inputs, optionally finished_at; without it, later rows
+    count as later)."""
+    groups = comparison_groups(runs)
+    order = (runs.finished_at.rank(method="first") if "finished_at" in runs else pd.Series(range(len(runs))))
+    rank = dict(zip(runs.run_key, order.to_numpy()))
+    problems = problems[problems.eval_run.isin(groups)].assign(group=lambda f: f.eval_run.map(groups))
+    heads = problems[["group", "model_label", "eval_run"]].drop_duplicates()
+    heads = heads.assign(rank=heads.eval_run.map(rank)).sort_values("rank")
+    latest = set(heads.drop_duplicates(["group", "model_label"], keep="last").eval_run)
+    return problems[problems.eval_run.isin(latest)]
+
+
 def comparisons(problems: pd.DataFrame, runs: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
                 n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
     """Every run against each reference of its group, per benchmark.
@@ -63,8 +80,7 @@ def comparisons(problems: pd.DataFrame, runs: pd.DataFrame, references: tuple[st
     ``problems``: eval_problems rows (eval_run, model_label, benchmark, problem_id, accuracy);
     ``runs``: evaluate-stage runs rows (run_key, config, inputs).
     """
-    groups = comparison_groups(runs)
-    problems = problems[problems.eval_run.isin(groups)].assign(group=lambda f: f.eval_run.map(groups))
+    problems = grouped_latest(problems, runs)
     rows = []
     for _, members in problems.groupby("group", sort=True):
         models = members[["eval_run", "model_label"]].drop_duplicates().sort_values(["eval_run", "model_label"])
@@ -131,13 +147,12 @@ def merge_summary(problems: pd.DataFrame, runs: pd.DataFrame, merges: pd.DataFra
     expert labels it merged). A domain is *seen* when its expert is among them; the mean row averages the
     seen domains (intervals from resampling every domain's problems together).
     """
-    groups = comparison_groups(runs)
     targets = {}
     for row in runs.itertuples(index=False):
         inputs = json.loads(row.inputs) if isinstance(row.inputs, str) and row.inputs else {}
         targets[row.run_key] = inputs.get("target")
     merge_info = {r.run_key: r for r in merges.itertuples(index=False)}
-    problems = problems[problems.eval_run.isin(groups)].assign(group=lambda f: f.eval_run.map(groups))
+    problems = grouped_latest(problems, runs)
     out = []
     for _, members in problems.groupby("group", sort=True):
         def table(label):
@@ -155,8 +170,8 @@ def merge_summary(problems: pd.DataFrame, runs: pd.DataFrame, merges: pd.DataFra
             if info is None:
                 continue
             experts = set(json.loads(info.inputs)) if isinstance(info.inputs, str) else set()
-            suffix = label[len("merged:") + len(info.method):]
-            ta = table(f"merged:task-arithmetic{suffix}")
+            left_out = _left_out(label)
+            ta = table("merged:task-arithmetic" + (f"-without-{left_out}" if left_out else ""))
             seen_cols: list[list[np.ndarray]] = []
             for benchmark, part in mine.groupby("benchmark", sort=True):
                 keys = list(zip(part.benchmark, part.problem_id))
@@ -178,7 +193,7 @@ def merge_summary(problems: pd.DataFrame, runs: pd.DataFrame, merges: pd.DataFra
                             seen_cols.append([a, b, e, t])
                 elif seen:
                     seen_cols.append([a, b, e, a])
-                out.append((run, label, info.method, _left_out(label, info.method), info.scale, benchmark, seen,
+                out.append((run, label, info.method, left_out, info.scale, benchmark, seen,
                             int(ok.sum()), float(a.mean()), float(b.mean()), float(e.mean()),
                             float(a.mean() / e.mean()) if e.mean() > 0 else float("nan"), _retained(a, b, e),
                             low, high, *vs))
@@ -187,9 +202,9 @@ def merge_summary(problems: pd.DataFrame, runs: pd.DataFrame, merges: pd.DataFra
     return pd.DataFrame(out, columns=MERGE_COLUMNS)
 
 
-def _left_out(label: str, method: str) -> str | None:
-    rest = label[len("merged:") + len(method):]
-    return rest[len("-without-"):] if rest.startswith("-without-") else None
+def _left_out(label: str) -> str | None:
+    """The domain of ``merged:<method>[-seed<s>]-without-<domain>`` (None for a merge of every expert)."""
+    return label.partition("-without-")[2] or None
 
 
 def _mean_row(run, label, info, cols, n_boot, seed) -> tuple:
@@ -208,7 +223,7 @@ def _mean_row(run, label, info, cols, n_boot, seed) -> tuple:
     vs_low, vs_high = bootstrap_statistic(stacked, diff, n_boot, seed)
     is_ta = label.startswith("merged:task-arithmetic")
     normalized = float(np.mean(a.mean(0) / np.where(e.mean(0) > 0, e.mean(0), np.nan)))
-    return (run, label, info.method, _left_out(label, info.method), info.scale, MEAN, True, int(n * a.shape[1]),
+    return (run, label, info.method, _left_out(label), info.scale, MEAN, True, int(n * a.shape[1]),
             float(a.mean()), float(b.mean()), float(e.mean()), normalized, retained(a, b, e, t), low, high,
             float("nan") if is_ta else diff(a, b, e, t), float("nan") if is_ta else vs_low,
             float("nan") if is_ta else vs_high)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from evaluation import compare
 from evaluation.store import Store
 
 NO_DATA = "_No data yet: run the {stage} stage (`polymath run --stage {stage}`)._"
@@ -172,44 +174,96 @@ def _merge_section(store: Store, out_dir: Path) -> list[str]:
     if not len(merges):
         return lines + [NO_DATA.format(stage="merge")]
     lines += [markdown_table(merges), ""]
-    sweep = store.query("SELECT label, scale, avg(accuracy) AS validation_accuracy, bool_or(chosen) AS chosen "
+    sweep = store.query("SELECT label, scale, avg(accuracy) AS accuracy, bool_or(chosen) AS chosen "
                         "FROM merge_sweep GROUP BY ALL ORDER BY ALL")
     if len(sweep):
         lines += ["### Scale chosen on the validation split", "",
-                  "Mean validation accuracy over the merged experts' domains at every scale of the grid; the test "
-                  "split is evaluated at the chosen scale only.", "", markdown_table(sweep), ""]
+                  "Mean validation accuracy over the merged experts' domains at each multiple of the method's own "
+                  "scale; * marks the one kept, the only one the test split sees.", "",
+                  markdown_table(sweep_grid(sweep)), ""]
     summary = store.query(
-        "SELECT model_label, benchmark, seen, scale, accuracy, normalized, retained_gain, retained_low, "
+        "SELECT model_label, left_out, benchmark, seen, scale, accuracy, normalized, retained_gain, retained_low, "
         "retained_high, vs_task_arithmetic, vs_ta_low, vs_ta_high FROM merge_summary ORDER BY model_label, benchmark"
     )
     if not len(summary):
         return lines
     lines += ["### Retained gain", "",
               "Retained gain = (merged - base) / (expert - base) per domain, normalized accuracy = merged / expert, "
-              "and the difference from the task-arithmetic merge of the same experts; intervals are 95% paired "
-              "bootstrap intervals over problems. A domain is unseen when its expert was left out of the merge.",
-              "", markdown_table(summary), ""]
+              "and the difference from the task-arithmetic merge of the same experts (accuracy points); brackets "
+              "are 95% paired bootstrap intervals over problems. A domain is unseen when its expert was left out "
+              "of the merge.", "", markdown_table(merge_headline(summary)), "", "Per domain:", "",
+              markdown_table(summary.drop(columns=["left_out"])), ""]
     name = _retained_plot(summary, out_dir)
     return lines + [f"![retained gain per method and domain]({name})"]
 
 
+def sweep_grid(sweep: pd.DataFrame) -> pd.DataFrame:
+    """One row per merge, one column per scale multiple: validation accuracy, * on the chosen one."""
+    cells = sweep.assign(cell=[f"{a:.3f}" + ("*" if c else "") for a, c in zip(sweep.accuracy, sweep.chosen)])
+    grid = cells.pivot(index="label", columns="scale", values="cell").fillna("–")
+    grid.columns = [f"x{c:g}" for c in grid.columns]
+    return grid.reset_index()
+
+
+def _interval(value: float, low: float, high: float, points: bool = False) -> str:
+    """``value [low, high]``: a fraction to two places, or accuracy points (x100) signed to one place."""
+    if not np.isfinite(value):
+        return "–"
+    if points:
+        return f"{100 * value:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def merge_headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per merge: the mean over seen domains and the unseen domain, retained gain and the difference from task
+    arithmetic, with intervals."""
+    rows = []
+    for label, part in summary.groupby("model_label", sort=True):
+        mean = part[part.benchmark == compare.MEAN]
+        unseen = part[~part.seen.astype(bool)]
+        row = {"model_label": label, "scale": part.scale.iloc[0]}
+        if len(mean):
+            m = mean.iloc[0]
+            row["seen: accuracy"] = m.accuracy
+            row["seen: retained gain"] = _interval(m.retained_gain, m.retained_low, m.retained_high)
+            row["seen: vs TA (points)"] = _interval(m.vs_task_arithmetic, m.vs_ta_low, m.vs_ta_high, points=True)
+        for u in unseen.itertuples(index=False):
+            row["unseen: accuracy"] = u.accuracy
+            row["unseen: retained gain"] = _interval(u.retained_gain, u.retained_low, u.retained_high)
+            row["unseen: vs TA (points)"] = _interval(u.vs_task_arithmetic, u.vs_ta_low, u.vs_ta_high, points=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _retained_plot(summary: pd.DataFrame, out_dir: Path) -> str:
-    labels = sorted(set(summary.model_label))
+    """One panel per expert set (every expert, then each leave-one-out), one bar group per method."""
+    sets = sorted(set(summary.left_out.dropna()))
+    panels = [(None, summary[summary.left_out.isna()])] + [(d, summary[summary.left_out == d]) for d in sets]
     benchmarks = sorted(set(summary.benchmark))
-    fig = Figure(figsize=(max(6.0, 1.1 * len(labels) * len(benchmarks) / 2), 4.2))
-    ax = fig.subplots()
+    n_labels = max(part.model_label.nunique() for _, part in panels)
+    fig = Figure(figsize=(max(7.0, 0.35 * n_labels * len(benchmarks)), 3.6 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     width = 0.8 / len(benchmarks)
-    for j, bench in enumerate(benchmarks):
-        rows = summary[summary.benchmark == bench].set_index("model_label").reindex(labels)
-        x = [i + (j - (len(benchmarks) - 1) / 2) * width for i in range(len(labels))]
-        value = rows.retained_gain.astype(float)
-        err = [(value - rows.retained_low.astype(float)).clip(lower=0), (rows.retained_high.astype(float) - value).clip(lower=0)]
-        ax.bar(x, value, width, yerr=err, capsize=2, label=bench)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.axhline(1, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(labels)), [lbl.removeprefix("merged:") for lbl in labels], rotation=30, ha="right")
-    ax.set(ylabel="retained gain", title="retained gain per merge and domain (95% intervals)")
-    ax.legend(fontsize=8)
+    for ax, (left_out, part) in zip(axes, panels):
+        labels = sorted(set(part.model_label))
+        for j, bench in enumerate(benchmarks):
+            rows = part[part.benchmark == bench].set_index("model_label").reindex(labels)
+            x = [i + (j - (len(benchmarks) - 1) / 2) * width for i in range(len(labels))]
+            value = rows.retained_gain.astype(float)
+            err = [(value - rows.retained_low.astype(float)).clip(lower=0),
+                   (rows.retained_high.astype(float) - value).clip(lower=0)]
+            unseen = bench == left_out
+            ax.bar(x, value, width, yerr=err, capsize=2, label=bench + (" (unseen)" if unseen else ""),
+                   hatch="//" if unseen else None)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.axhline(1, color="grey", linewidth=0.8, linestyle="--")
+        suffix = f"-without-{left_out}" if left_out else ""
+        ax.set_xticks(range(len(labels)), [lbl.removeprefix("merged:").removesuffix(suffix) for lbl in labels],
+                      rotation=20, ha="right")
+        ax.set(ylabel="retained gain",
+               title=f"merges without the {left_out} expert" if left_out else "merges of every expert")
+        ax.legend(fontsize=7, ncol=len(benchmarks))
+    fig.suptitle("retained gain per merge and domain (95% paired bootstrap intervals)")
     return _save(fig, out_dir, "merge_retained_gain.png")
 
 

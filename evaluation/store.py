@@ -284,7 +284,7 @@ class Store:
         """Recompute ``eval_comparisons`` and ``merge_summary`` from the evaluations, in one transaction."""
         from evaluation import compare
 
-        runs = self.query("SELECT run_key, config, inputs FROM runs WHERE stage = 'evaluate'")
+        runs = self.query("SELECT run_key, config, inputs, finished_at FROM runs WHERE stage = 'evaluate'")
         problems = self.query(
             "SELECT eval_run, model_label, benchmark, problem_id, accuracy FROM eval_problems ORDER BY ALL"
         )

@@ -219,7 +219,7 @@ def merge(
     density: Optional[float] = typer.Option(None, "--density", help="TIES/DARE/KnOTS density."),
     weights: Optional[str] = typer.Option(None, "--weights", help="One weight per adapter, comma-separated (task arithmetic, TIES, DARE, KnOTS)."),
     scale: Optional[float] = typer.Option(None, "--scale", help="KnOTS global scale (default 1.0)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="A scale grid, comma-separated: one adapter per value under OUT/scale-<value> (the method's own scale: lambda, every weight, or KnOTS's scale)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="A scale grid, comma-separated: one adapter per value under OUT/scale-<value>, each multiplying the method's own scale (lambda, every weight, or KnOTS's scale)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of DARE's drop masks (default 0)."),
     save_dtype: Optional[str] = typer.Option(None, "--save-dtype", help="auto | float32 | bfloat16 | float16."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device of the merge (cpu, cuda)."),

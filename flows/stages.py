@@ -9,6 +9,8 @@ only, a bare ``--force`` every stage, the data and base model included.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
@@ -26,6 +28,19 @@ from tasks.prefect_tasks import (
 from tasks.stages import GREEDY_LABEL, StageRef, expert_domains, require_domains
 
 from .runners import ray_options, with_workers
+
+
+def _fan_out(task, calls: list[tuple], concurrent: bool, num_gpus: float = 0.0) -> Iterator[StageRef]:
+    """``task(*args)`` for each of ``calls``, results in order: submitted all at once to the flow's task runner
+    when ``concurrent`` (``workers`` local threads feeding the worker processes, or Ray), else one by one."""
+    if not concurrent:
+        for args in calls:
+            yield task(*args)
+        return
+    with ray_options(num_gpus=num_gpus):
+        futures = [task.submit(*args) for args in calls]
+    for future in futures:
+        yield future.result()
 
 
 @flow(name="curate")
@@ -51,16 +66,11 @@ def train_flow(
     domains = expert_domains(cfg, data)
     progress = create_progress_artifact(0.0, description=f"experts trained of {len(domains)}")
     experts: list[StageRef] = []
-    if parallel or cfg.workers > 1:
-        with ray_options(num_gpus=1.0 if cfg.train.use_vllm or cfg.train.bf16 else 0.0):
-            futures = [train_task.submit(cfg, ws, model, data, curate, d, "train" in force) for d in domains]
-        for i, fut in enumerate(futures, 1):
-            experts.append(fut.result())
-            update_progress_artifact(progress, 100.0 * i / len(domains))
-    else:
-        for i, domain in enumerate(domains, 1):
-            experts.append(train_task(cfg, ws, model, data, curate, domain, "train" in force))
-            update_progress_artifact(progress, 100.0 * i / len(domains))
+    calls = [(cfg, ws, model, data, curate, d, "train" in force) for d in domains]
+    gpus = 1.0 if cfg.train.use_vllm or cfg.train.bf16 else 0.0
+    for i, ref in enumerate(_fan_out(train_task, calls, parallel or cfg.workers > 1, gpus), 1):
+        experts.append(ref)
+        update_progress_artifact(progress, 100.0 * i / len(domains))
     ingest_task(ws, experts)
     _curves_artifact(experts)
     return {**up, "model": model, "experts": experts}
@@ -99,17 +109,9 @@ def _evaluate_all(cfg, ws, up, targets, force, parallel, greedy_base: bool = Fal
     jobs = [(t, t.label if t else "base", False) for t in targets]
     if greedy_base:
         jobs.insert(1 if targets and targets[0] is None else 0, (None, GREEDY_LABEL, True))
-    if parallel:
-        with ray_options(num_gpus=1.0 if cfg.evaluate.backend == "vllm" else 0.0):
-            futures = [
-                evaluate_task.submit(cfg, ws, up["model"], up["data"], t, label, force, greedy)
-                for t, label, greedy in jobs
-            ]
-        evals = [f.result() for f in futures]
-    else:
-        evals = [
-            evaluate_task(cfg, ws, up["model"], up["data"], t, label, force, greedy) for t, label, greedy in jobs
-        ]
+    calls = [(cfg, ws, up["model"], up["data"], t, label, force, greedy) for t, label, greedy in jobs]
+    gpus = 1.0 if cfg.evaluate.backend == "vllm" else 0.0
+    evals = list(_fan_out(evaluate_task, calls, parallel or cfg.workers > 1, gpus))
     ingest_task(ws, evals)
     _accuracy_artifact(evals, key="evaluation-accuracy")
     return evals
@@ -129,7 +131,7 @@ def merge_flow(
 ) -> dict:
     force = force or []
     ws = Workspace(workspace)
-    up = up or evaluate_flow(cfg, workspace, force, parallel)
+    up = up or with_workers(evaluate_flow, cfg.workers)(cfg, workspace, force, parallel)
     if len(up["experts"]) < 2:
         get_run_logger().warning("merge skipped: %d expert(s); merging needs at least two domains", len(up["experts"]))
         return {**up, "merges": []}
@@ -143,11 +145,14 @@ def merge_flow(
             get_run_logger().warning("leave-one-out without %s skipped: one expert is left to merge", left_out)
         else:
             sets.append((left_out, members))
-    merges = [
-        merge_task(cfg, ws, up["model"], up["data"], up["curate"], members, m, "merge" in force, left_out)
+    calls = [
+        (cfg, ws, up["model"], up["data"], up["curate"], members, m, "merge" in force, left_out, seed)
         for left_out, members in sets
         for m in cfg.merge.methods
+        for seed in cfg.merge.seeds_of(m)
     ]
+    gpus = 1.0 if cfg.merge.scales and cfg.evaluate.backend == "vllm" else 0.0
+    merges = list(_fan_out(merge_task, calls, parallel or cfg.workers > 1, gpus))
     ingest_task(ws, merges)
     # A merged adapter is evaluated whenever its merge reran, so its scores never go stale.
     merge_evals = _evaluate_all(cfg, ws, up, merges, "evaluate" in force or "merge" in force, parallel)

@@ -28,10 +28,18 @@ class MergeMethod(ABC):
     scale_parameter: ClassVar[str]
     """The config field that scales the merged update globally (what a scale sweep sets)."""
 
+    def is_random(self, config: MergeConfig) -> bool:
+        """Whether the merge draws random numbers (``config.seed`` then changes it)."""
+        return False
+
     def scaled(self, config: MergeConfig, scale: float, n_experts: int) -> MergeConfig:
-        """``config`` with this method's global scale set to ``scale`` (every expert's weight, for the
-        weighted methods)."""
-        value: Any = [scale] * n_experts if self.scale_parameter == "weights" else scale
+        """``config`` with this method's global scale multiplied by ``scale`` (every expert's weight, for the
+        weighted methods): a grid of multipliers means the same for methods whose defaults differ
+        (RobustMerge's lambda 2, the baselines' weight 1)."""
+        if self.scale_parameter == "weights":
+            value: Any = [scale * w for w in expert_weights(config, n_experts)]
+        else:
+            value = scale * getattr(config, self.scale_parameter)
         return config.model_copy(update={self.scale_parameter: value})
 
     @abstractmethod
@@ -182,6 +190,9 @@ class Dare(_PeftBaseline):
     name = "dare"
     combination_type = "dare_linear_svd"
 
+    def is_random(self, config: MergeConfig) -> bool:
+        return True
+
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
         return {**super().parameters(config, n_experts), "seed": config.seed}
 
@@ -192,6 +203,9 @@ class Knots(MergeMethod):
 
     name = "knots"
     scale_parameter = "scale"
+
+    def is_random(self, config: MergeConfig) -> bool:
+        return config.knots_merge == "dare"
 
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
         params = {"merge": config.knots_merge, "density": config.resolved_density(), "scale": config.scale,

@@ -70,9 +70,10 @@ class MergeStage(MergeConfig):
     """Merge methods to run and evaluate (the ``method`` field is set per run)."""
 
     scales: list[float] | None = None
-    """Grid of global scales, the same for every method (RobustMerge's lambda, the baselines' weight per
-    expert, KnOTS's scale): each method is merged at every value, evaluated on the validation split, and kept
-    at the best; the test split sees only that one. None: each method at its configured scale, no sweep."""
+    """Grid of global scale multipliers, the same for every method: each value multiplies the method's own
+    configured scale (RobustMerge's ``lam``, the baselines' weight per expert, KnOTS's ``scale``); each method
+    is merged at every value, evaluated on the validation split, and kept at the best; the test split sees
+    only that one. None: each method at its configured scale, no sweep."""
 
     validation_per_domain: int = Field(32, ge=1)
     """Validation problems per domain for the scale sweep: training-split problems outside the curated
@@ -80,6 +81,17 @@ class MergeStage(MergeConfig):
 
     validation_k: int = Field(2, ge=1)
     """Samples per validation problem (at the evaluate stage's temperature)."""
+
+    seeds: list[int] = Field(default_factory=list)
+    """Seeds for the random methods (DARE's drop masks, KnOTS with ``knots_merge: dare``): each seed is a merge
+    of its own, ``merged:<method>-seed<s>``, so that a comparison sees the spread over masks. Empty: one merge
+    at ``seed``."""
+
+    def seeds_of(self, method: str) -> list[int | None]:
+        """The seeds ``method`` merges with, one per merge run (None: one run at ``seed``)."""
+        from merging.methods import get_method
+
+        return list(self.seeds) if self.seeds and get_method(method).is_random(self) else [None]
 
     leave_out: list[str] = Field(default_factory=list)
     """Domains to leave out in turn: each method also merges the other experts (its scale swept on their

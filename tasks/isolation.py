@@ -1,10 +1,23 @@
-"""Run GPU stages in their own process so their GPU memory is returned when they end."""
+"""Where a stage run executes: in the flow's process, in a fresh process (GPU), or in a shared worker pool (CPU).
+
+A GPU stage gets a fresh spawned process so that its GPU memory is returned when it ends. With
+``workers > 1`` on CPU, stage runs go to one pool of ``workers`` long-lived spawned processes shared by the
+whole flow: each imports torch once and runs with ``cpu_count // workers`` torch threads, so two runs side
+by side do not fight over the cores.
+"""
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from threading import Lock
 from typing import Any, Callable
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_LOCK = Lock()
 
 
 def cuda_available() -> bool:
@@ -15,15 +28,47 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, in a fresh spawned process when isolating (default: when CUDA is present).
+def _set_threads(n: int) -> None:
+    import torch
 
-    On CPU the stage runs in-process: a spawned interpreter would re-import torch
-    and transformers for nothing.
-    """
+    torch.set_num_threads(n)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    with _LOCK:
+        if workers not in _POOLS:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            _POOLS[workers] = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_set_threads, initargs=(threads,),
+            )
+        return _POOLS[workers]
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop the worker pools (also called when the interpreter exits)."""
+    with _LOCK:
+        for pool in _POOLS.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        _POOLS.clear()
+
+
+def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, workers: int = 1, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``: in a fresh spawned process when isolating (default: when CUDA is present), else in
+    the shared pool when ``workers > 1``, else in-process (a spawned interpreter would re-import torch and
+    transformers for nothing)."""
     if isolate is None:
         isolate = cuda_available()
-    if not isolate:
+    if isolate:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args, **kwargs).result()
+    if workers <= 1:
         return fn(*args, **kwargs)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+    try:
+        return _pool(workers).submit(fn, *args, **kwargs).result()
+    except BrokenProcessPool:
+        # A worker died (killed, out of memory): the next run gets a fresh pool.
+        with _LOCK:
+            _POOLS.pop(workers, None)
+        raise

@@ -22,9 +22,10 @@ from polymath.workspace import Workspace
 from .stages import StageRef, _finished, _key, adapter_dir, curated_problems, model_dir, train_problems
 
 
-def merged_label(method: str, left_out: str | None = None) -> str:
-    """``merged:<method>``, or ``merged:<method>-without-<domain>`` for a leave-one-out merge."""
-    return f"merged:{method}" + (f"-without-{left_out}" if left_out else "")
+def merged_label(method: str, left_out: str | None = None, seed: int | None = None) -> str:
+    """``merged:<method>[-seed<s>][-without-<domain>]``: the seed when a random method runs with several, the
+    domain whose expert a leave-one-out merge leaves out."""
+    return f"merged:{method}" + (f"-seed{seed}" if seed is not None else "") + (f"-without-{left_out}" if left_out else "")
 
 
 def validation_problems(data: StageRef, curate: StageRef | None, domains: list[str], per_domain: int
@@ -68,15 +69,19 @@ def merge_stage(
     method: str,
     force: bool = False,
     left_out: str | None = None,
+    seed: int | None = None,
 ) -> StageRef:
-    """Merge ``experts`` with ``method`` (``left_out``: the domain whose expert is not among them)."""
+    """Merge ``experts`` with ``method`` (``left_out``: the domain whose expert is not among them; ``seed``:
+    the random method's seed, in place of ``merge.seed``)."""
     from merging.config import MergeConfig
     from merging.merge import merge_adapters
     from merging.methods import get_method
 
-    params = cfg.merge.model_dump(mode="json", exclude={"methods", "leave_out"})
+    params = cfg.merge.model_dump(mode="json", exclude={"methods", "leave_out", "seeds"})
     sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k")}
     params["method"] = method
+    if seed is not None:
+        params["seed"] = seed
     params["base_model"] = str(model_dir(model))
     merge_cfg = MergeConfig.model_validate(params)
     section = {k: v for k, v in params.items() if k not in {"base_model", "device"}}
@@ -87,7 +92,7 @@ def merge_stage(
     if sweep["scales"]:
         inputs.update(data=data.key, curate=curate.key if curate else "")
     key = _key("merge", section, inputs, "merging", "tasks/merging.py")
-    label = merged_label(method, left_out)
+    label = merged_label(method, left_out, seed)
     if ref := _finished(ws, "merge", key, label, force):
         return ref
     adapters = [adapter_dir(e) for e in experts]
@@ -113,7 +118,7 @@ def merge_stage(
         report = merge_adapters(adapters, run.tmp / "adapter", merge_cfg)
         shutil.rmtree(run.tmp / "sweep", ignore_errors=True)
         pd.DataFrame([merge_row(report, key, label, scale)]).to_parquet(run.tmp / "merge_runs.parquet", index=False)
-        run.summary.update(method=method, label=label, left_out=left_out, scale=scale, rank=report.rank,
+        run.summary.update(method=method, label=label, left_out=left_out, seed=seed, scale=scale, rank=report.rank,
                            merge_seconds=round(report.seconds, 3))
     return StageRef("merge", key, ws.stage_dir("merge", key), label)
 

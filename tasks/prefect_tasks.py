@@ -73,10 +73,9 @@ def train_task(
     label: str | None = None,
 ) -> StageRef:
     # Several trainings at a time each get a process of their own (torch's thread pool is per process).
-    isolate = True if cfg.workers > 1 else None
     ref = run_guarded(
         "train", stages.expert_label(domain, label), isolation.call, stages.train_stage, cfg, ws, model, data, curate,
-        domain, force, label, isolate=isolate,
+        domain, force, label, workers=cfg.workers,
     )
     return _log(ref)
 
@@ -93,14 +92,15 @@ def evaluate_task(
     greedy: bool = False,
 ) -> StageRef:
     ref = run_guarded(
-        "evaluate", label, isolation.call, stages.evaluate_stage, cfg, ws, model, data, target, force, greedy
+        "evaluate", label, isolation.call, stages.evaluate_stage, cfg, ws, model, data, target, force, greedy,
+        workers=cfg.workers,
     )
     return _log(ref)
 
 
 def _merge_run_name() -> str:
     params = task_run.parameters
-    return merged_label(params["method"], params.get("left_out"))
+    return merged_label(params["method"], params.get("left_out"), params.get("seed"))
 
 
 @task(name="merge", cache_policy=NO_CACHE, task_run_name=_merge_run_name)
@@ -114,9 +114,11 @@ def merge_task(
     method: str,
     force: bool = False,
     left_out: str | None = None,
+    seed: int | None = None,
 ) -> StageRef:
-    label = merged_label(method, left_out)
-    return _log(run_guarded("merge", label, merge_stage, cfg, ws, model, data, curate, experts, method, force, left_out))
+    label = merged_label(method, left_out, seed)
+    return _log(run_guarded("merge", label, isolation.call, merge_stage, cfg, ws, model, data, curate, experts, method,
+                            force, left_out, seed, workers=cfg.workers))
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)

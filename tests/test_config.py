@@ -68,3 +68,14 @@ def test_override_syntax():
 def test_every_profile_validates():
     for path in sorted(Path("configs").glob("*.yaml")):
         assert isinstance(load_config(path), PolymathConfig), path
+
+
+def test_merge_seeds_multiply_only_the_random_methods():
+    from polymath.config import MergeStage
+
+    stage = MergeStage(seeds=[0, 1, 2])
+    assert stage.seeds_of("dare") == [0, 1, 2]
+    assert stage.seeds_of("ties") == [None] and stage.seeds_of("robustmerge") == [None]
+    assert stage.seeds_of("knots") == [None]  # KnOTS-TIES draws nothing
+    assert MergeStage(seeds=[0, 1], knots_merge="dare").seeds_of("knots") == [0, 1]
+    assert MergeStage().seeds_of("dare") == [None]

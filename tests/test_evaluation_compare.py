@@ -57,6 +57,20 @@ def test_runs_are_compared_with_the_base_of_their_own_group_problem_by_problem()
     assert row["diff"] == pytest.approx(0.2) and row.ci_low == pytest.approx(0.2) and row.ci_high == pytest.approx(0.2)
 
 
+def test_a_rerun_of_a_model_supersedes_its_earlier_run_in_the_same_group():
+    problems = pd.concat([
+        _problems("base-old", "base", np.zeros(10)),
+        _problems("base-new", "base", np.full(10, 0.5)),
+        _problems("expert-old", "expert:b", np.full(10, 0.25)),
+        _problems("expert-new", "expert:b", np.ones(10)),
+    ])
+    runs = pd.DataFrame([_run(k) for k in ("base-old", "base-new", "expert-old", "expert-new")])
+    runs["finished_at"] = pd.to_datetime(["2026-01-01", "2026-01-03", "2026-01-02", "2026-01-04"])
+    table = comparisons(problems, runs)
+    assert table[["eval_run", "reference_run"]].values.tolist() == [["expert-new", "base-new"]]
+    assert table["diff"].iloc[0] == pytest.approx(0.5)
+
+
 def test_store_refreshes_eval_comparisons(tmp_path):
     from evaluation.synthetic import synthetic_samples
 

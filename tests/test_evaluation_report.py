@@ -90,3 +90,31 @@ def test_markdown_table_formats_and_escapes():
     df = pd.DataFrame({"a": ["x|y", None], "b": [0.12345, float("nan")], "c": [3, 4]})
     assert markdown_table(df, 2).splitlines() == [
         "| a | b | c |", "| --- | --- | --- |", "| x\\|y | 0.12 | 3 |", "| – | – | 4 |"]
+
+
+def test_merge_tables_pivot_the_sweep_and_headline_seen_and_unseen_with_intervals():
+    from evaluation.report import merge_headline, sweep_grid
+
+    sweep = pd.DataFrame({"label": ["merged:ties"] * 2 + ["merged:dare"] * 2, "scale": [0.5, 1.0, 0.5, 1.0],
+                          "accuracy": [0.4, 0.5, 0.45, 0.3], "chosen": [False, True, True, False]})
+    grid = sweep_grid(sweep)
+    assert list(grid.columns) == ["label", "x0.5", "x1"]
+    assert grid.set_index("label").loc["merged:ties"].tolist() == ["0.400", "0.500*"]
+    assert grid.set_index("label").loc["merged:dare"].tolist() == ["0.450*", "0.300"]
+
+    def row(label, benchmark, seen, vs=(float("nan"),) * 3, left_out=None):
+        return {"model_label": label, "left_out": left_out, "benchmark": benchmark, "seen": seen, "scale": 1.0,
+                "accuracy": 0.5, "normalized": 0.9, "retained_gain": 0.6, "retained_low": 0.4,
+                "retained_high": 0.8, "vs_task_arithmetic": vs[0], "vs_ta_low": vs[1], "vs_ta_high": vs[2]}
+
+    summary = pd.DataFrame([
+        row("merged:task-arithmetic", "(mean of seen)", True),
+        row("merged:ties-without-b", "(mean of seen)", True, (0.02, -0.01, 0.05), "b"),
+        row("merged:ties-without-b", "b", False, (0.04, 0.01, 0.07), "b"),
+    ])
+    head = merge_headline(summary).set_index("model_label")
+    assert head.loc["merged:task-arithmetic", "seen: vs TA (points)"] == "–"
+    assert pd.isna(head.loc["merged:task-arithmetic", "unseen: accuracy"])
+    assert head.loc["merged:ties-without-b", "seen: retained gain"] == "0.60 [0.40, 0.80]"
+    assert head.loc["merged:ties-without-b", "seen: vs TA (points)"] == "+2.0 [-1.0, +5.0]"
+    assert head.loc["merged:ties-without-b", "unseen: vs TA (points)"] == "+4.0 [+1.0, +7.0]"

@@ -59,14 +59,26 @@ def test_pipeline_fills_every_table(first_run):
     assert not list(ws.root.rglob(".tmp-*"))
 
 
-def test_two_workers_train_the_experts_in_processes_of_their_own(prefect_harness, micro_config_path, tmp_path):
+def test_two_workers_run_trainings_evaluations_and_merges_side_by_side(prefect_harness, micro_config_path, tmp_path):
     cfg = load_config(micro_config_path, ["workers=2"])
     out = with_workers(train_flow, cfg.workers)(cfg, str(tmp_path))
     assert len(out["experts"]) == 3 and not any(r.skipped for r in out["experts"])
     for expert in out["experts"]:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
-    steps = Store(Workspace(tmp_path).db_path).query("SELECT DISTINCT expert FROM train_steps ORDER BY 1")
+    store = Store(Workspace(tmp_path).db_path)
+    steps = store.query("SELECT DISTINCT expert FROM train_steps ORDER BY 1")
     assert steps.expert.tolist() == ["arithmetic", "gcd", "reverse"]
+    # DARE once per seed, next to the deterministic task arithmetic (merged once)
+    cfg = load_config(micro_config_path, ["workers=2", "merge.methods=[task-arithmetic, dare]", "merge.seeds=[0, 1]",
+                                          "merge.leave_out=[]"])
+    out = with_workers(merge_flow, cfg.workers)(cfg, str(tmp_path))
+    assert [m.label for m in out["merges"]] == ["merged:task-arithmetic", "merged:dare-seed0", "merged:dare-seed1"]
+    params = store.query("SELECT label, params FROM merge_runs ORDER BY label")
+    seeds = {r.label: json.loads(r.params).get("seed") for r in params.itertuples()}
+    assert seeds == {"merged:dare-seed0": 0, "merged:dare-seed1": 1, "merged:task-arithmetic": None}
+    summary = store.query("SELECT model_label, vs_task_arithmetic FROM merge_summary WHERE benchmark = 'gcd'")
+    assert summary.set_index("model_label").vs_task_arithmetic.notna().to_dict() == {
+        "merged:task-arithmetic": False, "merged:dare-seed0": True, "merged:dare-seed1": True}
 
 
 def test_merges_pick_their_scale_on_validation_and_summarize_against_task_arithmetic(first_run):

@@ -276,12 +276,14 @@ def test_rslora_experts_merge_to_their_dense_deltas(base, tmp_path, method):
             assert close(delta, expected, 1e-4), (method, module)
 
 
-def test_every_method_declares_the_field_its_scale_sweep_sets():
-    config = MergeConfig()
+def test_every_method_declares_the_field_its_scale_sweep_multiplies():
+    config = MergeConfig(lam=3.0, scale=0.8, weights=[1.0, 2.0, 0.5])
     for name in method_names():
         method = get_method(name)
         scaled = method.scaled(config, 0.5, 3)
-        assert getattr(scaled, method.scale_parameter) == ([0.5] * 3 if method.scale_parameter == "weights" else 0.5)
+        before, after = getattr(config, method.scale_parameter), getattr(scaled, method.scale_parameter)
+        assert after == ([0.5 * w for w in before] if method.scale_parameter == "weights" else 0.5 * before)
+    assert get_method("ties").scaled(MergeConfig(), 2.0, 2).weights == [2.0, 2.0]
     assert get_method("robustmerge").scale_parameter == "lam" and get_method("knots").scale_parameter == "scale"
 
 
