@@ -45,6 +45,10 @@ BASELINE: dict[str, Any] = {
     "train.par.lambda0": 1.0,
     "train.token_filter": "all",
     "train.num_iterations": 1,
+    "train.policy_loss": "clip",
+    "train.top_entropy_quantile": 1.0,
+    "train.advantage": "grpo",
+    "train.drop_zero_variance_groups": False,
     "curate.strategy": "kmeans-centroid",
     # the held-out set is the whole test split of the domain, the same prompts for every arm
     "evaluate.max_problems_per_benchmark": 250,
@@ -124,6 +128,18 @@ ARMS: tuple[Arm, ...] = (
     Arm("data-random", 6, "600 random prompts of the domain", data="random"),
     Arm("data-few-clusters", 6, "600 prompts from the fewest of 20 k-means clusters (low diversity)", data="few-clusters"),
     Arm("data-full", 6, "the domain's whole training split (4,000 prompts)", data="full"),
+    # The newer remedies, each a training option. A miniature step has a few thousand tokens, so the
+    # covariance arms select 0.2% / 1% of them (the paper's 7B-32B runs: 2e-4 / 2e-3) for a few tokens to act.
+    Arm("clip-cov", 8, "Clip-Cov: the loss of a random 0.2% of tokens with covariance in (1, 5) dropped",
+        {"train.policy_loss": "clip-cov", "train.cov_fraction": 0.002}),
+    Arm("kl-cov", 8, "KL-Cov: |logp - old logp| penalty (coef 1) on the 1% of tokens of largest covariance",
+        {"train.policy_loss": "kl-cov", "train.cov_fraction": 0.01}),
+    Arm("high-entropy-tokens", 8, "policy gradient on the 20% highest-entropy tokens only",
+        {"train.top_entropy_quantile": 0.2}),
+    Arm("w-reinforce", 8, "W-REINFORCE: +-1 rewards as advantages, correct samples weighted by 0.1",
+        {"train.advantage": "signed", "train.par.lambda0": 0.1}),
+    Arm("dynamic-sampling", 8, "groups with zero reward variance dropped from the loss (DAPO, without the refill)",
+        {"train.drop_zero_variance_groups": True}),
 )
 ARM_NAMES = tuple(a.name for a in ARMS)
 

@@ -87,7 +87,10 @@ QUESTIONS = {
     5: "Does clip-higher keep entropy higher than a symmetric clip?",
     6: "Does a k-means subset match the full set, and does low-diversity data collapse faster?",
     7: "Does per-prompt entropy correlate with accuracy at the end of training?",
+    8: "Do the newer remedies (Clip-Cov, KL-Cov, high-entropy tokens, W-REINFORCE, dynamic sampling) keep "
+    "entropy above plain GRPO's without losing held-out accuracy?",
 }
+REMEDY_ARMS = ("clip-cov", "kl-cov", "high-entropy-tokens", "w-reinforce", "dynamic-sampling")
 
 # Reported by arXiv 2511.05993 (Qwen2.5-Math-7B on DAPO-Math-17k), from shared/reference.
 PAPER = {
@@ -100,6 +103,8 @@ PAPER = {
     6: "616 prompts chosen by k-means matched the full set (45.13 vs 44.12); low-diversity data "
     "collapsed entropy faster.",
     7: "per-prompt entropy correlates weakly with accuracy.",
+    8: "not measured by arXiv 2511.05993; their own papers (arXiv 2505.22617, 2506.01939, 2506.01347, "
+    "2503.14476) report each keeping entropy higher than GRPO at equal or better accuracy.",
 }
 
 
@@ -289,6 +294,24 @@ def verdict_clipping(s: Summary) -> tuple[str, str]:
     return ("holds" if hi > 0 else "does not hold"), text
 
 
+def verdict_remedies(s: Summary) -> tuple[str, str]:
+    arms = [a for a in REMEDY_ARMS if s.has(a)]
+    if not s.has("grpo") or not arms:
+        return "not run", "the remedy arms (and grpo, their reference) have no results."
+    parts, kept = [], []
+    for arm in arms:
+        ent = s.compare(arm, "grpo", "entropy_final")
+        acc = s.compare(arm, "grpo", "heldout_accuracy")
+        kept.append(ent > 0 and acc >= 0)
+        parts.append(f"{arm} ends at {s.fmt(arm, 'entropy_final')} nats ({_word(ent, 'above', 'below', 'level with')} "
+                     f"GRPO), held-out accuracy {s.fmt(arm, 'heldout_accuracy')} "
+                     f"({_word(acc, 'above', 'below', 'level with')} GRPO)")
+    text = f"against plain GRPO's {s.fmt('grpo', 'entropy_final')} nats and {s.fmt('grpo', 'heldout_accuracy')}: " + (
+        "; ".join(parts) + ".")
+    word = "holds" if all(kept) else "partly" if any(kept) else "does not hold"
+    return word, text
+
+
 def verdict_data(s: Summary) -> tuple[str, str]:
     if not s.has("grpo", "data-full"):
         return "not run", "the data arms have no results."
@@ -423,6 +446,7 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
         5: verdict_clipping(s),
         6: verdict_data(s),
         7: verdict_spearman(spear),
+        8: verdict_remedies(s),
     }
     overview = pd.DataFrame([{"question": f"Q{q}. {QUESTIONS[q]}", "here": verdicts[q][0]} for q in QUESTIONS])
     lines += [markdown_table(overview), ""]

@@ -186,6 +186,20 @@ def test_positive_token_verdict_needs_every_ordering():
     assert verdict_positive_tokens(_summary(rows))[0] == "partly"
 
 
+def test_remedy_verdict_needs_higher_entropy_at_no_cost_in_accuracy():
+    from experiments.entropy_report import verdict_remedies
+
+    def row(arm, entropy, acc):
+        return {"arm": arm, "seeds": 3, "entropy_final": entropy, "entropy_final_sd": 0.01,
+                "heldout_accuracy": acc, "heldout_accuracy_sd": 0.01}
+    rows = [row("grpo", 0.20, 0.60), row("clip-cov", 0.40, 0.61), row("kl-cov", 0.35, 0.60)]
+    word, text = verdict_remedies(_summary(rows))
+    assert word == "holds" and "clip-cov ends at 0.400 ± 0.010 nats (above GRPO)" in text
+    rows.append(row("w-reinforce", 0.50, 0.50))  # entropy kept, accuracy lost
+    assert verdict_remedies(_summary(rows))[0] == "partly"
+    assert verdict_remedies(_summary([row("grpo", 0.2, 0.6)]))[0] == "not run"
+
+
 def test_spearman_verdict_calls_small_correlations_weak():
     frame = pd.DataFrame([{"arm": "grpo", "seeds": 2, "spearman": -0.1, "spearman_min": -0.2, "spearman_max": 0.0}])
     word, text = verdict_spearman(frame)

@@ -195,3 +195,90 @@ def test_weights_and_surrogate_helpers_validate():
         policy_token_weights(adv, 0.5, "positive")
     loss, ratio = clipped_surrogate(torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([3.0]), 0.2, 0.28)
     assert ratio.item() == 1.0 and loss.item() == -3.0
+
+
+# ---- covariance-based arms, high-entropy tokens, signed advantages, zero-variance groups (hand-computed)
+
+from training.objective import (  # noqa: E402
+    clip_cov_selection,
+    kl_cov_selection,
+    logp_adv_cov,
+    signed_advantages,
+    token_covariance,
+    top_entropy_mask,
+    zero_variance_groups,
+)
+
+ADV2 = torch.tensor([1.0, -1.0])
+MASK2 = torch.ones(2, 2, dtype=torch.bool)
+
+
+def test_token_covariance_and_its_mean_by_hand():
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
+    # mean logp -2.5, mean advantage 0: (1.5)(1), (0.5)(1), (-0.5)(-1), (-1.5)(-1)
+    assert torch.allclose(token_covariance(logp, ADV2, MASK2), torch.tensor([[1.5, 0.5], [0.5, 1.5]]))
+    assert logp_adv_cov(logp, ADV2, MASK2) == pytest.approx(1.0)
+    masked = torch.tensor([[True, True], [True, False]])  # means -2 and 1/3 over three tokens
+    cov = token_covariance(logp, ADV2, masked)
+    assert cov[1, 1] == -math.inf
+    assert torch.allclose(cov[masked], torch.tensor([1 * (2 / 3), 0.0, (-1.0) * (-4 / 3)]))
+    assert math.isnan(logp_adv_cov(logp, ADV2, torch.zeros(2, 2, dtype=torch.bool)))
+
+
+def test_clip_cov_drops_a_fraction_of_the_tokens_inside_the_bounds():
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]], requires_grad=True)
+    cov = token_covariance(logp, ADV2, MASK2)
+    none_cut = torch.zeros(2, 2, dtype=torch.bool)
+    chosen = clip_cov_selection(cov, MASK2, none_cut, 0.5, (1.0, 5.0))
+    assert chosen.tolist() == [[True, False], [False, True]]  # the two tokens of cov 1.5, 2 = 0.5 x 4 of them
+    one = clip_cov_selection(cov, MASK2, none_cut, 0.01, (1.0, 5.0), torch.Generator().manual_seed(0))
+    assert one.sum() == 1 and (one & chosen).sum() == 1  # at least one token, always from the eligible ones
+    already = torch.tensor([[True, False], [False, False]])  # cut by the ratio clip: not eligible again
+    assert clip_cov_selection(cov, MASK2, already, 0.5, (1.0, 5.0)).tolist() == [[False, False], [False, True]]
+
+    out = grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28, policy_loss="clip-cov",
+                    cov_fraction=0.5)
+    # ratio 1: per-token -A = -1, -1, +1, +1; the loss of (0,0) and (1,1) is dropped
+    assert out.loss.item() == pytest.approx((-1.0 + 1.0) / 4)
+    out.loss.backward()
+    assert logp.grad.tolist() == [[0.0, -0.25], [0.25, 0.0]]
+    assert out.cov_selected.tolist() == chosen.tolist() and out.gradient_mask.tolist() == [[False, True], [True, False]]
+
+
+def test_kl_cov_penalizes_the_largest_covariance_tokens_and_does_not_clip():
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, -5.0]], requires_grad=True)
+    # mean -2.75: covariances 1.75, 0.75, 0.25, 2.25
+    cov = token_covariance(logp, ADV2, MASK2)
+    assert kl_cov_selection(cov, MASK2, 0.25).tolist() == [[False, False], [False, True]]
+    assert kl_cov_selection(cov, MASK2, 0.5).tolist() == [[True, False], [False, True]]
+    old = logp.detach() - 0.5  # ratio e^0.5 = 1.65, far above 1 + eps_high
+    out = grpo_loss(logp, old, ADV2, MASK2, eps_low=0.2, eps_high=0.28, policy_loss="kl-cov", cov_fraction=0.25,
+                    kl_cov_coef=2.0)
+    r = math.exp(0.5)
+    assert out.loss.item() == pytest.approx((-r - r + r + r + 2.0 * 0.5) / 4)
+    out.loss.backward()
+    # unclipped: the positive-advantage tokens keep their gradient -A r / N; (1,1) adds coef * sign / N
+    assert torch.allclose(logp.grad, torch.tensor([[-r / 4, -r / 4], [r / 4, (r + 2.0) / 4]]))
+    assert not out.clipped_high.any() and out.gradient_mask.all()
+    clipped = grpo_loss(logp, old, ADV2, MASK2, eps_low=0.2, eps_high=0.28)
+    assert clipped.clipped_high[0].all() and not clipped.gradient_mask[0].any()
+
+
+def test_high_entropy_tokens_keep_the_top_quantile_only():
+    entropies = torch.tensor([[0.1, 0.9], [0.5, 0.3]])
+    assert top_entropy_mask(entropies, MASK2, 0.5).tolist() == [[False, True], [True, False]]  # median 0.4
+    assert top_entropy_mask(entropies, MASK2, 1.0).tolist() == MASK2.tolist()
+    logp = torch.zeros(2, 2, requires_grad=True)
+    out = grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28, entropies=entropies,
+                    top_entropy_quantile=0.5)
+    out.loss.backward()
+    assert logp.grad.tolist() == [[0.0, -0.25], [0.25, 0.0]]  # token mean still over all 4 tokens
+    with pytest.raises(ValueError, match="needs entropies"):
+        grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28, top_entropy_quantile=0.5)
+
+
+def test_signed_advantages_and_zero_variance_groups():
+    assert signed_advantages(torch.tensor([True, False, True])).tolist() == [1.0, -1.0, 1.0]
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    assert zero_variance_groups(rewards, 2).tolist() == [True, True, False, False, True, True]
+    assert zero_variance_groups(torch.tensor([float("nan"), float("nan")]), 2).tolist() == [False, False]

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safetensors.torch import load_file  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
 from curation.records import Problem  # noqa: E402
@@ -278,3 +279,48 @@ def test_merged_adapter_sampling_matches_unmerged_and_restores_weights(model_dir
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=1e-6)
     assert not any(getattr(m, "merged", False) for m in model.modules())
+
+
+def test_high_entropy_tokens_match_trl_top_entropy_quantile_and_the_step_records_the_covariance(
+        model_dir, problems, tmp_path):
+    from training.objective import PolicyOptions, logp_adv_cov
+
+    trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path)
+    trainer.policy = PolicyOptions(top_entropy_quantile=0.2)
+    ours, ours_g = _loss_and_grads(trainer._compute_loss, trainer, inputs)
+    trainer.top_entropy_quantile = 0.2
+    trl, trl_g = _loss_and_grads(lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), trainer, inputs)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5, abs=1e-7)
+    for a, b in zip(ours_g, trl_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+    # logp_adv_cov: over the tokens the clipped surrogate keeps (unmasked, ratio not cut)
+    trainer.policy = PolicyOptions()
+    trainer._compute_loss(trainer.model, inputs)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), inputs["completion_ids"].size(1))
+    ratio, adv = torch.exp(logps - inputs["old_per_token_logps"]), inputs["advantages"].unsqueeze(1)
+    cut = ((ratio < 0.8) & (adv < 0)) | ((ratio > 1.28) & (adv > 0))
+    keep = inputs["completion_mask"].bool() & ~cut
+    assert trainer._step_record["logp_adv_cov"] == pytest.approx(logp_adv_cov(logps, adv, keep), rel=1e-4)
+    assert trainer._step_record["cov_token_frac"] == 0.0
+
+
+def test_policy_options_train_end_to_end_and_record_zero_variance_groups(model_dir, problems, tmp_path):
+    def binary_reward(problem, completion):  # 0/1 rewards: many groups have no variance
+        return float(any(ch in DIGITS for ch in completion))
+
+    config = small_config(policy_loss="clip-cov", cov_fraction=0.1, clip_cov_bounds=(-10.0, 10.0),
+                          advantage="signed", drop_zero_variance_groups=True, par={"lambda0": 0.1})
+    assert config.policy_options.cov_fraction == 0.1
+    assert small_config(policy_loss="kl-cov").policy_options.cov_fraction == 2e-3
+    result = train_expert(model_dir, problems, binary_reward, config, tmp_path, "toy")
+    wide = result.steps.pivot(index="step", columns="metric", values="value")
+    assert ((0 <= wide["zero_std_group_frac"]) & (wide["zero_std_group_frac"] <= 1)).all()
+    assert (wide["zero_std_group_frac"] * 2).round(6).isin([0.0, 1.0, 2.0]).all()  # 2 groups a step
+    varied = wide["zero_std_group_frac"] < 1
+    assert varied.any() and (wide.loc[varied, "cov_token_frac"] > 0).all()
+    with pytest.raises(ValidationError, match="low < high"):
+        small_config(clip_cov_bounds=(5.0, 1.0))

@@ -130,6 +130,28 @@ class TrainConfig(BaseModel):
     """Positive-advantage reweighting and its schedule."""
     token_filter: Literal["all", "nonneg", "nonpos"] = "all"
     """Tokens the policy gradient uses: all, only advantage >= 0, or only advantage <= 0 (ablations)."""
+    policy_loss: Literal["clip", "clip-cov", "kl-cov"] = "clip"
+    """The policy term (arXiv 2505.22617): ``clip`` the clipped surrogate; ``clip-cov`` also drops the loss of
+    a random ``cov_fraction`` of the tokens whose covariance of log-prob and advantage lies in
+    ``clip_cov_bounds``; ``kl-cov`` the unclipped surrogate plus ``kl_cov_coef`` * |logp - old logp| on the
+    ``cov_fraction`` of tokens of largest covariance."""
+    cov_fraction: float | None = Field(None, gt=0, le=1)
+    """clip-cov / kl-cov: fraction of the step's tokens selected. None: the paper's 2e-4 (clip-cov), 2e-3
+    (kl-cov)."""
+    clip_cov_bounds: tuple[float, float] = (1.0, 5.0)
+    """clip-cov: open interval of covariance values a token must lie in to be eligible."""
+    kl_cov_coef: float = Field(1.0, ge=0)
+    """kl-cov: weight of the |logp - old logp| penalty on the selected tokens."""
+    top_entropy_quantile: float = Field(1.0, gt=0, le=1)
+    """Policy gradient only on the tokens whose entropy is in the top fraction of the batch's (0.2: the 20%
+    highest-entropy tokens, arXiv 2506.01939; TRL's option of the same name); 1 keeps every token."""
+    advantage: Literal["grpo", "signed"] = "grpo"
+    """``grpo``: group-normalized advantages; ``signed``: +1 for a correct completion, -1 otherwise
+    (REINFORCE on +-1 rewards, arXiv 2506.01347; with ``par.lambda0: 0.1``, W-REINFORCE)."""
+    drop_zero_variance_groups: bool = False
+    """Dynamic sampling's filter (DAPO), without the refill: groups whose rewards are all equal are removed
+    from the loss and from its token count (their advantage is 0 anyway; the share is recorded every step as
+    ``zero_std_group_frac``)."""
     merge_lora_for_rollouts: bool = True
     """Merge the adapter into the (float32) base weights while HF generate samples rollouts, unmerged right
     after: one matmul per projection instead of three, about a quarter faster sampling for small models."""
@@ -144,6 +166,13 @@ class TrainConfig(BaseModel):
     several times faster with 1 thread, above all on a shared machine."""
 
     @model_validator(mode="after")
+    def _cov_bounds(self) -> TrainConfig:
+        low, high = self.clip_cov_bounds
+        if not low < high:
+            raise ValueError(f"clip_cov_bounds must be (low, high) with low < high, got ({low}, {high})")
+        return self
+
+    @model_validator(mode="after")
     def _batch_shape(self) -> TrainConfig:
         batch = self.prompts_per_step * self.num_generations
         if self.micro_batch_size is not None and batch % self.micro_batch_size != 0:
@@ -152,6 +181,16 @@ class TrainConfig(BaseModel):
                 f"({self.prompts_per_step} x {self.num_generations} = {batch}); pick a divisor of {batch} or null"
             )
         return self
+
+    @property
+    def policy_options(self):
+        """The policy-term settings as the trainer takes them (defaults resolved): a
+        :class:`training.objective.PolicyOptions` (imported here: config loading stays free of torch)."""
+        from training.objective import PolicyOptions
+
+        fraction = self.cov_fraction or (2e-3 if self.policy_loss == "kl-cov" else 2e-4)
+        return PolicyOptions(self.policy_loss, fraction, tuple(self.clip_cov_bounds), self.kl_cov_coef,
+                             self.top_entropy_quantile, self.advantage, self.drop_zero_variance_groups)
 
     @property
     def completions_per_step(self) -> int:

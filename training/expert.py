@@ -240,6 +240,7 @@ def _train(
             peft_config=_lora_config(config),
             controllers=controllers,
             token_filter=config.token_filter,
+            policy=config.policy_options,
             max_prompt_length=max_prompt_length,
             merge_adapter_for_generation=config.merge_lora_for_rollouts and not config.lora.full_finetune,
         )

@@ -30,7 +30,13 @@ from trl import GRPOTrainer
 
 from polymath.errors import TrainingError
 from training.controllers import Controllers
-from training.objective import TOKEN_FILTERS, grpo_loss
+from training.objective import (
+    TOKEN_FILTERS,
+    PolicyOptions,
+    grpo_loss,
+    signed_advantages,
+    zero_variance_groups,
+)
 
 # A completion counts as correct when its reward reaches 1 (the verifiers give 1.0 for a correct answer and
 # partial credit below it); the tolerance absorbs float noise from weighted reward sums.
@@ -49,6 +55,9 @@ STEP_METRICS = (
     "pos_adv_token_frac",
     "clip_frac_low",
     "clip_frac_high",
+    "cov_token_frac",
+    "logp_adv_cov",
+    "zero_std_group_frac",
     "response_length",
     "grad_norm",
     "lr",
@@ -77,7 +86,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
 
     Extra arguments: ``controllers`` (entropy coefficient and PAR lambda,
     advanced once per optimizer step), ``token_filter`` ("all", "nonneg",
-    "nonpos"), ``max_prompt_length`` (prompts keep their last tokens) and
+    "nonpos"), ``policy`` (the policy term's variant and its advantages, a
+    :class:`PolicyOptions`), ``max_prompt_length`` (prompts keep their last tokens) and
     ``merge_adapter_for_generation`` (sample HF-generate rollouts from the
     adapter merged into float32 base weights, unmerged right after).
     The GRPOConfig must use ``loss_type="dapo"`` (token-mean) and leave TRL's
@@ -89,6 +99,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
         *args,
         controllers: Controllers,
         token_filter: str = "all",
+        policy: PolicyOptions | None = None,
         max_prompt_length: int | None = None,
         merge_adapter_for_generation: bool = False,
         **kwargs,
@@ -97,6 +108,9 @@ class PolymathGRPOTrainer(GRPOTrainer):
             raise TrainingError(f"token_filter must be one of {TOKEN_FILTERS}, got {token_filter!r}")
         self.controllers = controllers
         self.token_filter = token_filter
+        self.policy = policy or PolicyOptions()
+        # clip-cov's random token choice, seeded so that a run (and its resume) is reproducible.
+        self._cov_generator = torch.Generator().manual_seed(int(kwargs["args"].seed) if "args" in kwargs else 0)
         self.max_prompt_length = max_prompt_length
         self.merge_adapter_for_generation = merge_adapter_for_generation
         self._gathered_rewards: torch.Tensor | None = None
@@ -177,6 +191,16 @@ class PolymathGRPOTrainer(GRPOTrainer):
         entropy_weight = self.controllers.entropy.sequence_weights(group_accuracy)
         local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
         output["entropy_weight"] = entropy_weight[local].to(output["advantages"].device)
+        if self.policy.advantage == "signed":
+            output["advantages"] = signed_advantages(correct[local]).to(output["advantages"].device)
+        flat = zero_variance_groups(rewards, group)
+        if self.policy.drop_zero_variance_groups and mode == "train":
+            keep = (~flat[local]).to(output["completion_mask"].device)
+            output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1).to(output["completion_mask"].dtype)
+            loss_mask = output["completion_mask"]
+            if output.get("tool_mask") is not None:
+                loss_mask = loss_mask * output["tool_mask"]
+            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
         lengths = self.accelerator.gather(output["completion_mask"].sum(dim=1).float())
         scored = rewards[~unscorable]
@@ -184,6 +208,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
             "reward": scored.mean().item() if scored.numel() else math.nan,
             "accuracy": correct[~unscorable].mean().item() if scored.numel() else math.nan,
             "response_length": lengths.mean().item(),
+            "zero_std_group_frac": flat.view(-1, group)[:, 0].float().mean().item(),
         }
         return output
 
@@ -242,6 +267,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
             beta=self.beta,
             is_ratio=inputs["importance_sampling_ratio"] if use_is else None,
             normalizer=normalizer,
+            generator=self._cov_generator,
+            **self.policy.loss_kwargs(),
         )
         loss = out.loss
         if self.aux_loss_enabled:
@@ -260,6 +287,9 @@ class PolymathGRPOTrainer(GRPOTrainer):
                 positive=((adv > 0) * fmask).sum(),
                 coef=coef,
                 kl=None if out.kl is None else (out.kl * fmask).sum(),
+                selected=None if out.cov_selected is None else (out.cov_selected * fmask).sum(),
+                logp=logps.detach()[out.gradient_mask],
+                adv=adv.to(logps.dtype).expand_as(logps)[out.gradient_mask],
             )
             if self.accelerator.sync_gradients:
                 self._close_step()
@@ -268,7 +298,9 @@ class PolymathGRPOTrainer(GRPOTrainer):
     def _close_step(self) -> None:
         """Optimizer-step boundary: build the step record, then advance the controllers."""
         w = self._window
-        local = torch.stack([w.clipped_low, w.clipped_high, w.positive] + ([w.kl] if w.kl is not None else []))
+        moments = torch.stack([w.n, w.sum_logp, w.sum_adv, w.sum_logp_adv, w.selected]).to(w.clipped_low.device)
+        counts = torch.stack([w.clipped_low, w.clipped_high, w.positive]).double()
+        local = torch.cat([counts, moments] + ([w.kl.reshape(1).double()] if w.kl is not None else []))
         totals = self.accelerator.reduce(local, reduction="sum")
         tokens = max(w.tokens, 1.0)
         entropy = w.entropy_sum / tokens
@@ -294,9 +326,11 @@ class PolymathGRPOTrainer(GRPOTrainer):
             "pos_adv_token_frac": totals[2].item() / tokens,
             "clip_frac_low": totals[0].item() / tokens,
             "clip_frac_high": totals[1].item() / tokens,
+            "cov_token_frac": totals[7].item() / tokens,
+            "logp_adv_cov": _covariance(*totals[3:7].tolist()),
         }
         if w.kl is not None:
-            record["kl"] = totals[3].item() / tokens
+            record["kl"] = totals[8].item() / tokens
         self._step_record = record
         self._window = _StepWindow()
 
@@ -335,8 +369,15 @@ class _StepWindow:
         self.positive = torch.zeros(())
         self.kl: torch.Tensor | None = None
         self.coefs: list[float] = []
+        # Moments of (logp, advantage) over the tokens that carry policy gradient, for their covariance.
+        self.n = torch.zeros((), dtype=torch.float64)
+        self.sum_logp = torch.zeros((), dtype=torch.float64)
+        self.sum_adv = torch.zeros((), dtype=torch.float64)
+        self.sum_logp_adv = torch.zeros((), dtype=torch.float64)
+        self.selected = torch.zeros((), dtype=torch.float64)
 
-    def add(self, *, entropies, entropy_sum, tokens, clipped_low, clipped_high, positive, coef, kl) -> None:
+    def add(self, *, entropies, entropy_sum, tokens, clipped_low, clipped_high, positive, coef, kl,
+            selected=None, logp=None, adv=None) -> None:
         self.entropies.append(entropies.float())
         # entropy_sum and tokens are already reduced across processes.
         self.entropy_sum += entropy_sum.item()
@@ -348,6 +389,21 @@ class _StepWindow:
         if kl is not None:
             self.kl = kl if self.kl is None else self.kl + kl
         self.coefs.append(coef)
+        if selected is not None:
+            self.selected = self.selected + selected.detach().double().cpu()
+        if logp is not None and logp.numel():
+            x, a = logp.detach().double().cpu(), adv.detach().double().cpu()
+            self.n = self.n + x.numel()
+            self.sum_logp = self.sum_logp + x.sum()
+            self.sum_adv = self.sum_adv + a.sum()
+            self.sum_logp_adv = self.sum_logp_adv + (x * a).sum()
+
+
+def _covariance(n: float, sum_x: float, sum_a: float, sum_xa: float) -> float:
+    """Population covariance from the moments (NaN without tokens)."""
+    if n <= 0:
+        return math.nan
+    return sum_xa / n - (sum_x / n) * (sum_a / n)
 
 
 def step_records(log_history: list[dict]) -> list[dict[str, float]]:

@@ -14,6 +14,18 @@ reference policy, H_t the token entropy (differentiable) and c_i a
 per-sequence entropy coefficient. is_t is vLLM's importance-sampling
 correction when rollouts came from vLLM.
 
+Variants of the policy term (``policy_loss``), from arXiv 2505.22617, with the per-token covariance
+cov_t = (logp_t - mean logp) * (A_t - mean A) over the unmasked tokens:
+
+    clip-cov: the clipped surrogate, with the loss of a random ``cov_fraction`` of the tokens whose cov_t
+              lies in ``clip_cov_bounds`` (and that the ratio clip has not already cut) set to 0;
+    kl-cov:   the unclipped -r * A, plus ``kl_cov_coef`` * |logp - old_logp| on the ``cov_fraction`` of
+              tokens with the largest cov_t.
+
+``top_entropy_quantile`` < 1 keeps the policy gradient only on the tokens whose entropy is at or above the
+batch's (1 - q) quantile (arXiv 2506.01939; TRL's option of the same name). ``logp_adv_cov`` of the tokens
+that carry policy gradient is the diagnostic that predicts the entropy change.
+
 The trainer (training/grpo.py) only gathers tensors and calls ``grpo_loss``.
 """
 
@@ -24,6 +36,41 @@ from dataclasses import dataclass
 import torch
 
 TOKEN_FILTERS = ("all", "nonneg", "nonpos")
+POLICY_LOSSES = ("clip", "clip-cov", "kl-cov")
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """How the policy term and its advantages are formed (the ``train`` keys of the same names)."""
+
+    policy_loss: str = "clip"
+    cov_fraction: float = 2e-4
+    clip_cov_bounds: tuple[float, float] = (1.0, 5.0)
+    kl_cov_coef: float = 1.0
+    top_entropy_quantile: float = 1.0
+    advantage: str = "grpo"
+    """grpo: TRL's group-normalized advantages; signed: +1 for a correct completion, -1 otherwise (REINFORCE
+    on +-1 rewards; with PAR lambda < 1 on the positives, W-REINFORCE)."""
+    drop_zero_variance_groups: bool = False
+    """Remove the tokens of groups whose rewards are all equal from the loss and its token count."""
+
+    def loss_kwargs(self) -> dict:
+        """The ``grpo_loss`` keyword arguments."""
+        return {"policy_loss": self.policy_loss, "cov_fraction": self.cov_fraction,
+                "clip_cov_bounds": self.clip_cov_bounds, "kl_cov_coef": self.kl_cov_coef,
+                "top_entropy_quantile": self.top_entropy_quantile}
+
+
+def signed_advantages(correct: torch.Tensor) -> torch.Tensor:
+    """+1 for a correct completion, -1 for a wrong one."""
+    return correct.float() * 2.0 - 1.0
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Bool per completion: its group's rewards are all equal (no GRPO signal), ``rewards`` in group order."""
+    grouped = rewards.view(-1, group_size)
+    flat = (grouped == grouped[:, :1]).all(dim=1)
+    return flat.repeat_interleave(group_size)
 
 
 @dataclass
@@ -44,6 +91,10 @@ class ObjectiveOutput:
     """Bool (B, T): r < 1 - eps_low on a negative-advantage token (its gradient is cut)."""
     clipped_high: torch.Tensor
     """Bool (B, T): r > 1 + eps_high on a positive-advantage token (its gradient is cut)."""
+    cov_selected: torch.Tensor | None = None
+    """Bool (B, T): the tokens clip-cov dropped or kl-cov penalized (None for ``clip``)."""
+    gradient_mask: torch.Tensor | None = None
+    """Bool (B, T): unmasked tokens whose policy term carries gradient (not clipped, filtered or dropped)."""
 
 
 def _as_token_advantages(advantages: torch.Tensor) -> torch.Tensor:
@@ -76,6 +127,60 @@ def policy_token_weights(advantages: torch.Tensor, par_lambda: float, token_filt
     return weights
 
 
+def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(logp_t - mean logp) * (A_t - mean A), means over the unmasked tokens; -inf where masked (B, T)."""
+    m = mask.bool()
+    adv = _as_token_advantages(advantages).to(logp.dtype).expand_as(logp)
+    lp = logp.detach()
+    n = m.sum().clamp(min=1)
+    centered = (lp - lp[m].sum() / n) * (adv - adv[m].sum() / n)
+    return torch.where(m, centered, torch.full_like(centered, -torch.inf))
+
+
+def logp_adv_cov(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> float:
+    """Covariance of log-probability and advantage over the tokens in ``mask`` (NaN when there are none)."""
+    m = mask.bool()
+    if not m.any():
+        return float("nan")
+    return float(token_covariance(logp, advantages, m)[m].mean())
+
+
+def _selection_count(fraction: float, mask: torch.Tensor) -> int:
+    return max(int(fraction * int(mask.sum())), 1)
+
+
+def clip_cov_selection(cov: torch.Tensor, mask: torch.Tensor, already_clipped: torch.Tensor, fraction: float,
+                       bounds: tuple[float, float], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool (B, T): a random ``fraction`` of the unmasked tokens (at least one) among those with cov in the open
+    interval ``bounds`` that the ratio clip has not cut already."""
+    low, high = bounds
+    eligible = (cov > low) & (cov < high) & mask.bool() & ~already_clipped
+    candidates = eligible.flatten().nonzero().squeeze(1)
+    chosen = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    if candidates.numel():
+        order = torch.randperm(candidates.numel(), generator=generator, device="cpu").to(cov.device)
+        chosen[candidates[order[: _selection_count(fraction, mask)]]] = True
+    return chosen.view_as(cov)
+
+
+def kl_cov_selection(cov: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Bool (B, T): the ``fraction`` of unmasked tokens (at least one) with the largest covariance."""
+    k = min(_selection_count(fraction, mask), int(mask.bool().sum()))
+    chosen = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    if k:
+        chosen[torch.topk(cov.flatten(), k).indices] = True
+    return chosen.view_as(cov)
+
+
+def top_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Bool (B, T): unmasked tokens whose entropy is at or above the (1 - ``quantile``) quantile of the batch's."""
+    m = mask.bool()
+    if quantile >= 1.0 or not m.any():
+        return m
+    threshold = torch.quantile(entropies.detach()[m].float(), 1.0 - quantile)
+    return m & (entropies.detach() >= threshold.to(entropies.dtype))
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (always >= 0)."""
     diff = ref_logp - logp
@@ -98,8 +203,15 @@ def grpo_loss(
     beta: float = 0.0,
     is_ratio: torch.Tensor | None = None,
     normalizer: torch.Tensor | float | None = None,
+    policy_loss: str = "clip",
+    cov_fraction: float = 2e-4,
+    clip_cov_bounds: tuple[float, float] = (1.0, 5.0),
+    kl_cov_coef: float = 1.0,
+    top_entropy_quantile: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> ObjectiveOutput:
-    """The token-mean clipped GRPO loss with PAR, token filter, entropy bonus and KL.
+    """The token-mean clipped GRPO loss with PAR, token filter, entropy bonus and KL (module docstring for the
+    ``policy_loss`` variants and ``top_entropy_quantile``; ``generator`` draws clip-cov's random tokens).
 
     Shapes: logp, old_logp, mask, entropies, ref_logp (B, T); advantages (B,)
     or (B, T); entropy_coefs a float or (B,) per-sequence coefficients;
@@ -108,10 +220,33 @@ def grpo_loss(
     count when the step is split into micro-batches, so the sum of their
     losses is the token mean over the step.
     """
+    if policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"policy_loss must be one of {POLICY_LOSSES}, got {policy_loss!r}")
+    bool_mask = mask.bool()
     mask = mask.to(logp.dtype)
     adv = _as_token_advantages(advantages).to(logp.dtype)
     per_token, ratio = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
-    per_token = per_token * policy_token_weights(adv, par_lambda, token_filter).to(logp.dtype)
+    weights = policy_token_weights(adv, par_lambda, token_filter).to(logp.dtype)
+    if top_entropy_quantile < 1.0:
+        if entropies is None:
+            raise ValueError("top_entropy_quantile < 1 needs entropies")
+        weights = weights * top_entropy_mask(entropies, bool_mask, top_entropy_quantile)
+    with torch.no_grad():
+        ratio_d = ratio.detach()
+        clipped_low = (ratio_d < 1.0 - eps_low) & (adv < 0)
+        clipped_high = (ratio_d > 1.0 + eps_high) & (adv > 0)
+    cut = clipped_low | clipped_high
+    selected = None
+    if policy_loss != "clip":
+        cov = token_covariance(logp, adv, bool_mask)
+        if policy_loss == "clip-cov":
+            selected = clip_cov_selection(cov, bool_mask, cut, cov_fraction, clip_cov_bounds, generator)
+            weights = weights * ~selected
+        else:
+            selected = kl_cov_selection(cov, bool_mask, cov_fraction)
+            cut = torch.zeros_like(cut)  # KL-Cov replaces the ratio clip
+            per_token = -ratio * adv + kl_cov_coef * (logp - old_logp).abs() * selected
+    per_token = per_token * weights
     if is_ratio is not None:
         per_token = per_token * is_ratio
     if normalizer is None:
@@ -136,10 +271,9 @@ def grpo_loss(
         bonus_sum = (coefs * entropies * mask).sum()
         loss_sum = loss_sum - bonus_sum
 
-    with torch.no_grad():
-        ratio_d = ratio.detach()
-        clipped_low = (ratio_d < 1.0 - eps_low) & (adv < 0)
-        clipped_high = (ratio_d > 1.0 + eps_high) & (adv > 0)
+    if policy_loss == "kl-cov":
+        clipped_low, clipped_high = torch.zeros_like(clipped_low), torch.zeros_like(clipped_high)
+    gradient_mask = bool_mask & (weights != 0) & ~cut
     return ObjectiveOutput(
         loss=loss_sum / normalizer,
         policy_loss=(policy_sum / normalizer).detach(),
@@ -148,4 +282,6 @@ def grpo_loss(
         ratio=ratio_d,
         clipped_low=clipped_low,
         clipped_high=clipped_high,
+        cov_selected=selected,
+        gradient_mask=gradient_mask,
     )
