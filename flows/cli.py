@@ -59,9 +59,21 @@ class Runner(str, Enum):
     ray = "ray"
 
 
+#: Exit status of a user error (bad config, bad data, bad SQL): the message says what to fix.
+USER_ERROR = 2
+
+
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=USER_ERROR)
+
+
+def _preflight(cfg) -> None:
+    """Check a file-based data source before any server starts, so a bad file costs one message."""
+    if cfg.data.format != "reasoning-gym":
+        from curation.data import load_problems
+
+        load_problems(cfg.data)
 
 
 def _workspace(workspace: Optional[Path]) -> Workspace:
@@ -92,14 +104,22 @@ def run(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
     runner: Runner = typer.Option(Runner.local, "--runner", help="local, or ray (prefect-ray) for parallel tasks."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (--runner ray)."),
+    debug: bool = typer.Option(False, "--debug", help="Show library warnings, loading bars and full tracebacks."),
 ) -> None:
     """Run the pipeline (or one stage) and print the accuracy table and the report's path."""
+    from polymath.quiet import quiet_libraries, quiet_user_tracebacks
+
+    if not debug:
+        quiet_libraries()
     from flows.pipeline import select_flow
     from flows.runners import make_task_runner
     from polymath.config import load_config
 
+    if not debug:
+        quiet_user_tracebacks()
     try:
         cfg = load_config(config, overrides)
+        _preflight(cfg)
         ws = _workspace(workspace)
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())

@@ -5,8 +5,12 @@
 hashes the upstream keys, the stage config and the code version, so a changed
 config reruns that stage and what depends on it, nothing upstream.
 
-A stage writes into a temporary sibling folder and renames it into place only
-when it finished: a crash never leaves a folder that looks complete.
+A stage writes into an in-progress sibling folder, ``.partial-<key>``, and renames it into place only
+when it finished: a crash never leaves a folder that looks complete. The in-progress folder is the same
+for every attempt at one key, so a stage that checkpoints (training) resumes from what a killed attempt
+wrote; a lock file beside it (``.partial-<key>.lock``, holding the writer's pid and host) keeps two
+processes from writing one key at once, and a lock whose process is gone is taken over. A stage that
+fails with an error discards its in-progress folder; one that is interrupted or killed keeps it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import __version__
+from .errors import StageError
 
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "sentence-transformers", "scikit-learn", "duckdb")
@@ -70,6 +76,61 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _KeyLock:
+    """An exclusive lock file for one stage key: pid and host of the writer."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+        self.token = f"{os.getpid()} {socket.gethostname()}"
+
+    def _holder(self) -> tuple[int, str] | None:
+        try:
+            pid, host = self.path.read_text().split(" ", 1)
+            return int(pid), host.strip()
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and (holder[1] != socket.gethostname() or _process_alive(holder[0])):
+                    raise StageError(
+                        f"{self.what} is being written by process {holder[0]} on {holder[1]}; wait for it to finish, "
+                        f"or delete {self.path} if that process is gone"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # its writer died: take the key over
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.token)
+            return
+        raise StageError(f"could not take the lock {self.path} for {self.what}; another run took it first")
+
+    def release(self) -> None:
+        if self._holder() is not None and self.path.read_text() == self.token:
+            self.path.unlink(missing_ok=True)
+
+
+def _remove_dead_leftovers(folder: Path) -> None:
+    """Temporary folders no live run can own: ``.tmp-*`` (the older layout) and ``.old-*`` (a swap cut short)."""
+    for path in folder.glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(".old-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass
 class StageRun:
     """A stage run being written: outputs go into ``tmp``; ``summary`` lands in the manifest."""
@@ -113,13 +174,26 @@ class Workspace:
 
     @contextmanager
     def stage_run(
-        self, stage: str, key: str, config: Any, inputs: dict[str, str]
+        self, stage: str, key: str, config: Any, inputs: dict[str, str], resume: bool = False
     ) -> Iterator[StageRun]:
-        """Write a stage run atomically; an exception discards the temporary folder."""
+        """Write a stage run atomically into ``.partial-<key>`` (module docstring). ``resume``: keep what an
+        interrupted attempt left there (a stage that checkpoints); otherwise start from an empty folder."""
         final = self.stage_dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        lock = _KeyLock(final.parent / f".partial-{key}.lock", f"stage run {stage} {key}")
+        lock.acquire()
+        try:
+            yield from self._write(stage, key, config, inputs, final, resume)
+        finally:
+            lock.release()
+
+    def _write(self, stage: str, key: str, config: Any, inputs: dict[str, str], final: Path, resume: bool
+               ) -> Iterator[StageRun]:
+        _remove_dead_leftovers(final.parent)
+        tmp = final.parent / f".partial-{key}"
+        if tmp.exists() and not resume:
+            shutil.rmtree(tmp)
+        tmp.mkdir(exist_ok=True)
         run = StageRun(stage=stage, key=key, tmp=tmp, final=final, summary={})
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
@@ -148,6 +222,7 @@ class Workspace:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 tmp.rename(final)
-        except BaseException:
+        except Exception:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        # KeyboardInterrupt, SystemExit: the in-progress folder stays for the next attempt to resume.

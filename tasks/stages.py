@@ -262,7 +262,8 @@ def train_stage(
     problems = [p for p in curated_problems(data, curate) if p.domain == domain]
     if not problems:
         raise StageError(f"no training problems for domain {domain!r} in the curated subset; raise curate.k")
-    with ws.stage_run("train", key, section, inputs) as run:
+    # resume: a killed attempt's checkpoints (train.save_steps > 0) are picked up where it stopped
+    with ws.stage_run("train", key, section, inputs, resume=True) as run:
         result = train_expert(model_dir(model), problems, reward, cfg.train, run.tmp, expert=domain)
         steps = result.steps.assign(run_key=key)
         steps.to_parquet(run.tmp / "train_steps.parquet", index=False)
@@ -273,6 +274,7 @@ def train_stage(
             problems=len(problems),
             initial_entropy=result.initial_entropy,
             train_seconds=round(result.seconds, 2),
+            resumed_from_step=result.resumed_from_step,
             first_reward=float(wide["reward"].iloc[0]) if "reward" in wide else None,
             last_half_reward=float(half["reward"].mean()) if "reward" in half else None,
             last_half_entropy=float(half["entropy"].mean()) if "entropy" in half else None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,15 +42,15 @@ def test_sql_formats(workspace):
 
 def test_sql_is_read_only_and_bad_sql_fails_clearly(workspace):
     out = runner.invoke(app, ["sql", "DELETE FROM runs", "-w", str(workspace)])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert Store(workspace / "polymath.duckdb").query("SELECT count(*) AS n FROM runs")["n"][0] == 1
     out = runner.invoke(app, ["sql", "SELEC * FROM runs", "-w", str(workspace)])
-    assert out.exit_code == 1 and "error" in out.output.lower()
+    assert out.exit_code == 2 and "error" in out.output.lower()
 
 
 def test_sql_without_database_says_what_to_do(tmp_path):
     out = runner.invoke(app, ["sql", "SELECT 1", "-w", str(tmp_path / "empty")])
-    assert out.exit_code == 1 and "polymath run" in out.output
+    assert out.exit_code == 2 and "polymath run" in out.output
 
 
 def test_tables_lists_schema(workspace):
@@ -60,7 +62,7 @@ def test_tables_lists_schema(workspace):
 
 def test_run_with_unknown_key_exits_with_suggestion(tmp_path):
     out = runner.invoke(app, ["run", "--set", "train.stesp=3", "-w", str(tmp_path)])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert "train.steps" in out.output
 
 
@@ -75,4 +77,26 @@ def test_merge_command_writes_a_peft_adapter_and_records_it(tmp_path):
     rows = Store(tmp_path / "ws" / "polymath.duckdb").query("SELECT method, params FROM merge_runs")
     assert rows["method"].tolist() == ["robustmerge"] and json.loads(rows["params"][0])["keep"] == 0.3
     bad = runner.invoke(app, ["merge", *map(str, experts), "--out", str(tmp_path / "m2"), "--keep", "3"])
-    assert bad.exit_code == 1 and "keep" in bad.output
+    assert bad.exit_code == 2 and "keep" in bad.output
+
+
+@pytest.mark.parametrize("content, says", [
+    ("", "no training problems"),
+    ('{"prompt": "1+1", "answer": "2"}\n{not json\n', "line 2: not valid JSON"),
+    ('{"question": "1+1", "answer": "2"}\n', "line 1: field 'prompt' (data.fields.prompt) is missing"),
+])
+def test_a_bad_jsonl_costs_one_short_message_and_exit_2(tmp_path, content, says):
+    import subprocess
+    import sys
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "-w", str(tmp_path / "ws"), "--set", "data.format=jsonl",
+         "--set", f"data.path={path}"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and says in text and str(path) in text
+    assert len(text.strip().splitlines()) <= 5 and "Traceback" not in text
+    assert not (tmp_path / "ws" / "artifacts").exists()  # nothing started

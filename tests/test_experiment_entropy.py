@@ -68,9 +68,9 @@ def test_grpo_always_runs_and_unknown_arms_are_named():
 def test_cli_rejects_bad_arms_and_seeds(tmp_path):
     runner = CliRunner()
     out = runner.invoke(app, ["experiment", "entropy", "--arms", "grpo,nope", "-w", str(tmp_path)])
-    assert out.exit_code == 1 and "unknown arms ['nope']" in out.output
+    assert out.exit_code == 2 and "unknown arms ['nope']" in out.output
     out = runner.invoke(app, ["experiment", "entropy", "--seeds", "0,x", "-w", str(tmp_path)])
-    assert out.exit_code == 1 and "--seeds '0,x': expected integers" in out.output
+    assert out.exit_code == 2 and "--seeds '0,x': expected integers" in out.output
 
 
 # ---------- the experiment_results view ----------

@@ -50,6 +50,8 @@ class TrainResult:
     """Token-mean entropy of the untrained policy on the first rollout batch (nats)."""
     seconds: float
     """Wall time of the whole call, loading and saving included."""
+    resumed_from_step: int | None = None
+    """The checkpoint's step this call resumed from (None: it trained from the start)."""
 
 
 def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
@@ -279,4 +281,5 @@ def _train(
         steps=steps,
         initial_entropy=math.nan if initial is None else initial,
         seconds=time.perf_counter() - started,
+        resumed_from_step=int(Path(resume).name.rsplit("-", 1)[1]) if resume else None,
     )
