@@ -45,6 +45,8 @@ BASELINE: dict[str, Any] = {
     "train.par.lambda0": 1.0,
     "train.token_filter": "all",
     "train.num_iterations": 1,
+    "train.updates_per_batch": 1,
+    "train.entropy.initial_batches": 1,
     "train.policy_loss": "clip",
     "train.top_entropy_quantile": 1.0,
     "train.advantage": "grpo",
@@ -75,33 +77,39 @@ class Arm:
     data: str = "kmeans"
 
 
-# The controllers' scales are the tiny model's: its gcd rollouts start near 0.6 nats per token,
-# and bonus coefficients of order 0.1 are what move it (0.15 at once made it stop emitting EOS).
+# The controllers' scales are the tiny model's: its gcd chains start near 0.14 nats per character, targets
+# are relative to that, and the coefficients are those the demo's entropy comparison moved it with
+# (README, "Entropy control on the demo's experts").
 ARMS: tuple[Arm, ...] = (
     Arm("grpo", 1, "plain GRPO: no bonus, symmetric clip, every token, on-policy, 600 k-means prompts"),
     Arm("entropy-fixed", 2, "constant entropy bonus 0.03", {"train.entropy.mode": "fixed", "train.entropy.coef": 0.03}),
     Arm(
         "entropy-adaptive",
         2,
-        "Skywork-OR1 controller, target 0.6 nats (about the initial entropy), c from 0 by 0.005 per step to <= 0.3",
+        "Skywork-OR1 controller, target = the initial entropy (4 batches before training), c from 0 by 0.01 per "
+        "step to <= 0.5",
         {
             "train.entropy.mode": "adaptive",
-            "train.entropy.target": 0.6,
+            "train.entropy.target": None,
+            "train.entropy.target_fraction": 1.0,
+            "train.entropy.initial_batches": 4,
             "train.entropy.coef": 0.0,
-            "train.entropy.delta": 0.005,
-            "train.entropy.c_max": 0.3,
+            "train.entropy.delta": 0.01,
+            "train.entropy.c_max": 0.5,
         },
     ),
     Arm(
         "entropy-aer",
         2,
-        "AER: target 70% of the initial entropy, c from 0.1 by 0.005 per step to <= 0.3, harder prompts more",
+        "AER: target 70% of the initial entropy (4 batches before training), c from 0 by 0.005 per step to <= 0.5, "
+        "harder prompts more",
         {
             "train.entropy.mode": "aer",
             "train.entropy.target_fraction": 0.7,
-            "train.entropy.coef": 0.1,
+            "train.entropy.initial_batches": 4,
+            "train.entropy.coef": 0.0,
             "train.entropy.delta": 0.005,
-            "train.entropy.c_max": 0.3,
+            "train.entropy.c_max": 0.5,
         },
     ),
     Arm(
@@ -114,17 +122,22 @@ ARMS: tuple[Arm, ...] = (
     Arm(
         "par-entropy-guided",
         3,
-        "lambda from 0, -0.05 per step while entropy < 0.3 nats, else +0.05 (the paper's 0.2 of 0.37, scaled)",
-        {"train.par.schedule": "entropy-guided", "train.par.lambda0": 0.0, "train.par.step": 0.05, "train.par.delta": 0.3},
+        "lambda from 0, -0.05 per step while entropy < 0.08 nats, else +0.05 (the paper's 0.2 of 0.37, scaled to "
+        "gcd's initial 0.14)",
+        {"train.par.schedule": "entropy-guided", "train.par.lambda0": 0.0, "train.par.step": 0.05, "train.par.delta": 0.08},
     ),
     Arm("adv-nonneg", 3, "policy gradient on tokens with advantage >= 0 only", {"train.token_filter": "nonneg"}),
     Arm("adv-nonpos", 3, "policy gradient on tokens with advantage <= 0 only", {"train.token_filter": "nonpos"}),
-    Arm("offpolicy-2", 4, "2 optimizer steps per rollout batch", {"train.num_iterations": 2}),
-    Arm("offpolicy-4", 4, "4 optimizer steps per rollout batch", {"train.num_iterations": 4}),
+    Arm("offpolicy-2", 4, "2 optimizer steps per rollout batch (its 2 halves), the same 100 batches",
+        {"train.updates_per_batch": 2}),
+    Arm("offpolicy-4", 4, "4 optimizer steps per rollout batch (its 4 quarters), the same 100 batches",
+        {"train.updates_per_batch": 4}),
     # The ratio is exactly 1 on a batch's first update, so clipping acts only from the second: the
     # clipping arms take 4 updates per batch and compare with offpolicy-4, the same with [0.8, 1.2].
-    Arm("clip-higher", 5, "clip range [0.8, 1.28] (DAPO), 4 updates per batch", {"train.eps_high": 0.28, "train.num_iterations": 4}),
-    Arm("clip-lower", 5, "clip range [0.72, 1.2] (the mirror of clip-higher), 4 updates per batch", {"train.eps_low": 0.28, "train.num_iterations": 4}),
+    Arm("clip-higher", 5, "clip range [0.8, 1.28] (DAPO), 4 updates per batch",
+        {"train.eps_high": 0.28, "train.updates_per_batch": 4}),
+    Arm("clip-lower", 5, "clip range [0.72, 1.2] (the mirror of clip-higher), 4 updates per batch",
+        {"train.eps_low": 0.28, "train.updates_per_batch": 4}),
     Arm("data-random", 6, "600 random prompts of the domain", data="random"),
     Arm("data-few-clusters", 6, "600 prompts from the fewest of 20 k-means clusters (low diversity)", data="few-clusters"),
     Arm("data-full", 6, "the domain's whole training split (4,000 prompts)", data="full"),
@@ -227,6 +240,17 @@ def experiment_plan(cfg: PolymathConfig, experiment: EntropyExperiment) -> Exper
     return ExperimentPlan(base, experiment.domain, data_configs, runs)
 
 
+def arm_stages(calls: StageCalls, cfg, ws, model, data, curate, domain, label) -> tuple[StageRef, StageRef]:
+    """Train one arm run and evaluate it."""
+    train = calls.train(cfg, ws, model, data, curate, domain, False, label)
+    return train, calls.evaluate(cfg, ws, model, data, train)
+
+
+def run_arms_in_turn(calls: StageCalls, jobs: list[tuple]) -> list[tuple[StageRef, StageRef]]:
+    """Every arm run, one after another, in this process (the flow runs ``workers`` at a time instead)."""
+    return [arm_stages(calls, *job) for job in jobs]
+
+
 @dataclass
 class StageCalls:
     """The stage runners the experiment calls: plain functions here, Prefect tasks in the flow."""
@@ -239,6 +263,8 @@ class StageCalls:
     ingest: Callable[[Workspace, list[StageRef]], Any] = field(
         default=lambda ws, refs: stages.ingest_all(ws, refs)
     )
+    arms: Callable[[StageCalls, list[tuple]], list[tuple[StageRef, StageRef]]] = run_arms_in_turn
+    """Runs every (cfg, ws, model, data, curate, domain, label) job's train and evaluate, results in order."""
 
 
 def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None = None) -> pd.DataFrame:
@@ -250,17 +276,17 @@ def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None
     model = calls.model(base, ws, data)
     curates = {v: (calls.curate(c, ws, data) if c is not None else None) for v, c in plan.data_configs.items()}
     base_eval = calls.evaluate(base, ws, model, data, None)
-    calls.ingest(ws, [data, model, *[c for c in curates.values() if c], base_eval])
-    rows = [_row("base", 0, 0, "", plan.domain, {}, "base", None, None, base_eval)]
-    for i, run in enumerate(plan.runs, 1):
-        log.info("experiment %s: %s (%d of %d)", EXPERIMENT, run.label, i, len(plan.runs))
-        curate = curates[run.arm.data]
-        train = calls.train(run.cfg, ws, model, data, curate, plan.domain, False, run.label)
-        evaluated = calls.evaluate(run.cfg, ws, model, data, train)
+    greedy_eval = calls.evaluate(base, ws, model, data, None, greedy=True)
+    calls.ingest(ws, [data, model, *[c for c in curates.values() if c], base_eval, greedy_eval])
+    rows = [_row("base", 0, 0, "", plan.domain, {}, "base", None, None, base_eval),
+            _row(stages.GREEDY_LABEL, 0, 0, "", plan.domain, {}, stages.GREEDY_LABEL, None, None, greedy_eval)]
+    jobs = [(run.cfg, ws, model, data, curates[run.arm.data], plan.domain, run.label) for run in plan.runs]
+    log.info("experiment %s: %d arm runs, %d at a time", EXPERIMENT, len(jobs), base.workers)
+    for run, (train, evaluated) in zip(plan.runs, calls.arms(calls, jobs)):
         calls.ingest(ws, [train, evaluated])
         rows.append(
             _row(run.arm.name, run.arm.question, run.seed, run.arm.data, plan.domain, run.arm.changes, run.label,
-                 curate, train, evaluated)
+                 curates[run.arm.data], train, evaluated)
         )
     frame = pd.DataFrame(rows)
     record_arms(ws, frame)

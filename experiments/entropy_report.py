@@ -19,7 +19,9 @@ from evaluation.store import Store
 
 from .entropy import ARMS, EXPERIMENT
 
-ARM_ORDER = ["base", *[a.name for a in ARMS]]
+GREEDY = "base@greedy"
+BASE_ROWS = ("base", GREEDY)  # rows without a training run: the base model sampled, and greedy
+ARM_ORDER = [*BASE_ROWS, *[a.name for a in ARMS]]
 
 SUMMARY_SQL = f"""
 SELECT arm, question, count(*) AS seeds,
@@ -130,7 +132,7 @@ class Summary:
     def sd(self, arm: str, col: str) -> float:
         """The seed standard deviation of ``col`` for ``arm``; NaN where there is none (one seed, base)."""
         sd_col = f"{col}_sd"
-        if arm == "base" or sd_col not in self.frame.columns:
+        if arm in BASE_ROWS or sd_col not in self.frame.columns:
             return float("nan")
         sd = self.frame.at[arm, sd_col]
         return float("nan") if sd is None else float(sd)
@@ -141,7 +143,7 @@ class Summary:
             return float("nan")
         se2 = 0.0
         for arm in (a, b):
-            if arm == "base":
+            if arm in BASE_ROWS:
                 continue
             sd = self.sd(arm, col)
             if math.isnan(sd):
@@ -179,6 +181,14 @@ def verdict_collapse(s: Summary) -> tuple[str, str]:
         text += (
             f"; on the held-out prompts, {s.fmt('grpo', 'heldout_entropy')} against the base model's "
             f"{s.fmt('base', 'heldout_entropy')}"
+        )
+    if s.has(GREEDY):
+        # learned or sharpened: greedy decoding is what a sharper distribution alone would give
+        above = s.mean("grpo", "heldout_accuracy") > s.mean(GREEDY, "heldout_accuracy")
+        text += (
+            f"; held-out accuracy {s.fmt('grpo', 'heldout_accuracy')}, {'above' if above else 'not above'} the "
+            f"base model's greedy decoding ({s.fmt(GREEDY, 'heldout_accuracy')}), so GRPO "
+            f"{'learned more than sharpening gives' if above else 'did no better than sharpening'}"
         )
     if ratio <= 0.5:
         return "holds", text + "."
@@ -429,7 +439,7 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
         "The curves are the mean over seeds of this query, smoothed over 10 steps:",
         "",
         *_sql_block(CURVES_SQL),
-        f"![held-out accuracy per arm]({_accuracy_png(summary[summary['arm'] != 'base'], out_dir)})",
+        f"![held-out accuracy per arm]({_accuracy_png(summary[~summary['arm'].isin(BASE_ROWS)], out_dir)})",
         "",
         "Seed standard deviations of the same query:",
         "",

@@ -217,7 +217,8 @@ def micro_experiment(prefect_harness, micro_config_path, tmp_path_factory):
 
     ws = Workspace(tmp_path_factory.mktemp("ws"))
     cfg = load_config(micro_config_path)
-    experiment = EntropyExperiment(seeds=[0], arms=["adv-nonneg", "data-full", "data-few-clusters"], domain="reverse", k=8)
+    experiment = EntropyExperiment(seeds=[0], arms=["adv-nonneg", "offpolicy-2", "data-full", "data-few-clusters"],
+                                   domain="reverse", k=8)
     path = entropy_experiment_flow(cfg, str(ws.root), experiment)
     return cfg, ws, experiment, path
 
@@ -226,18 +227,28 @@ def test_experiment_writes_arms_and_a_report_from_queries(micro_experiment):
     _, ws, _, path = micro_experiment
     store = Store(ws.db_path)
     arms = store.query("SELECT arm, data, curate_run, train_run, eval_run FROM experiment_arms ORDER BY arm")
-    assert list(arms["arm"]) == ["adv-nonneg", "base", "data-few-clusters", "data-full", "grpo"]
+    assert list(arms["arm"]) == ["adv-nonneg", "base", "base@greedy", "data-few-clusters", "data-full", "grpo",
+                                 "offpolicy-2"]
     assert pd.isna(arms.set_index("arm").loc["data-full", "curate_run"])
     picked = store.query(
         "SELECT DISTINCT s.domain FROM curation_selection s JOIN experiment_arms a ON s.run_key = a.curate_run"
     )
     assert list(picked["domain"]) == ["reverse"]
-    results = store.query("SELECT * FROM experiment_results WHERE arm <> 'base'")
+    results = store.query("SELECT * FROM experiment_results WHERE arm NOT IN ('base', 'base@greedy')")
     assert results[["entropy_final", "reward_final", "heldout_accuracy"]].notna().all().all()
+    greedy = store.query("SELECT heldout_accuracy, entropy_final FROM experiment_results WHERE arm = 'base@greedy'")
+    assert greedy.heldout_accuracy.notna().all() and greedy.entropy_final.isna().all()
     text = open(path).read()
-    for q in range(1, 8):
+    for q in range(1, 9):
         assert f"### Q{q}." in text
-    assert "### Q4. Do more off-policy updates per batch raise training reward but not held-out accuracy? **not run**" in text
+    assert "### Q5. Does clip-higher keep entropy higher than a symmetric clip? **not run**" in text
+    # equal data: the off-policy arm takes 2 optimizer steps per rollout batch over as many batches as GRPO
+    batches = store.query(
+        "SELECT a.arm, count(*) AS steps, max(t.value) AS rollout_batches FROM experiment_arms a "
+        "JOIN train_steps t ON t.run_key = a.train_run AND t.metric = 'rollout_batches' GROUP BY a.arm"
+    ).set_index("arm")
+    assert batches.loc["offpolicy-2", "rollout_batches"] == batches.loc["grpo", "rollout_batches"] == 2
+    assert batches.loc["offpolicy-2", "steps"] == 2 * batches.loc["grpo", "steps"]
     assert text.count("```sql") >= 4
     assert (ws.reports_dir / "entropy" / "entropy_curves.png").stat().st_size > 0
 
@@ -251,7 +262,7 @@ def test_experiment_rerun_reuses_every_stage_run(micro_experiment):
     after = {p: p.stat().st_mtime for p in (ws.root / "artifacts").glob("*/*/manifest.json")}
     assert after == before
     rows = Store(ws.db_path).query("SELECT count(*) AS n FROM experiment_arms")
-    assert int(rows["n"][0]) == 5
+    assert int(rows["n"][0]) == 7
     assert json.loads(
         Store(ws.db_path).query("SELECT changes FROM experiment_arms WHERE arm = 'adv-nonneg'")["changes"][0]
     ) == {"train.token_filter": "nonneg"}
@@ -264,7 +275,7 @@ def test_deployment_entry_point_runs_the_experiment_by_profile_name(micro_experi
     before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
     out = run_entropy_experiment(
         config=str(micro_config_path), workspace=str(ws.root), seeds=[0],
-        arms=["adv-nonneg", "data-full", "data-few-clusters"], domain="reverse", k=8,
+        arms=["adv-nonneg", "offpolicy-2", "data-full", "data-few-clusters"], domain="reverse", k=8,
     )
     assert out == path and sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
 
@@ -276,8 +287,21 @@ def test_the_plain_runner_needs_no_prefect_and_reuses_the_flow_runs(micro_experi
     before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
     rows = run_experiment(experiment_plan(cfg, experiment), ws)  # stage functions, no flow or task
     assert sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
-    assert sorted(rows["arm"]) == ["adv-nonneg", "base", "data-few-clusters", "data-full", "grpo"]
+    assert sorted(rows["arm"]) == ["adv-nonneg", "base", "base@greedy", "data-few-clusters", "data-full", "grpo",
+                                   "offpolicy-2"]
     stored = Store(ws.db_path).query("SELECT arm, train_run FROM experiment_arms ORDER BY arm")
     assert dict(zip(stored["arm"], stored["train_run"].fillna(""))) == dict(
         zip(rows.sort_values("arm")["arm"], rows.sort_values("arm")["train_run"].fillna(""))
     )
+
+
+def test_two_workers_run_the_arms_side_by_side(prefect_harness, micro_config_path, tmp_path):
+    from flows.experiment import entropy_experiment_flow
+
+    cfg = load_config(micro_config_path, ["workers=2"])
+    experiment = EntropyExperiment(seeds=[0, 1], arms=["adv-nonneg"], domain="reverse", k=8)
+    entropy_experiment_flow(cfg, str(tmp_path), experiment)
+    rows = Store(Workspace(tmp_path).db_path).query(
+        "SELECT arm, seed, train_run, heldout_accuracy FROM experiment_results WHERE train_run IS NOT NULL ORDER BY ALL")
+    assert rows[["arm", "seed"]].values.tolist() == [["adv-nonneg", 0], ["adv-nonneg", 1], ["grpo", 0], ["grpo", 1]]
+    assert rows.train_run.nunique() == 4 and rows.heldout_accuracy.notna().all()

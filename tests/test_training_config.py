@@ -43,10 +43,21 @@ def test_grpo_config_translation(tmp_path):
         num_iterations=2, beta=0.02, temperature=0.7, max_new_tokens=12, save_steps=0,
     )
     args = grpo_config(cfg, tmp_path)
-    assert args.max_steps == 7
+    assert args.max_steps == 14  # 7 rollout batches, each used for mu = 2 passes
     assert args.per_device_train_batch_size == 6 and args.gradient_accumulation_steps == 2
     assert args.generation_batch_size == 12 and args.num_generations == 4
     assert (args.epsilon, args.epsilon_high, args.loss_type) == (0.1, 0.3, "dapo")
     assert (args.num_iterations, args.beta, args.temperature, args.max_completion_length) == (2, 0.02, 0.7, 12)
     assert args.logging_steps == 1 and args.save_strategy == "no" and not args.gradient_checkpointing
     assert grpo_config(TrainConfig(save_steps=5), tmp_path).save_strategy == "steps"
+
+
+def test_updates_per_batch_split_one_rollout_batch_into_optimizer_steps(tmp_path):
+    cfg = TrainConfig(steps=5, prompts_per_step=4, num_generations=4, updates_per_batch=4)
+    args = grpo_config(cfg, tmp_path)
+    assert args.max_steps == 20 and args.per_device_train_batch_size == 4 and args.gradient_accumulation_steps == 1
+    assert args.steps_per_generation == 4 and args.generation_batch_size == 16  # the same rollout batch as N = 1
+    with pytest.raises(ValidationError, match="updates_per_batch .3. must divide"):
+        TrainConfig(prompts_per_step=4, num_generations=4, updates_per_batch=3)
+    with pytest.raises(ValidationError, match="one optimizer step"):
+        TrainConfig(prompts_per_step=4, num_generations=4, updates_per_batch=2, micro_batch_size=16)

@@ -324,3 +324,34 @@ def test_policy_options_train_end_to_end_and_record_zero_variance_groups(model_d
     assert varied.any() and (wide.loc[varied, "cov_token_frac"] > 0).all()
     with pytest.raises(ValidationError, match="low < high"):
         small_config(clip_cov_bounds=(5.0, 1.0))
+
+
+def test_off_policy_updates_see_the_same_rollout_batches_as_on_policy(model_dir, problems, tmp_path):
+    recorded = {}
+    for n in (1, 2):
+        result = train_expert(model_dir, problems, digit_reward, small_config(updates_per_batch=n), tmp_path / str(n),
+                              "toy")
+        wide = result.steps.pivot(index="step", columns="metric", values="value")
+        recorded[n] = (len(wide), wide["rollout_batches"].tolist())
+    assert recorded[1] == (3, [1.0, 2.0, 3.0])
+    assert recorded[2] == (6, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0])  # two updates per batch, three batches either way
+
+
+def test_aer_can_measure_its_initial_entropy_on_several_batches_before_any_update(model_dir, problems, tmp_path):
+    entropy = {"mode": "aer", "coef": 0.01, "delta": 0.005, "c_max": 0.1, "target_fraction": 0.5}
+    one = train_expert(model_dir, problems, digit_reward, small_config(entropy=entropy), tmp_path / "one", "toy")
+    four = train_expert(model_dir, problems, digit_reward, small_config(entropy={**entropy, "initial_batches": 4}),
+                        tmp_path / "four", "toy")
+    wide_one = one.steps.pivot(index="step", columns="metric", values="value")
+    wide = four.steps.pivot(index="step", columns="metric", values="value")
+    assert one.initial_entropy == pytest.approx(wide_one.loc[1, "entropy"])  # 1: the first training batch
+    assert four.initial_entropy != pytest.approx(wide.loc[1, "entropy"])  # 4: measured before step 1
+    assert wide["entropy_target"].tolist() == pytest.approx([0.5 * four.initial_entropy] * 3)
+    assert wide["rollout_batches"].tolist() == [1.0, 2.0, 3.0]  # the measuring batches are not training data
+
+    # the measurement is of the policy as it is: the same seed gives the same value, and it trains nothing
+    trainer, _ = _trainer_and_inputs(model_dir, problems, tmp_path / "m")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    first = trainer.measure_initial_entropy(2, seed=5)
+    assert first == pytest.approx(trainer.measure_initial_entropy(2, seed=5)) and first > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))

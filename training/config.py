@@ -49,6 +49,11 @@ class EntropySettings(BaseModel):
     target_fraction: float = Field(0.4, gt=0, le=1.5)
     """``aer``, and ``adaptive`` with ``target: null``: the target is this fraction of the entropy measured on the
     first rollout batch (before any update), so one setting fits domains whose entropies differ."""
+    initial_batches: int = Field(1, ge=1)
+    """Rollout batches the initial entropy is measured on. 1: the first training batch (sampled before the
+    first update). More: that many batches of the training prompts are sampled from the untrained policy
+    before training starts, and no bonus acts before their mean is known; a single batch of 8 prompts is a
+    noisy anchor for a target."""
     delta: float = Field(1e-4, gt=0)
     """Coefficient change per optimizer step: c += delta * sign(target - H)."""
     c_min: float = Field(0.0, ge=0)
@@ -93,7 +98,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(40, ge=1)
-    """Number of optimizer steps (TRL ``max_steps``)."""
+    """Number of rollout batches; the optimizer takes ``steps x updates_per_batch`` steps (TRL ``max_steps``)."""
     lr: float = Field(5e-4, gt=0)
     """Learning rate (AdamW, constant schedule)."""
     prompts_per_step: int = Field(4, ge=1)
@@ -112,8 +117,13 @@ class TrainConfig(BaseModel):
     """Lower clip: ratios below 1 - eps_low stop pulling down negative-advantage tokens."""
     eps_high: float = Field(0.28, gt=0)
     """Upper clip (clip-higher, DAPO: 0.28): ratios above 1 + eps_high stop pushing up positive-advantage tokens."""
+    updates_per_batch: int = Field(1, ge=1)
+    """Optimizer steps per rollout batch: the batch is split into this many mini-batches, one optimizer step
+    each (TRL ``steps_per_generation``), so every setting sees the same ``steps`` rollout batches; all but the
+    first mini-batch are off-policy. 1 is on-policy."""
     num_iterations: int = Field(1, ge=1)
-    """Optimizer steps per rollout batch (off-policy updates; 1 is on-policy)."""
+    """Passes over each rollout batch (GRPO's mu, TRL ``num_iterations``): each multiplies the optimizer steps
+    per batch again."""
     beta: float = Field(0.0, ge=0)
     """KL penalty weight against the initial policy (k3 estimator); 0 disables it and skips the reference pass."""
     max_grad_norm: float = Field(1.0, gt=0)
@@ -175,10 +185,17 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _batch_shape(self) -> TrainConfig:
         batch = self.prompts_per_step * self.num_generations
-        if self.micro_batch_size is not None and batch % self.micro_batch_size != 0:
+        if batch % self.updates_per_batch != 0:
             raise ValueError(
-                f"micro_batch_size ({self.micro_batch_size}) must divide prompts_per_step x num_generations "
-                f"({self.prompts_per_step} x {self.num_generations} = {batch}); pick a divisor of {batch} or null"
+                f"updates_per_batch ({self.updates_per_batch}) must divide prompts_per_step x num_generations "
+                f"({self.prompts_per_step} x {self.num_generations} = {batch}): each update takes an equal share"
+            )
+        update = batch // self.updates_per_batch
+        if self.micro_batch_size is not None and update % self.micro_batch_size != 0:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide the completions of one optimizer step "
+                f"(prompts_per_step x num_generations / updates_per_batch = {update}); pick a divisor of {update} "
+                "or null"
             )
         return self
 
@@ -194,13 +211,23 @@ class TrainConfig(BaseModel):
 
     @property
     def completions_per_step(self) -> int:
+        """Completions of one rollout batch."""
         return self.prompts_per_step * self.num_generations
+
+    @property
+    def completions_per_update(self) -> int:
+        """Completions behind one optimizer step."""
+        return self.completions_per_step // self.updates_per_batch
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.steps * self.updates_per_batch * self.num_iterations
 
     @property
     def gradient_accumulation_steps(self) -> int:
         if self.micro_batch_size is None:
             return 1
-        return self.completions_per_step // self.micro_batch_size
+        return self.completions_per_update // self.micro_batch_size
 
 
 def parse_train_config(data: dict, source: str = "train") -> TrainConfig:

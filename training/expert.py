@@ -57,16 +57,18 @@ class TrainResult:
 def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
     """The TRL GRPOConfig equivalent of a TrainConfig (token-mean 'dapo' loss, no eval, log every step)."""
     cuda = torch.cuda.is_available()
-    micro = config.micro_batch_size or config.completions_per_step
+    micro = config.micro_batch_size or config.completions_per_update
     return GRPOConfig(
         output_dir=str(output_dir),
-        max_steps=config.steps,
+        max_steps=config.optimizer_steps,
         learning_rate=config.lr,
         lr_scheduler_type="constant",
         warmup_steps=0,
         max_grad_norm=config.max_grad_norm,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # one rollout batch feeds updates_per_batch optimizer steps
+        steps_per_generation=config.gradient_accumulation_steps * config.updates_per_batch,
         num_generations=config.num_generations,
         temperature=config.temperature,
         top_p=1.0,
@@ -231,7 +233,7 @@ def _train(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
     args = grpo_config(config, checkpoints)
-    controllers = Controllers(config.entropy, config.par, config.steps)
+    controllers = Controllers(config.entropy, config.par, config.optimizer_steps)
     try:
         trainer = PolymathGRPOTrainer(
             model=model,
@@ -255,6 +257,10 @@ def _train(
         trainer.add_callback(_QuietProgress)
 
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume is None and config.entropy.initial_batches > 1 and controllers.entropy.enabled:
+        # A resumed run has its initial entropy in the checkpoint's controller state.
+        controllers.entropy.observe_initial(
+            trainer.measure_initial_entropy(config.entropy.initial_batches, seed=config.seed + 1))
     trainer.train(resume_from_checkpoint=resume)
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()

@@ -58,6 +58,7 @@ STEP_METRICS = (
     "cov_token_frac",
     "logp_adv_cov",
     "zero_std_group_frac",
+    "rollout_batches",
     "response_length",
     "grad_norm",
     "lr",
@@ -115,6 +116,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
         self.merge_adapter_for_generation = merge_adapter_for_generation
         self._gathered_rewards: torch.Tensor | None = None
         self._rollout_stats: dict[str, float] = {}
+        self._rollout_batches = 0  # training generation batches so far (the data an update has seen)
         self._step_record: dict[str, float] = {}
         self._window = _StepWindow()
         super().__init__(*args, **kwargs)
@@ -202,6 +204,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
                 loss_mask = loss_mask * output["tool_mask"]
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
+        if mode == "train":
+            self._rollout_batches += 1
         lengths = self.accelerator.gather(output["completion_mask"].sum(dim=1).float())
         scored = rewards[~unscorable]
         self._rollout_stats = {
@@ -209,8 +213,42 @@ class PolymathGRPOTrainer(GRPOTrainer):
             "accuracy": correct[~unscorable].mean().item() if scored.numel() else math.nan,
             "response_length": lengths.mean().item(),
             "zero_std_group_frac": flat.view(-1, group)[:, 0].float().mean().item(),
+            "rollout_batches": float(self._rollout_batches),
         }
         return output
+
+    def measure_initial_entropy(self, batches: int, seed: int) -> float:
+        """Token-mean entropy of the policy as it is now over ``batches`` rollout batches of the training
+        prompts (drawn with ``seed``), sampled and scored as training samples them; nothing is updated and
+        nothing is counted as training data."""
+        prompts = self.args.generation_batch_size // self.num_generations
+        generator = torch.Generator().manual_seed(seed)
+        entropy_sum, tokens = 0.0, 0.0
+        self.model.train()
+        # Sampling draws from a forked, seeded RNG: the measurement is reproducible and leaves the training
+        # run's random stream where it was.
+        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
+            torch.manual_seed(seed)
+            entropy_sum, tokens = self._sample_entropy(batches, prompts, generator)
+        self._rollout_batches = 0
+        self._metrics["train"].clear()
+        return entropy_sum / max(tokens, 1.0)
+
+    def _sample_entropy(self, batches: int, prompts: int, generator: torch.Generator) -> tuple[float, float]:
+        entropy_sum, tokens = 0.0, 0.0
+        for _ in range(batches):
+            rows = torch.randperm(len(self.train_dataset), generator=generator)[:prompts].tolist()
+            inputs = [self.train_dataset[i] for i in rows for _ in range(self.num_generations)]
+            out = self._generate_and_score_completions(inputs)
+            ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+            attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+            with torch.no_grad():
+                _, entropies, _ = self._get_per_token_logps_and_entropies(
+                    self.model, ids, attention, out["completion_ids"].size(1), compute_entropy=True)
+            mask = out["completion_mask"].float()
+            stats = self.accelerator.reduce(torch.stack([(entropies * mask).sum(), mask.sum()]), reduction="sum")
+            entropy_sum, tokens = entropy_sum + stats[0].item(), tokens + stats[1].item()
+        return entropy_sum, tokens
 
     # ---- loss -----------------------------------------------------------------------------------------
 
