@@ -121,6 +121,10 @@ def run(
         cfg = load_config(config, overrides)
         _preflight(cfg)
         ws = _workspace(workspace)
+        if stage is None and not force:
+            from tasks.plan import plan_runs
+
+            console.print(_plan_line(plan_runs(cfg, ws)) + "  (polymath status lists them)")
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
         flow_fn, force_set = select_flow(stage.value if stage else None, force, cfg.workers)
@@ -189,6 +193,38 @@ def sql(
         sys.stdout.write(frame.to_json(orient="records", date_format="iso", default_handler=str) + "\n")
     else:
         console.print(_frame_table(frame))
+
+
+@app.command()
+def status(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or profile name (default: demo)."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default ./workspace or $POLYMATH_HOME."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
+) -> None:
+    """Each stage run of the pipeline's plan: finished, stale (and what changed) or missing; runs nothing."""
+    from polymath.config import load_config
+    from tasks.plan import plan_runs
+
+    try:
+        cfg = load_config(config, overrides)
+        rows = plan_runs(cfg, _workspace(workspace))
+    except PolymathError as exc:
+        _fail(exc)
+    table = Table(title=f"plan of {cfg.name} in {_workspace(workspace).root}")
+    for col in ("stage", "label", "state", "what changed"):
+        table.add_column(col, overflow="fold")
+    colors = {"finished": "green", "stale": "yellow", "missing": "red"}
+    for r in rows:
+        table.add_row(r.stage, r.label, f"[{colors[r.state]}]{r.state}[/]", r.why)
+    console.print(table)
+    console.print(_plan_line(rows))
+
+
+def _plan_line(rows) -> str:
+    counts = {state: sum(r.state == state for r in rows) for state in ("finished", "stale", "missing")}
+    if counts["stale"] == counts["missing"] == 0:
+        return f"plan: all {len(rows)} stage runs are up to date"
+    return f"plan: {counts['finished']} finished, {counts['stale']} stale, {counts['missing']} missing of {len(rows)}"
 
 
 @app.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,28 @@ class StageRef:
         return json.loads((self.dir / "manifest.json").read_text())
 
 
+#: While planning (tasks/plan.py), a stage function stops at its key: a run that is not finished comes back
+#: as a ref to a folder that does not exist yet, and nothing runs.
+PLANNING = ContextVar("polymath_planning", default=False)
+#: While planning: key -> (config section, inputs) it was computed from, to say what changed.
+PLANNED: ContextVar[dict[str, tuple[Any, dict[str, str]]] | None] = ContextVar("polymath_planned", default=None)
+
+
 def _finished(ws: Workspace, stage: str, key: str, label: str, force: bool) -> StageRef | None:
     if not force and ws.is_finished(stage, key):
-        log.info("%s %s: finished run %s reused", stage, label, key)
+        if not PLANNING.get():
+            log.info("%s %s: finished run %s reused", stage, label, key)
         return StageRef(stage, key, ws.stage_dir(stage, key), label, skipped=True)
+    if PLANNING.get():
+        return StageRef(stage, key, ws.stage_dir(stage, key), label)
     return None
 
 
 def _key(stage: str, section: Any, inputs: dict[str, str], *code: str) -> str:
-    return stage_key(stage, section, inputs, source_digest(*code))
+    key = stage_key(stage, section, inputs, source_digest(*code))
+    if (planned := PLANNED.get()) is not None:
+        planned[key] = (section, inputs)
+    return key
 
 
 # ---------------------------------------------------------------- problems on disk

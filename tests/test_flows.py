@@ -115,6 +115,29 @@ def test_rerun_skips_every_stage_and_keeps_counts(first_run):
     assert _counts(ws) == before
 
 
+def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_run, micro_config_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.plan import plan_runs
+
+    cfg, ws, result = first_run
+    rows = plan_runs(cfg, ws)
+    refs = [result["data"], result["curate"], result["model"], *result["experts"], *result["merges"], *result["evals"]]
+    assert sorted(r.key for r in rows) == sorted(r.key for r in refs)  # the plan is the flow's, run for run
+    assert {r.state for r in rows} == {"finished"}
+    out = CliRunner().invoke(app, ["status", "-c", str(micro_config_path), "-w", str(ws.root)])
+    assert out.exit_code == 0 and f"all {len(rows)} stage runs are up to date" in out.output
+
+    changed = plan_runs(load_config(micro_config_path, ["train.lr=0.001"]), ws)
+    stale = {(r.stage, r.label) for r in changed if r.state == "stale"}
+    expected = ({("train", e.label) for e in result["experts"]} | {("merge", m.label) for m in result["merges"]}
+                | {("evaluate", r.label) for r in result["evals"] if r.label not in ("base", "base@greedy")})
+    assert stale == expected and not [r for r in changed if r.state == "missing"]
+    assert next(r for r in changed if r.stage == "train").why == "config: lr 0.0005 -> 0.001"
+    assert next(r for r in changed if r.stage == "merge").why.startswith("input changed: expert:")
+
+
 def test_single_stage_force_reruns_only_that_stage(first_run):
     cfg, ws, result = first_run
     curate_time = _finished_at(result["curate"])

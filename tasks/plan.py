@@ -1,0 +1,133 @@
+"""The pipeline's plan without running it: every stage run, finished, stale or missing, and why.
+
+The plan walks the same stages as the pipeline flow, calling each stage function with planning on: a
+stage computes its key from its config, its inputs' keys and its code, and stops there. A run whose key
+has a finished folder is *finished*; one without is *stale* when an earlier run of the same stage and
+label exists (the plan names what differs: config keys, inputs, or the code), else *missing*. No Prefect
+server starts and nothing is written.
+
+    rows = plan_runs(load_config("demo"), Workspace("workspace"))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from polymath.config import PolymathConfig
+from polymath.workspace import MANIFEST, Workspace
+
+from . import stages
+from .merging import merge_stage
+from .stages import StageRef
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    stage: str
+    label: str
+    key: str
+    state: str
+    """finished | stale | missing"""
+    why: str = ""
+
+
+def _flat(obj, prefix: str = "") -> dict[str, object]:
+    if isinstance(obj, dict):
+        out: dict[str, object] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def _manifest_label(stage: str, manifest: dict) -> str:
+    summary = manifest.get("summary") or {}
+    if summary.get("label"):
+        return summary["label"]
+    if stage == "train" and summary.get("expert"):
+        return stages.expert_label(summary["expert"])
+    return {"data": "data", "curate": "curate", "model": "base"}.get(stage, "")
+
+
+def _earlier_runs(ws: Workspace) -> dict[tuple[str, str], dict]:
+    """The latest finished manifest per (stage, label)."""
+    latest: dict[tuple[str, str], dict] = {}
+    for path in sorted((ws.root / "artifacts").glob(f"*/*/{MANIFEST}")):
+        manifest = json.loads(path.read_text())
+        if manifest.get("status") != "finished":
+            continue
+        slot = (manifest["stage"], _manifest_label(manifest["stage"], manifest))
+        if slot not in latest or manifest.get("finished_at", "") > latest[slot].get("finished_at", ""):
+            latest[slot] = manifest
+    return latest
+
+
+def _differences(earlier: dict, config: object, inputs: dict[str, str]) -> str:
+    before, now = _flat(earlier.get("config")), _flat(config)
+    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k)]
+    moved = [name for name, key in inputs.items() if (earlier.get("inputs") or {}).get(name) != key]
+    parts = []
+    if changed:
+        parts.append("config: " + ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""))
+    if moved:
+        parts.append("input changed: " + ", ".join(moved))
+    return "; ".join(parts) or "code changed"
+
+
+class _Recorder:
+    """Collects each planned ref with what its key was computed from."""
+
+    def __init__(self, ws: Workspace):
+        self.earlier = _earlier_runs(ws)
+        self.computed: dict[str, tuple[object, dict[str, str]]] = {}
+        self.rows: list[PlannedRun] = []
+
+    def add(self, ref: StageRef) -> StageRef:
+        if ref.skipped:
+            state, why = "finished", ""
+        elif (earlier := self.earlier.get((ref.stage, ref.label))) is not None:
+            config, inputs = self.computed.get(ref.key, (None, {}))
+            state, why = "stale", _differences(earlier, config, inputs)
+        else:
+            state, why = "missing", "never run"
+        self.rows.append(PlannedRun(ref.stage, ref.label, ref.key, state, why))
+        return ref
+
+
+def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
+    """Every stage run the pipeline would reuse or run for ``cfg`` in ``ws``, in pipeline order."""
+    rec = _Recorder(ws)
+    tokens = stages.PLANNING.set(True), stages.PLANNED.set(rec.computed)
+    try:
+        _walk(cfg, ws, rec)
+    finally:
+        stages.PLANNING.reset(tokens[0])
+        stages.PLANNED.reset(tokens[1])
+    return rec.rows
+
+
+def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
+    """The pipeline flow's stages in its order (flows/pipeline.py), each stopping at its key."""
+    data = rec.add(stages.data_stage(cfg, ws))
+    curate = rec.add(stages.curate_stage(cfg, ws, data)) if cfg.curate.enabled else None
+    model = rec.add(stages.model_stage(cfg, ws, data))
+    domains = stages.expert_domains(cfg, data) if data.skipped else list(cfg.train.domains or cfg.data.domains)
+    experts = [rec.add(stages.train_stage(cfg, ws, model, data, curate, d)) for d in domains]
+    targets: list[tuple[StageRef | None, bool]] = []
+    if cfg.evaluate.include_base:
+        targets.append((None, False))
+    if cfg.evaluate.greedy_base:
+        targets.append((None, True))
+    targets += [(e, False) for e in experts]
+    merges = []
+    if len(experts) >= 2:
+        sets = [(None, experts)] + [(lo, [e for e, d in zip(experts, domains) if d != lo]) for lo in cfg.merge.leave_out]
+        for left_out, members in (s for s in sets if len(s[1]) >= 2):
+            for method in cfg.merge.methods:
+                for seed in cfg.merge.seeds_of(method):
+                    merges.append(rec.add(merge_stage(cfg, ws, model, data, curate, members, method, False, left_out,
+                                                      seed)))
+    for target, greedy in targets + [(m, False) for m in merges]:
+        rec.add(stages.evaluate_stage(cfg, ws, model, data, target, False, greedy))
