@@ -70,15 +70,17 @@ SELECT a.arm, count(DISTINCT a.seed) AS seeds,
        avg(t.value) FILTER (WHERE t.metric = 'clip_frac_low') AS clip_frac_low,
        avg(t.value) FILTER (WHERE t.metric = 'clip_frac_high') AS clip_frac_high
 FROM experiment_arms a JOIN train_steps t ON t.run_key = a.train_run
-WHERE a.experiment = '{EXPERIMENT}' AND a.question IN (1, 4, 5)
+WHERE a.experiment = '{EXPERIMENT}' AND a.question IN (1, 4, 5, 8)
 GROUP BY a.arm
 """
 
+# One point per rollout batch (off-policy arms take several optimizer steps on each), so every arm's curve
+# runs over the same data.
 CURVES_SQL = f"""
-SELECT a.arm, a.question, c.step, avg(c.entropy) AS entropy, avg(c.reward) AS reward
+SELECT a.arm, a.question, c.rollout_batches AS step, avg(c.entropy) AS entropy, avg(c.reward) AS reward
 FROM experiment_arms a JOIN train_curves c ON c.run_key = a.train_run
 WHERE a.experiment = '{EXPERIMENT}'
-GROUP BY ALL ORDER BY a.arm, c.step
+GROUP BY ALL ORDER BY a.arm, step
 """
 
 QUESTIONS = {
@@ -261,7 +263,7 @@ def verdict_positive_tokens(s: Summary) -> tuple[str, str]:
 
 
 def verdict_offpolicy(s: Summary) -> tuple[str, str]:
-    arms = [a for a in ("offpolicy-2", "offpolicy-4") if s.has(a)]
+    arms = [a for a in ("offpolicy-2", "offpolicy-4", "offpolicy-12") if s.has(a)]
     if not arms or not s.has("grpo"):
         return "not run", "the off-policy arms have no results."
     parts, reward_up, acc_flat = [], [], []
@@ -285,13 +287,13 @@ def verdict_offpolicy(s: Summary) -> tuple[str, str]:
 
 
 def verdict_clipping(s: Summary) -> tuple[str, str]:
-    # symmetric clipping at the same 4 updates per batch: on-policy, the ratio never leaves 1
-    ref = "offpolicy-4"
+    # symmetric clipping at the same 12 updates per batch: on-policy, the ratio never leaves 1
+    ref = "offpolicy-12"
     if not s.has(ref, "clip-higher"):
-        return "not run", "the clipping arms (and offpolicy-4, their symmetric reference) have no results."
+        return "not run", "the clipping arms (and offpolicy-12, their symmetric reference) have no results."
     hi = s.compare("clip-higher", ref, "entropy_final")
     text = (
-        f"with 4 updates per batch, final entropy is {s.fmt('clip-higher', 'entropy_final')} with clip-higher and "
+        f"with 12 updates per batch, final entropy is {s.fmt('clip-higher', 'entropy_final')} with clip-higher and "
         f"{s.fmt(ref, 'entropy_final')} with the symmetric clip ({_word(hi, 'above', 'below', 'level with')} it)"
     )
     if s.has("clip-lower"):
@@ -370,16 +372,16 @@ def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _curves_png(curves: pd.DataFrame, out_dir: Path) -> str:
-    questions = [q for q in range(1, 7) if (curves["question"] == q).any()]
+    questions = [q for q in (1, 2, 3, 4, 5, 6, 8) if (curves["question"] == q).any()]
     fig = Figure(figsize=(12, 3.4 * math.ceil(len(questions) / 3)))
     axes = fig.subplots(math.ceil(len(questions) / 3), 3, squeeze=False).ravel()
     for ax, q in zip(axes, questions):
-        ref = "offpolicy-4" if q == 5 else "grpo"  # the clipping arms' symmetric reference
+        ref = "offpolicy-12" if q == 5 else "grpo"  # the clipping arms' symmetric reference
         arms = [ref, *sorted(set(curves.loc[curves["question"] == q, "arm"]) - {ref})]
         for arm in arms:
             g = curves[curves["arm"] == arm]
             ax.plot(g["step"], g["entropy"].rolling(10, min_periods=1).mean(), label=arm)
-        ax.set(title=f"Q{q}: training entropy (10-step mean)", xlabel="step", ylabel="nats")
+        ax.set(title=f"Q{q}: training entropy (10-batch mean)", xlabel="rollout batch", ylabel="nats")
         ax.legend(fontsize=7)
     for ax in axes[len(questions):]:
         ax.set_visible(False)
