@@ -21,6 +21,14 @@ from .merging import merge_stage, merged_label
 from .stages import StageRef, run_guarded
 
 
+def _call(fn, *args, workers: int):
+    """A finished run is found here, in the flow's process; only a run that has to execute goes to a worker
+    process (which would import torch just to find it)."""
+    if (ref := stages.reused(fn, *args)) is not None:
+        return ref
+    return isolation.call(fn, *args, workers=workers)
+
+
 def _log(ref: StageRef) -> StageRef:
     logger = get_run_logger()
     state = "reused" if ref.skipped else "finished"
@@ -74,7 +82,7 @@ def train_task(
 ) -> StageRef:
     # Several trainings at a time each get a process of their own (torch's thread pool is per process).
     ref = run_guarded(
-        "train", stages.expert_label(domain, label), isolation.call, stages.train_stage, cfg, ws, model, data, curate,
+        "train", stages.expert_label(domain, label), _call, stages.train_stage, cfg, ws, model, data, curate,
         domain, force, label, workers=cfg.workers,
     )
     return _log(ref)
@@ -92,7 +100,7 @@ def evaluate_task(
     greedy: bool = False,
 ) -> StageRef:
     ref = run_guarded(
-        "evaluate", label, isolation.call, stages.evaluate_stage, cfg, ws, model, data, target, force, greedy,
+        "evaluate", label, _call, stages.evaluate_stage, cfg, ws, model, data, target, force, greedy,
         workers=cfg.workers,
     )
     return _log(ref)
@@ -117,7 +125,7 @@ def merge_task(
     seed: int | None = None,
 ) -> StageRef:
     label = merged_label(method, left_out, seed)
-    return _log(run_guarded("merge", label, isolation.call, merge_stage, cfg, ws, model, data, curate, experts, method,
+    return _log(run_guarded("merge", label, _call, merge_stage, cfg, ws, model, data, curate, experts, method,
                             force, left_out, seed, workers=cfg.workers))
 
 

@@ -59,6 +59,16 @@ def _finished(ws: Workspace, stage: str, key: str, label: str, force: bool) -> S
     return None
 
 
+def reused(fn, *args) -> StageRef | None:
+    """The finished run ``fn(*args)`` would reuse, found without running it (None: it has to run)."""
+    token = PLANNING.set(True)
+    try:
+        ref = fn(*args)
+    finally:
+        PLANNING.reset(token)
+    return ref if ref.skipped else None
+
+
 def _key(stage: str, section: Any, inputs: dict[str, str], *code: str) -> str:
     key = stage_key(stage, section, inputs, source_digest(*code))
     if (planned := PLANNED.get()) is not None:
@@ -403,15 +413,40 @@ def ingest(ws: Workspace, ref: StageRef) -> dict[str, int]:
     return counts
 
 
-def ingest_all(ws: Workspace, refs: list[StageRef]) -> dict[str, int]:
-    """Ingest finished runs one by one, then refresh the derived comparisons once if any was an evaluation."""
+def _already_ingested(ws: Workspace, refs: list[StageRef]) -> set[tuple[str, str]]:
+    """(stage, run_key) of the reused runs whose ``runs`` row matches their manifest: their rows are in DuckDB
+    (``ingest`` writes the ``runs`` row last, so a run cut off mid-ingest is not among them)."""
     from evaluation.store import Store
 
+    reused = [r for r in refs if r.skipped]
+    if not reused or not ws.db_path.exists():
+        return set()
+    keys = ", ".join(f"'{r.key}'" for r in reused)
+    try:
+        rows = Store(ws.db_path).query(f"SELECT stage, run_key, finished_at FROM runs WHERE run_key IN ({keys})")
+    except PolymathError:  # no runs table yet: ingest everything
+        return set()
+    recorded = {(r.stage, r.run_key): r.finished_at for r in rows.itertuples(index=False)}
+    done = set()
+    for ref in reused:
+        finished = pd.Timestamp(ref.manifest()["finished_at"]).tz_convert(None)
+        if recorded.get((ref.stage, ref.key)) == finished:
+            done.add((ref.stage, ref.key))
+    return done
+
+
+def ingest_all(ws: Workspace, refs: list[StageRef]) -> dict[str, int]:
+    """Ingest finished runs one by one (a reused run already in DuckDB is skipped), then refresh the derived
+    comparisons once if an evaluation was ingested."""
+    from evaluation.store import Store
+
+    done = _already_ingested(ws, refs)
+    fresh = [r for r in refs if (r.stage, r.key) not in done]
     totals: dict[str, int] = {}
-    for ref in refs:
+    for ref in fresh:
         for table, n in ingest(ws, ref).items():
             totals[table] = totals.get(table, 0) + n
-    if any(ref.stage == "evaluate" for ref in refs):
+    if any(ref.stage == "evaluate" for ref in fresh):
         totals["eval_comparisons"] = Store(ws.db_path).refresh_comparisons()
     return totals
 

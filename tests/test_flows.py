@@ -138,6 +138,22 @@ def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_r
     assert next(r for r in changed if r.stage == "merge").why.startswith("input changed: expert:")
 
 
+def test_a_reused_run_already_in_duckdb_is_not_ingested_again(first_run):
+    from tasks.stages import StageRef, ingest_all
+
+    _, ws, result = first_run
+    reused = [StageRef(r.stage, r.key, r.dir, r.label, skipped=True) for r in result["evals"]]
+    assert ingest_all(ws, reused) == {}
+    store = Store(ws.db_path)
+    lost = reused[1]
+    con = store._connect(read_only=False)
+    con.execute("DELETE FROM runs WHERE run_key = ?", [lost.key])
+    con.close()
+    totals = ingest_all(ws, reused)  # its runs row is gone: re-ingested, nothing else
+    assert totals["eval_samples"] == len(store.query(f"SELECT * FROM eval_samples WHERE eval_run = '{lost.key}'"))
+    assert "eval_comparisons" in totals and len(store.query(f"SELECT * FROM runs WHERE run_key = '{lost.key}'")) == 1
+
+
 def test_single_stage_force_reruns_only_that_stage(first_run):
     cfg, ws, result = first_run
     curate_time = _finished_at(result["curate"])
