@@ -113,7 +113,10 @@ def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
     data = rec.add(stages.data_stage(cfg, ws))
     curate = rec.add(stages.curate_stage(cfg, ws, data)) if cfg.curate.enabled else None
     model = rec.add(stages.model_stage(cfg, ws, data))
-    domains = stages.expert_domains(cfg, data) if data.skipped else list(cfg.train.domains or cfg.data.domains)
+    domains = _domains(cfg, data)
+    if domains is None:
+        rec.rows.append(PlannedRun("train", "expert:*", "", "missing", "the domains are known once the data stage has run"))
+        return
     experts = [rec.add(stages.train_stage(cfg, ws, model, data, curate, d)) for d in domains]
     targets: list[tuple[StageRef | None, bool]] = []
     if cfg.evaluate.include_base:
@@ -131,3 +134,16 @@ def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
                                                       seed)))
     for target, greedy in targets + [(m, False) for m in merges]:
         rec.add(stages.evaluate_stage(cfg, ws, model, data, target, False, greedy))
+
+
+def _domains(cfg: PolymathConfig, data: StageRef) -> list[str] | None:
+    """The experts' domains: from the finished data run, else from the config (None: not known before it)."""
+    if data.skipped:
+        return stages.expert_domains(cfg, data)
+    if cfg.train.domains is not None:
+        return list(cfg.train.domains)
+    if cfg.data.format == "reasoning-gym":
+        from curation.domains import EMBEDDED_DOMAINS
+
+        return sorted(cfg.data.domains or [s.domain for s in EMBEDDED_DOMAINS])
+    return None

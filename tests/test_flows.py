@@ -129,6 +129,12 @@ def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_r
     out = CliRunner().invoke(app, ["status", "-c", str(micro_config_path), "-w", str(ws.root)])
     assert out.exit_code == 0 and f"all {len(rows)} stage runs are up to date" in out.output
 
+    fresh = plan_runs(cfg, Workspace(ws.root.parent / "empty"))  # a new workspace: everything missing
+    assert [r.key for r in fresh] == [r.key for r in rows] and {r.state for r in fresh} == {"missing"}
+    jsonl = plan_runs(load_config(micro_config_path, ["data.format=jsonl", "data.path=x.jsonl"]), Workspace(
+        ws.root.parent / "empty"))
+    assert jsonl[-1].label == "expert:*" and "once the data stage has run" in jsonl[-1].why
+
     changed = plan_runs(load_config(micro_config_path, ["train.lr=0.001"]), ws)
     stale = {(r.stage, r.label) for r in changed if r.state == "stale"}
     expected = ({("train", e.label) for e in result["experts"]} | {("merge", m.label) for m in result["merges"]}
