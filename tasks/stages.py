@@ -278,6 +278,7 @@ def train_stage(
     section = cfg.train.model_dump(mode="json")
     section.pop("domains")
     section.pop("show_progress", None)
+    section.pop("report_to", None)  # where the logs also go, not what is trained
     inputs = {"model": model.key, "data": data.key, "curate": curate.key if curate else "", "domain": domain}
     key = _key("train", section, inputs, "training")
     label = expert_label(domain, label)

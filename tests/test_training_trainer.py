@@ -355,3 +355,11 @@ def test_aer_can_measure_its_initial_entropy_on_several_batches_before_any_updat
     first = trainer.measure_initial_entropy(2, seed=5)
     assert first == pytest.approx(trainer.measure_initial_entropy(2, seed=5)) and first > 0
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_training_logs_reach_tensorboard_and_a_missing_tracker_is_named(model_dir, problems, tmp_path):
+    result = train_expert(model_dir, problems, digit_reward, small_config(report_to=["tensorboard"]), tmp_path, "toy")
+    events = list((tmp_path / "checkpoints").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0 and result.adapter_dir.exists()
+    with pytest.raises(TrainingError, match=r"train.report_to names mlflow, which is not installed; pip install mlflow"):
+        train_expert(model_dir, problems, digit_reward, small_config(report_to=["mlflow"]), tmp_path / "m", "toy")

@@ -171,6 +171,10 @@ class TrainConfig(BaseModel):
     """Checkpoint every this many steps (resumable, controller state included); 0 saves none."""
     show_progress: bool = False
     """Show a progress bar while training."""
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Experiment trackers that receive TRL's training logs (TRL's ``report_to``); TensorBoard event files go to
+    the run's ``checkpoints/runs`` folder. Each needs its package (``pip install 'polymath[tracking]'`` for
+    TensorBoard). Not part of the run's key: tracking does not change what is trained."""
     cpu_threads: int | None = Field(None, ge=1)
     """Torch CPU threads during the run (restored afterwards); None keeps torch's setting. Tiny models train
     several times faster with 1 thread, above all on a shared machine."""

@@ -92,7 +92,7 @@ def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
         save_strategy="steps" if config.save_steps > 0 else "no",
         save_steps=max(config.save_steps, 1),
         eval_strategy="no",
-        report_to="none",
+        report_to=list(config.report_to) or "none",
         disable_tqdm=not config.show_progress,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
@@ -214,9 +214,25 @@ def train_expert(
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_inputs(problems, config, expert)
+    _check_trackers(config.report_to)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with torch_threads(config.cpu_threads):
         return _train(model_dir, problems, reward_fn, config, out_dir, expert, started)
+
+
+#: The module each tracker of ``train.report_to`` needs, as transformers' integrations look for it.
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
+                   "mlflow": ("mlflow",)}
+
+
+def _check_trackers(trackers: Sequence[str]) -> None:
+    import importlib.util
+
+    missing = [t for t in trackers if not any(importlib.util.find_spec(m) for m in TRACKER_MODULES[t])]
+    if missing:
+        hint = "pip install 'polymath[tracking]'" if missing == ["tensorboard"] else "pip install " + " ".join(missing)
+        raise TrainingError(f"train.report_to names {', '.join(missing)}, which is not installed; {hint}, or "
+                            "remove it from train.report_to")
 
 
 def _train(
