@@ -45,7 +45,8 @@ def test_a_training_killed_mid_run_resumes_from_its_checkpoint(micro_config_path
                             cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "PYTHONPATH": "."})
     try:
         deadline = time.time() + 240
-        while not list(train_dir.glob(".partial-*/checkpoints/checkpoint-4")):
+        # killed once checkpoint-4 is complete (its controller state is written last), wherever the next one is
+        while not list(train_dir.glob(".partial-*/checkpoints/checkpoint-4/polymath_controllers.json")):
             assert proc.poll() is None, "the training ended before it could be killed"
             assert time.time() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
@@ -64,3 +65,20 @@ def test_a_training_killed_mid_run_resumes_from_its_checkpoint(micro_config_path
     rewards = steps[steps.metric == "reward"]
     assert sorted(rewards.step) == list(range(1, 41))  # the killed attempt's steps kept, none twice
     assert sorted(p.name for p in train_dir.iterdir()) == [ref.key]  # no in-progress folder, no lock
+
+
+def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(tmp_path):
+    from training.controllers import STATE_FILE
+    from training.expert import last_complete_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+        if complete:
+            (folder / STATE_FILE).write_text("{}")
+    (root / "checkpoint-10").mkdir()  # killed before anything was written
+    assert last_complete_checkpoint(root) == str(root / "checkpoint-4")
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,13 +23,13 @@ import pandas as pd
 import torch
 from datasets import Dataset
 from transformers import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig
 
 from curation.records import Problem
 from polymath.errors import ConfigError, DataError, ModelError, TrainingError
 from training.config import TrainConfig
-from training.controllers import Controllers
+from training.controllers import STATE_FILE, Controllers
 from training.curves import plot_curves
 from training.grpo import STEP_METRICS, PolymathGRPOTrainer, step_records
 from training.models import load_model
@@ -220,6 +221,19 @@ def train_expert(
         return _train(model_dir, problems, reward_fn, config, out_dir, expert, started)
 
 
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint written to the end, or None. A process killed while saving leaves a checkpoint
+    folder without the controller state (written last, after TRL's files): such folders are removed."""
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    for folder in reversed(found):
+        if (folder / STATE_FILE).exists() and (folder / "trainer_state.json").exists():
+            return str(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 #: The module each tracker of ``train.report_to`` needs, as transformers' integrations look for it.
 TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
                    "mlflow": ("mlflow",)}
@@ -272,7 +286,7 @@ def _train(
     if config.show_progress:
         trainer.add_callback(_QuietProgress)
 
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints)
     if resume is None and config.entropy.initial_batches > 1 and controllers.entropy.enabled:
         # A resumed run has its initial entropy in the checkpoint's controller state.
         controllers.entropy.observe_initial(
