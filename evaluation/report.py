@@ -272,7 +272,7 @@ def write_report(store: Store, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [
-        ["# polymath report", "", f"Results from `{store.path}`."],
+        ["# polymath report", "", f"Results from the workspace's `{store.path.name}`."],
         _runs_section(store),
         _curation_section(store),
         _training_section(store, out_dir),

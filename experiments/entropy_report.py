@@ -415,7 +415,7 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
     lines = [
         "# Entropy findings in miniature (arXiv 2511.05993)",
         "",
-        f"Results from `{store.path}`.",
+        f"Results from the workspace's `{store.path.name}`.",
         "Training entropy is the token-mean entropy of each step's rollouts; *initial* is the mean over the first "
         "10% of steps, *final* over the last 20%, *entropy_ratio* final / initial per seed. Held-out columns "
         "evaluate each arm's policy on the test split of its training domain. Cells are means over seeds "

@@ -15,6 +15,7 @@ fails with an error discards its in-progress folder; one that is interrupted or 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,11 +45,13 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+@functools.lru_cache(maxsize=None)
 def source_digest(*paths: str) -> str:
     """Hash of the Python sources a stage runs (packages or single modules): code changes invalidate keys.
 
     Each stage names only the code that shapes its outputs, so editing the verifier does not
-    re-bootstrap the base model.
+    re-bootstrap the base model. Cached per process: a run's plan, its reuse checks and its stages hash the
+    same sources, which do not change while it runs.
     """
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256(__version__.encode())

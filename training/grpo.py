@@ -223,7 +223,6 @@ class PolymathGRPOTrainer(GRPOTrainer):
         nothing is counted as training data."""
         prompts = self.args.generation_batch_size // self.num_generations
         generator = torch.Generator().manual_seed(seed)
-        entropy_sum, tokens = 0.0, 0.0
         self.model.train()
         # Sampling draws from a forked, seeded RNG: the measurement is reproducible and leaves the training
         # run's random stream where it was.

@@ -235,6 +235,8 @@ def grpo_loss(
         ratio_d = ratio.detach()
         clipped_low = (ratio_d < 1.0 - eps_low) & (adv < 0)
         clipped_high = (ratio_d > 1.0 + eps_high) & (adv > 0)
+    if policy_loss == "kl-cov":  # KL-Cov replaces the ratio clip
+        clipped_low, clipped_high = torch.zeros_like(clipped_low), torch.zeros_like(clipped_high)
     cut = clipped_low | clipped_high
     selected = None
     if policy_loss != "clip":
@@ -244,7 +246,6 @@ def grpo_loss(
             weights = weights * ~selected
         else:
             selected = kl_cov_selection(cov, bool_mask, cov_fraction)
-            cut = torch.zeros_like(cut)  # KL-Cov replaces the ratio clip
             per_token = -ratio * adv + kl_cov_coef * (logp - old_logp).abs() * selected
     per_token = per_token * weights
     if is_ratio is not None:
@@ -271,8 +272,6 @@ def grpo_loss(
         bonus_sum = (coefs * entropies * mask).sum()
         loss_sum = loss_sum - bonus_sum
 
-    if policy_loss == "kl-cov":
-        clipped_low, clipped_high = torch.zeros_like(clipped_low), torch.zeros_like(clipped_high)
     gradient_mask = bool_mask & (weights != 0) & ~cut
     return ObjectiveOutput(
         loss=loss_sum / normalizer,
