@@ -41,7 +41,7 @@ TASKS = ["chain_sum", "leg_counting", "gcd", "spell_backward", "basic_arithmetic
 def make_problems(total: int, seed: int = 7):
     import reasoning_gym
 
-    from curation.records import Problem
+    from polymath.records import Problem
 
     per_task = -(-total // len(TASKS))
     problems = []

@@ -74,7 +74,7 @@ def build_tiny_model(path: Path, hidden: int = 128, layers: int = 4, seed: int =
 
 def toy_problems(n: int = 64, prompt_chars: int = 200, seed: int = 0):
     """Sum questions padded with distractor text to about ``prompt_chars`` characters."""
-    from curation.records import Problem
+    from polymath.records import Problem
 
     rng = random.Random(seed)
     problems = []

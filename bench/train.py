@@ -45,8 +45,9 @@ from bench.gpu_train_check import build_tiny_model, toy_problems, toy_reward  # 
 from training.config import TrainConfig  # noqa: E402
 from training.controllers import Controllers  # noqa: E402
 from training.expert import _load, _lora_config, build_dataset, grpo_config, make_reward_func  # noqa: E402
-from training.grpo import PolymathGRPOTrainer, step_records  # noqa: E402
-from training.prompting import format_prompt  # noqa: E402
+from training.grpo import PolymathGRPOTrainer  # noqa: E402
+from training.step_record import step_records  # noqa: E402
+from polymath.prompting import format_prompt  # noqa: E402
 
 CONTROLS = {
     "entropy": {"mode": "aer", "coef": 0.005, "delta": 0.001, "c_max": 0.05},

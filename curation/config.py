@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-StrategyName = Literal[
-    "kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full", "few-clusters"
-]
-
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 class StrategyOptions(BaseModel):
     """Knobs of the selection strategies; each strategy reads only the ones it uses."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     n_strata: int = Field(64, ge=1)
     """kmeans-stratified: number of k-means clusters the budget is spread over in proportion to their sizes;
@@ -59,11 +54,19 @@ class CurateConfig(BaseModel):
     SelectionError naming k and n; ``"clip"`` selects all n distinct problems and logs a warning.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    strategy: StrategyName = "kmeans-centroid"
-    """Selection strategy: kmeans-centroid, kmeans-stratified, kcenter, facility-location, random, full, or
-    few-clusters (a low-diversity control: whole k-means clusters in seeded random order)."""
+    strategy: str = "kmeans-centroid"
+    """Selection strategy, a name of curation/selection.py's registry: kmeans-centroid, kmeans-stratified,
+    kcenter, facility-location, random, full, or few-clusters (a low-diversity control: whole k-means clusters
+    in seeded random order)."""
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from .selection import STRATEGIES  # the registry imports this module for StrategyOptions
+
+        return STRATEGIES.check(name)
 
     k: int = Field(600, ge=1)
     """Number of problems to select (ignored by ``full``, which keeps every distinct problem)."""
@@ -108,10 +111,39 @@ class CurateConfig(BaseModel):
     on_small_input: Literal["error", "clip"] = "error"
     """If k exceeds the number of distinct problems: "error" raises, "clip" selects them all with a warning."""
 
+    encoder: Literal["minilm", "policy"] = "minilm"
+    """What embeds the prompts: ``minilm`` (the sentence-transformers model of ``embedding_model``) or
+    ``policy``: the pipeline's base model, each prompt as the policy sees it (its chat template or plain
+    layout), its last hidden state mean-pooled over the prompt's tokens (the paper clusters the policy's own
+    representations). Cached on disk like the MiniLM vectors, keyed by the model's fingerprint; the curate
+    stage then depends on the model stage."""
+
+    probe_k: int | None = Field(None, ge=2)
+    """Learnability probe: the base model samples this many completions per candidate prompt (at temperature
+    1), scored by the domain's verifier, giving each prompt its pass rate p (``curation_probe``). None: no
+    probe. Needs at least 2 samples for p(1-p) to mean anything."""
+
+    probe_max: int = Field(2000, ge=1)
+    """Most candidates the probe samples (a seeded random pre-sample of the deduplicated set when it is larger);
+    selection then runs on the probed candidates only, so the cost stays in bounds."""
+
+    drop_zero_variance: bool = False
+    """With the probe: drop prompts the base model always or never solves (p = 0 or 1) before selecting: their
+    GRPO groups have no reward variance, hence no gradient."""
+
     @model_validator(mode="after")
     def _distinct_random_seeds(self) -> CurateConfig:
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ValueError(f"random_seeds {self.random_seeds} repeats a seed; list distinct seeds, e.g. [0, 1, 2]")
+        return self
+
+    @model_validator(mode="after")
+    def _learnable_needs_the_probe(self) -> CurateConfig:
+        if self.strategy == "kmeans-learnable" and self.probe_k is None:
+            raise ValueError("strategy kmeans-learnable ranks prompts by the probe's pass rates: set curate.probe_k "
+                             "(e.g. 4), or choose another strategy")
+        if self.drop_zero_variance and self.probe_k is None:
+            raise ValueError("drop_zero_variance needs the probe's pass rates: set curate.probe_k (e.g. 4)")
         return self
 
     def strategy_options(self) -> StrategyOptions:

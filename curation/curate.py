@@ -19,7 +19,7 @@ from .config import CurateConfig
 from .dedup import DedupStats, exact_keep_mask, near_keep_mask
 from .diversity import metrics_frame
 from .embedding import EmbedStats, SentenceTransformerEncoder, TextEncoder, embed_texts
-from .records import Problem
+from polymath.records import Problem
 from .selection import select, validate_embeddings
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,14 @@ def curate(
     cache_dir: Path | None,
     *,
     encoder: TextEncoder | None = None,
+    pass_rates: dict[str, float] | None = None,
 ) -> CurationResult:
     """Select ``config.k`` diverse problems out of ``problems``.
 
     ``cache_dir`` holds the embedding cache (None: no cache); ``encoder`` replaces the
-    sentence-transformers model named by the config (e.g. an already loaded one).
+    sentence-transformers model named by the config (e.g. an already loaded one, or the policy's
+    :class:`curation.policy_encoder.PolicyEncoder`). ``pass_rates`` (problem id -> the base model's probe
+    pass rate) feed the learnability strategies, ``drop_zero_variance`` and the learnability metrics.
     """
     if not problems:
         raise SelectionError("no problems to curate: the input set is empty; check the data source and its filters")
@@ -78,10 +81,15 @@ def curate(
     encoder = encoder if encoder is not None else SentenceTransformerEncoder(config.embedding_model, config.device)
     X, embed_stats = embed_texts([p.prompt for p in candidates], encoder, cache_dir, config.batch_size)
     validate_embeddings(X, [p.id for p in candidates])
+    if config.encoder == "policy":
+        X = _centered(X)
 
     start = time.perf_counter()
     near_keep = near_keep_mask(X, config.dedup_threshold, seed=config.seed, kmeans_backend=config.kmeans_backend)
     dedup_seconds += time.perf_counter() - start
+    if pass_rates is not None and config.drop_zero_variance:
+        # prompts always or never solved give GRPO groups without reward variance: no gradient
+        near_keep &= np.asarray([0.0 < pass_rates[p.id] < 1.0 for p in candidates], dtype=bool)
     kept = [p for p, keep in zip(candidates, near_keep, strict=True) if keep]
     X = np.ascontiguousarray(X[near_keep])
     dedup = DedupStats(
@@ -102,7 +110,9 @@ def curate(
 
     domains = np.asarray([p.domain for p in kept], dtype=object)
     start = time.perf_counter()
-    picks = select(config.strategy, X, k, seed=config.seed, domains=domains, options=config.strategy_options())
+    rates = np.asarray([pass_rates[p.id] for p in kept]) if pass_rates is not None else None
+    picks = select(config.strategy, X, k, seed=config.seed, domains=domains, options=config.strategy_options(),
+                   pass_rates=rates)
     selection_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -114,6 +124,8 @@ def curate(
             continue  # already the chosen run
         runs.append(("random", seed, select("random", X, len(picks), seed=seed)))
     metrics = metrics_frame(X, runs, labels, n_clusters, domains)
+    if rates is not None:
+        metrics = pd.concat([metrics, learnability_frame(rates, runs)], ignore_index=True)
     metrics_seconds = time.perf_counter() - start
 
     selected_ids = [kept[i].id for i in picks]
@@ -147,6 +159,25 @@ def curate(
         embeddings=X,
         selected_index=picks,
     )
+
+
+def learnability_frame(pass_rates: np.ndarray, runs: list[tuple[str, int, np.ndarray]]) -> pd.DataFrame:
+    """Per selection: the mean p(1-p) of its prompts (GRPO's reward variance) and its share of prompts the
+    base model always or never solves (p in {0, 1}: zero-variance groups)."""
+    rows = []
+    for strategy, seed, picks in runs:
+        p = pass_rates[picks]
+        rows += [(strategy, int(seed), "learnability", float(np.mean(p * (1 - p)))),
+                 (strategy, int(seed), "zero_variance_frac", float(np.mean((p == 0) | (p == 1))))]
+    return pd.DataFrame(rows, columns=["strategy", "seed", "metric", "value"])
+
+
+def _centered(X: np.ndarray) -> np.ndarray:
+    """Rows minus their mean, renormalized: a causal LM's pooled states share one large common direction
+    (their cosines all sit near 1), which would make every prompt a near-duplicate of every other."""
+    centered = X - X.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(centered, axis=1, keepdims=True)
+    return np.divide(centered, norms, out=np.zeros_like(centered), where=norms != 0).astype(np.float32)
 
 
 def _effective_k(config: CurateConfig, dedup: DedupStats) -> int:

@@ -20,10 +20,12 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from polymath.answers import instruction_text, last_boxed
 from polymath.errors import DataError
+from polymath.records import Problem
+from polymath.text import normalize_text
 
 from .domains import load_embedded
-from .records import Problem
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ AnswerFormat = Literal["plain", "gsm8k", "boxed"]
 class FieldMap(BaseModel):
     """Which column of the input holds each part of a problem."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     prompt: str = Field("prompt", description="Column with the prompt (text, or a chat message list: last user turn).")
     answer: str = Field("answer", description="Column with the reference answer; dotted paths reach nested fields.")
@@ -42,10 +44,12 @@ class FieldMap(BaseModel):
     id: str | None = Field(None, description="Column with a unique id; None = derived from file and line.")
 
 
-class DataConfig(BaseModel):
-    """Where the prompts come from and how to read them."""
+class SourceConfig(BaseModel):
+    """One source of prompts and how to read it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str | None = Field(None, description="Name of the source in messages and problem ids (None: its domain).")
 
     format: Format = Field("reasoning-gym", description="Input format.")
     path: str | None = Field(None, description="File, folder or HF dataset name (not for reasoning-gym).")
@@ -58,6 +62,9 @@ class DataConfig(BaseModel):
     answer_format: AnswerFormat = Field("plain", description="plain | gsm8k ('#### 42') | boxed ('\\boxed{42}').")
     strip_prefixes: list[str] = Field(default_factory=list, description="Fixed leading instruction texts to remove.")
     strip_suffixes: list[str] = Field(default_factory=list, description="Fixed trailing instruction texts to remove.")
+    answer_instruction: str = Field("none", description=(
+        "Appended to every prompt (after stripping) to state the answer format: none, answer-line (end with a "
+        "line 'Answer: ...'), answer-tag (<answer>...</answer>), or any other text, appended as written."))
     verifier: str | None = Field(
         None,
         description="marker | reasoning-gym | math | numeric | exact; None = from the format and answer_format "
@@ -71,9 +78,9 @@ class DataConfig(BaseModel):
     seed: int = Field(0, description="Seed of the train/test hold-out split.")
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DataConfig":
+    def _path_needed(self) -> "SourceConfig":
         if self.format != "reasoning-gym" and not self.path:
-            raise ValueError(f"data.path is required for data.format={self.format!r}")
+            raise ValueError(f"path is required for format {self.format!r} (a file, folder or HF dataset name)")
         return self
 
     def resolved_verifier(self) -> str:
@@ -82,6 +89,60 @@ class DataConfig(BaseModel):
         if self.format == "reasoning-gym":
             return "marker"
         return {"gsm8k": "numeric", "boxed": "math", "plain": "exact"}[self.answer_format]
+
+    def static_domains(self) -> list[str] | None:
+        """The domains this source gives, known before reading it (None: they come from a column)."""
+        if self.format == "reasoning-gym":
+            from .domains import EMBEDDED_DOMAINS
+
+            return sorted(self.domains or [s.domain for s in EMBEDDED_DOMAINS])
+        return None if self.fields.domain else [self.domain]
+
+    def label(self, index: int | None = None) -> str:
+        where = "data" if index is None else f"data.sources[{index}]"
+        return f"{where} ({self.name or self.path or self.format})"
+
+
+class DataConfig(SourceConfig):
+    """Where the prompts come from: one source (the keys of this section) or several (``sources``)."""
+
+    sources: list[SourceConfig] = Field(default_factory=list, description=(
+        "Several sources, each with its own format, path, fields, answer format, verifier, stripping and domain; "
+        "their domains train separate experts. Empty: the single source given by this section's other keys."))
+
+    @model_validator(mode="after")
+    def _one_way_to_say_it(self) -> "DataConfig":
+        if not self.sources:
+            return self
+        # compared with the defaults, not with the keys given: a dumped and reloaded config names them all
+        default = SourceConfig.model_construct()
+        beside = [k for k in SourceConfig.model_fields if getattr(self, k) != getattr(default, k)]
+        if beside:
+            raise ValueError(f"data.sources is set, so data.{beside[0]} has no effect; move it into each source")
+        seen: dict[str, int] = {}
+        for i, src in enumerate(self.sources):
+            for domain in src.static_domains() or []:
+                if domain in seen:
+                    j = seen[domain]
+                    raise ValueError(
+                        f"{self.sources[j].label(j)} and {src.label(i)} both give domain {domain!r}; each domain "
+                        f"comes from one source: set data.sources[{i}].domain to another name")
+                seen[domain] = i
+        return self
+
+    def resolved_sources(self) -> list[SourceConfig]:
+        """The sources to read: ``sources``, or this section as the only one."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceConfig.model_validate(self.model_dump(exclude={"sources"}))]
+
+    def static_domains(self) -> list[str] | None:
+        domains: list[str] = []
+        for src in self.resolved_sources():
+            if (some := src.static_domains()) is None:
+                return None
+            domains += some
+        return sorted(domains)
 
 
 @dataclass
@@ -108,12 +169,6 @@ class ProblemSet:
 # ---------------------------------------------------------------- answers
 
 
-def _last_boxed(text: str) -> str | None:
-    from training.verifiers import _last_boxed as last_boxed
-
-    return last_boxed(text)
-
-
 def parse_answer(raw: Any, answer_format: AnswerFormat, where: str) -> str:
     text = "" if raw is None else str(raw)
     if answer_format == "gsm8k":
@@ -121,7 +176,7 @@ def parse_answer(raw: Any, answer_format: AnswerFormat, where: str) -> str:
             raise DataError(f"{where}: answer has no '#### <number>' line; set data.answer_format to plain or boxed")
         return text.rsplit("####", 1)[1].strip().replace(",", "")
     if answer_format == "boxed":
-        boxed = _last_boxed(text)
+        boxed = last_boxed(text)
         return (boxed if boxed is not None else text).strip()
     return text.strip()
 
@@ -198,7 +253,7 @@ def _rows_hf(name: str, split: str) -> Iterator[tuple[str, dict]]:
         yield f"{name}[{split}] row {i}", row
 
 
-def _read_rows(cfg: DataConfig, path: str, split: str) -> Iterator[tuple[str, dict]]:
+def _read_rows(cfg: SourceConfig, path: str, split: str) -> Iterator[tuple[str, dict]]:
     if cfg.format == "hf":
         return _rows_hf(path, split)
     p = Path(path)
@@ -232,7 +287,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _records(cfg: DataConfig, path: str, split: str, verifier: str) -> tuple[list[Problem], int]:
+def _records(cfg: SourceConfig, path: str, split: str, verifier: str) -> tuple[list[Problem], int]:
     fmap = cfg.fields
     problems: list[Problem] = []
     rows = 0
@@ -278,12 +333,12 @@ def _jsonable(value: Any) -> bool:
 
 
 def _dedup(problems: list[Problem]) -> tuple[list[Problem], int]:
-    """Drop exact duplicate prompts (whitespace- and case-normalized), keeping the first."""
+    """Drop exact duplicate prompts (the text as :func:`polymath.text.normalize_text` compares it), keeping the first."""
     seen: set[str] = set()
     kept: list[Problem] = []
     ids: set[str] = set()
     for p in problems:
-        key = " ".join(p.prompt.split()).lower()
+        key = normalize_text(p.prompt)
         if key in seen:
             continue
         if p.id in ids:
@@ -309,7 +364,39 @@ def _holdout(problems: list[Problem], fraction: float, seed: int) -> tuple[list[
 
 
 def load_problems(cfg: DataConfig) -> ProblemSet:
-    """Load train and test problems as the config says."""
+    """Load train and test problems as the config says: every source, their domains kept apart."""
+    sources = cfg.resolved_sources()
+    if len(sources) == 1:
+        return _load_source(sources[0])
+    parts = []
+    owner: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        try:
+            part = _load_source(src)
+        except DataError as exc:
+            raise DataError(f"{src.label(i)}: {exc}") from None
+        for domain in part.domains():
+            if domain in owner:
+                j = owner[domain]
+                raise DataError(f"{sources[j].label(j)} and {src.label(i)} both give domain {domain!r}; each domain "
+                                f"comes from one source: rename it in one of them (its domain column or .domain)")
+            owner[domain] = i
+        # ids are unique within a source; the source's name keeps them unique across sources
+        prefix = f"{src.name or '+'.join(part.domains())}/"
+        part.train = [replace(p, id=prefix + p.id) for p in part.train]
+        part.test = [replace(p, id=prefix + p.id) for p in part.test]
+        parts.append(part)
+    return ProblemSet(
+        train=[p for part in parts for p in part.train],
+        test=[p for part in parts for p in part.test],
+        source=" + ".join(part.source for part in parts),
+        rows_read=sum(part.rows_read for part in parts),
+        duplicates_dropped=sum(part.duplicates_dropped for part in parts),
+        notes=[n for part in parts for n in part.notes],
+    )
+
+
+def _load_source(cfg: SourceConfig) -> ProblemSet:
     if cfg.format == "reasoning-gym":
         train, test = load_embedded(cfg.domains, cfg.train_per_domain, cfg.test_per_domain)
         verifier = cfg.resolved_verifier()
@@ -328,14 +415,17 @@ def load_problems(cfg: DataConfig) -> ProblemSet:
         problems, dropped = _dedup(problems)
         if cfg.test_path or cfg.test_split:
             test_rows, _ = _records(cfg, cfg.test_path or cfg.path, cfg.test_split or cfg.split, verifier)
-            train_keys = {" ".join(p.prompt.split()).lower() for p in problems}
-            test = [p for p in test_rows if " ".join(p.prompt.split()).lower() not in train_keys]
+            train_keys = {normalize_text(p.prompt) for p in problems}
+            test = [p for p in test_rows if normalize_text(p.prompt) not in train_keys]
             train = problems
         else:
             train, test = _holdout(problems, cfg.test_fraction, cfg.seed)
         source = str(cfg.path)
     if cfg.max_problems is not None:
         train = train[: cfg.max_problems]
+    if suffix := instruction_text(cfg.answer_instruction):
+        # after dedup and the train/test split: the same words on every prompt change neither
+        train, test = [replace(p, prompt=p.prompt + suffix) for p in train], [replace(p, prompt=p.prompt + suffix) for p in test]
     if not train:
         raise DataError(f"{source}: no training problems after loading; check data.path and data.fields")
     notes = [f"dropped {dropped} exact duplicate prompts"] if dropped else []

@@ -8,13 +8,11 @@ has a kept near-twin and the kept points are pairwise at most the threshold apar
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 
-_SPACE = re.compile(r"\s+")
+from polymath.text import normalize_text
 
 
 @dataclass(frozen=True)
@@ -25,11 +23,6 @@ class DedupStats:
     exact_duplicates: int
     near_duplicates: int
     n_kept: int
-
-
-def normalize_text(text: str) -> str:
-    """Text as compared for exact duplicates: NFKC, case-folded, whitespace collapsed and trimmed."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 def exact_keep_mask(texts: list[str]) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 
 from polymath.errors import DataError
 
-from .records import Problem
+from polymath.records import Problem
 from .traces import trace
 
 log = logging.getLogger(__name__)

@@ -13,32 +13,21 @@ from collections.abc import Callable
 import numpy as np
 
 from polymath.errors import SelectionError
+from polymath.registry import Registry
 
 from .clustering import fit_kmeans, nearest_to_centers
 from .config import StrategyOptions
 from .facility import facility_location
 
 Strategy = Callable[..., np.ndarray]
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register(name: str) -> Callable[[Strategy], Strategy]:
-    """Add a strategy to the registry under ``name``."""
-
-    def wrap(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
-
-    return wrap
+STRATEGIES: Registry[Strategy] = Registry("curate.strategy")
+register = STRATEGIES.register
 
 
 def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise SelectionError(
-            f"unknown selection strategy {name!r} (curate.strategy); choose one of: {', '.join(sorted(STRATEGIES))}"
-        ) from None
+    if name not in STRATEGIES:
+        raise SelectionError(STRATEGIES.unknown(name))
+    return STRATEGIES[name]
 
 
 def validate_embeddings(X: np.ndarray, ids: list[str] | None = None) -> None:
@@ -67,8 +56,12 @@ def select(
     seed: int,
     domains: np.ndarray | None = None,
     options: StrategyOptions | None = None,
+    pass_rates: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Run strategy ``name``; raises SelectionError for unknown names, bad embeddings or k outside [1, n]."""
+    """Run strategy ``name``; raises SelectionError for unknown names, bad embeddings or k outside [1, n].
+
+    ``pass_rates`` (one per row: the base model's probe) reaches the strategies that rank by learnability.
+    """
     strategy = get_strategy(name)
     validate_embeddings(X)
     n = len(X)
@@ -82,7 +75,12 @@ def select(
     if domains is not None and len(domains) != n:
         raise SelectionError(f"got {len(domains)} domains for {n} embeddings; pass one domain per row")
     X = np.ascontiguousarray(X, dtype=np.float32)
-    picks = strategy(X, k, seed=seed, domains=domains, options=options or StrategyOptions())
+    extra = {}
+    if name in LEARNABILITY_STRATEGIES:
+        if pass_rates is None or len(pass_rates) != n:
+            raise SelectionError(f"strategy {name} needs one probe pass rate per row; set curate.probe_k")
+        extra["pass_rates"] = np.asarray(pass_rates, dtype=np.float64)
+    picks = strategy(X, k, seed=seed, domains=domains, options=options or StrategyOptions(), **extra)
     return np.asarray(picks, dtype=np.int64)
 
 
@@ -268,3 +266,33 @@ def few_clusters(X: np.ndarray, k: int, *, seed: int, domains=None, options: Str
         if left == 0:
             break
     return np.concatenate(picks)
+
+
+#: Strategies that read the probe's pass rates.
+LEARNABILITY_STRATEGIES = ("kmeans-learnable",)
+
+
+@register("kmeans-learnable")
+def kmeans_learnable(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions,
+                     pass_rates: np.ndarray) -> np.ndarray:
+    """Diversity and learnability together: k k-means clusters, and from each the prompt of largest p(1-p).
+
+    p is the base model's pass rate on the prompt (the probe); p(1-p) is the variance of a GRPO group's
+    rewards, so the pick of each cluster is its prompt with the most gradient, the one nearest the centroid
+    among equals. Larger clusters come first; clusters k-means leaves empty are made up by the most learnable
+    prompts not yet picked.
+    """
+    centers, labels = fit_kmeans(X, k, seed=seed, batch_size=options.kmeans_batch_size, backend=options.kmeans_backend)
+    learnability = pass_rates * (1.0 - pass_rates)
+    closeness = np.einsum("ij,ij->i", X, centers[labels])
+    picks: list[int] = []
+    sizes = np.bincount(labels, minlength=len(centers))
+    for cluster in np.lexsort((np.arange(len(centers)), -sizes)):
+        members = np.flatnonzero(labels == cluster)
+        if len(members):
+            # most learnable first, then nearest the centroid, then row order
+            picks.append(int(members[np.lexsort((members, -closeness[members], -learnability[members]))[0]]))
+    if len(picks) < k:
+        rest = np.setdiff1d(np.arange(len(X)), picks)
+        picks += rest[np.lexsort((rest, -learnability[rest]))][: k - len(picks)].tolist()
+    return np.asarray(picks[:k], dtype=np.int64)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-ANSWER_MARKER = "Answer:"
+from polymath.answers import ANSWER_MARKER
 
 Tracer = Callable[[dict[str, Any], str, "random.Random | None"], str]
 

@@ -14,7 +14,7 @@ FALLBACK_CAP = 256
 class EvalConfig(BaseModel):
     """How many completions to sample per problem, and how."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     k: int = Field(8, ge=1)
     """Samples per problem (n of pass@k); the summaries report k = 1, 2, 4, ... up to this."""

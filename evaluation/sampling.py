@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from curation.records import Problem
+from polymath.records import Problem
 from evaluation import schema
 from evaluation.config import FALLBACK_CAP, EvalConfig
 from evaluation.hf_engine import hf_generate
@@ -29,7 +29,8 @@ from evaluation.vllm_engine import (
     vllm_generate,
 )
 from polymath.errors import ConfigError, DataError, ModelError
-from training.prompting import format_prompt
+from polymath.loading import LoadOptions, load_model
+from polymath.prompting import format_prompt
 
 Scorer = Callable[[Problem, str], tuple[str | None, float]]
 
@@ -139,12 +140,14 @@ def evaluate_model(
     eval_run: str,
     *,
     adapter_dir: Path | str | None = None,
+    load: LoadOptions | None = None,
 ) -> pd.DataFrame:
     """Sample ``config.k`` completions per problem and score them: eval_samples rows.
 
     ``model`` is a transformers model (HF backend), a saved model folder, or a
     vLLM engine object (``LLM``-like: ``generate(prompts, params, lora_request=...)``).
-    ``adapter_dir`` names a peft adapter to evaluate on top of it.
+    ``adapter_dir`` names a peft adapter to evaluate on top of it; ``load`` says how a folder is loaded
+    (dtype, trust_remote_code).
     """
     backend = resolve_backend(config.backend, model)
     selected = {b: _select(b, ps, config.max_problems_per_benchmark) for b, ps in problems_by_benchmark.items()}
@@ -153,16 +156,17 @@ def evaluate_model(
 
     wrapped = None
     if backend == "hf":
-        model, tokenizer = _hf_model(model, tokenizer, adapter_dir)
+        model, tokenizer = _hf_model(model, tokenizer, adapter_dir, load)
         wrapped = model if adapter_dir is not None else None
 
         def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
             return hf_generate(model, tokenizer, prompts, cfg, seed=cfg.seed)
     else:
         lora_rank = max_lora_rank(adapter_rank(adapter_dir)) if adapter_dir is not None else 64
+        load = load or LoadOptions()
         engine = model if _is_engine(model) else load_engine(
             model, enable_lora=adapter_dir is not None, max_lora_rank=lora_rank, seed=config.seed,
-            max_logprobs=config.vllm_logprobs,
+            max_logprobs=config.vllm_logprobs, dtype=load.dtype, trust_remote_code=load.trust_remote_code,
         )
         lora = lora_request(adapter_dir, model_label) if adapter_dir is not None else None
         if tokenizer is None:
@@ -202,11 +206,9 @@ def samples_frame(rows: list[tuple]) -> pd.DataFrame:
     return df.astype({**ints, **floats, "correct": bool, "no_answer": bool, "hit_cap": bool})
 
 
-def _hf_model(model, tokenizer, adapter_dir):
+def _hf_model(model, tokenizer, adapter_dir, load: LoadOptions | None):
     if isinstance(model, (str, Path)):
-        from training.models import load_model
-
-        model, loaded_tokenizer = load_model(model)
+        model, loaded_tokenizer = load_model(model, load)
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     if tokenizer is None:
         raise ConfigError("evaluate_model needs the model's tokenizer for the HF backend; pass tokenizer=")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from evaluation import schema
+from evaluation import schema, views
 from polymath.errors import StoreError
 
 _INCOMING = "_polymath_incoming"
@@ -127,17 +127,17 @@ class Store:
             for col in spec.columns:
                 if (name, col.name) not in present:
                     con.execute(f"ALTER TABLE {name} ADD COLUMN {schema.quote_ident(col.name)} {col.sql_type}")
-        con.execute(schema.PASS_AT_K_MACRO_SQL)
-        con.execute(schema.EVAL_SUMMARY_SQL)
-        con.execute(schema.ENTROPY_VS_ACCURACY_SQL)
-        con.execute(schema.EXPERIMENT_RESULTS_SQL)
-        con.execute(schema.TRAIN_SUMMARY_SQL)
+        con.execute(views.PASS_AT_K_MACRO_SQL)
+        con.execute(views.EVAL_SUMMARY_SQL)
+        con.execute(views.ENTROPY_VS_ACCURACY_SQL)
+        con.execute(views.EXPERIMENT_RESULTS_SQL)
+        con.execute(views.TRAIN_SUMMARY_SQL)
         Store._create_train_curves(con)
 
     @staticmethod
     def _create_train_curves(con: duckdb.DuckDBPyConnection) -> None:
         metrics = [row[0] for row in con.execute("SELECT DISTINCT metric FROM train_steps").fetchall()]
-        con.execute(schema.train_curves_sql(metrics))
+        con.execute(views.train_curves_sql(metrics))
 
     # -- writes ------------------------------------------------------------
 
@@ -179,10 +179,10 @@ class Store:
             if table == "eval_samples":
                 for derived in ("eval_problems", "eval_problems_at_k"):
                     con.execute(f"DELETE FROM {derived} WHERE {clause}", params)
-                con.execute(schema.PROBLEMS_TEMP_SQL.format(incoming=_INCOMING))
-                con.execute(schema.SAMPLES_TEMP_SQL.format(incoming=_INCOMING))
-                con.execute(schema.EVAL_PROBLEMS_SQL)
-                con.execute(schema.EVAL_PROBLEMS_AT_K_SQL)
+                con.execute(views.PROBLEMS_TEMP_SQL.format(incoming=_INCOMING))
+                con.execute(views.SAMPLES_TEMP_SQL.format(incoming=_INCOMING))
+                con.execute(views.EVAL_PROBLEMS_SQL)
+                con.execute(views.EVAL_PROBLEMS_AT_K_SQL)
                 con.execute("DROP TABLE _polymath_s")
                 con.execute("DROP TABLE _polymath_p")
             elif table == "train_steps":

@@ -25,11 +25,14 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from polymath.config import PolymathConfig, option_errors, with_changes
+from pipeline import stages
+from pipeline.config import PolymathConfig, option_errors, with_changes
+from pipeline.data import require_domains
+from pipeline.evaluate import GREEDY_LABEL
+from pipeline.ingest import ingest_all
+from pipeline.stage import StageRef
 from polymath.errors import ConfigError
 from polymath.workspace import Workspace
-from tasks import stages
-from tasks.stages import StageRef
 
 log = logging.getLogger("polymath")
 
@@ -244,10 +247,15 @@ def experiment_plan(cfg: PolymathConfig, experiment: EntropyExperiment) -> Exper
     return ExperimentPlan(base, experiment.domain, data_configs, runs)
 
 
+def run_in_process(name: str, label: str, *args) -> StageRef:
+    """Stage ``name``'s run for ``args``, in this process (``label`` names it only in the flow)."""
+    return stages()[name].run(*args)
+
+
 def arm_stages(calls: StageCalls, cfg, ws, model, data, curate, domain, label) -> tuple[StageRef, StageRef]:
     """Train one arm run and evaluate it."""
-    train = calls.train(cfg, ws, model, data, curate, domain, False, label)
-    return train, calls.evaluate(cfg, ws, model, data, train)
+    trained = calls.run("train", label, cfg, ws, model, data, curate, domain, False, label)
+    return trained, calls.run("evaluate", label, cfg, ws, model, data, trained)
 
 
 def run_arms_in_turn(calls: StageCalls, jobs: list[tuple]) -> list[tuple[StageRef, StageRef]]:
@@ -257,16 +265,11 @@ def run_arms_in_turn(calls: StageCalls, jobs: list[tuple]) -> list[tuple[StageRe
 
 @dataclass
 class StageCalls:
-    """The stage runners the experiment calls: plain functions here, Prefect tasks in the flow."""
+    """How the experiment runs a stage: in this process here, as a Prefect task in the flow."""
 
-    data: Callable[..., StageRef] = stages.data_stage
-    model: Callable[..., StageRef] = stages.model_stage
-    curate: Callable[..., StageRef] = stages.curate_stage
-    train: Callable[..., StageRef] = stages.train_stage
-    evaluate: Callable[..., StageRef] = stages.evaluate_stage
-    ingest: Callable[[Workspace, list[StageRef]], Any] = field(
-        default=lambda ws, refs: stages.ingest_all(ws, refs)
-    )
+    run: Callable[..., StageRef] = run_in_process
+    """``run(name, label, *args)``: stage ``name``'s ``run(*args)``."""
+    ingest: Callable[[Workspace, list[StageRef]], Any] = field(default=lambda ws, refs: ingest_all(ws, refs))
     arms: Callable[[StageCalls, list[tuple]], list[tuple[StageRef, StageRef]]] = run_arms_in_turn
     """Runs every (cfg, ws, model, data, curate, domain, label) job's train and evaluate, results in order."""
 
@@ -275,22 +278,23 @@ def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None
     """Run (or reuse) every stage of the plan, ingest them, and return the ``experiment_arms`` rows."""
     calls = calls or StageCalls()
     base = plan.base
-    data = calls.data(base, ws)
-    stages.require_domains([plan.domain], data, "--domain", error=ConfigError)
-    model = calls.model(base, ws, data)
-    curates = {v: (calls.curate(c, ws, data) if c is not None else None) for v, c in plan.data_configs.items()}
-    base_eval = calls.evaluate(base, ws, model, data, None)
-    greedy_eval = calls.evaluate(base, ws, model, data, None, greedy=True)
-    calls.ingest(ws, [data, model, *[c for c in curates.values() if c], base_eval, greedy_eval])
+    data_run = calls.run("data", "data", base, ws)
+    require_domains([plan.domain], data_run, "--domain", error=ConfigError)
+    base_model = calls.run("model", "base", base, ws, data_run)
+    curates = {v: (calls.run("curate", f"curate-{v}", c, ws, data_run, False, base_model) if c is not None else None)
+               for v, c in plan.data_configs.items()}
+    base_eval = calls.run("evaluate", "base", base, ws, base_model, data_run, None)
+    greedy_eval = calls.run("evaluate", GREEDY_LABEL, base, ws, base_model, data_run, None, False, True)
+    calls.ingest(ws, [data_run, base_model, *[c for c in curates.values() if c], base_eval, greedy_eval])
     rows = [_row("base", 0, 0, "", plan.domain, {}, "base", None, None, base_eval),
-            _row(stages.GREEDY_LABEL, 0, 0, "", plan.domain, {}, stages.GREEDY_LABEL, None, None, greedy_eval)]
-    jobs = [(run.cfg, ws, model, data, curates[run.arm.data], plan.domain, run.label) for run in plan.runs]
+            _row(GREEDY_LABEL, 0, 0, "", plan.domain, {}, GREEDY_LABEL, None, None, greedy_eval)]
+    jobs = [(run.cfg, ws, base_model, data_run, curates[run.arm.data], plan.domain, run.label) for run in plan.runs]
     log.info("experiment %s: %d arm runs, %d at a time", EXPERIMENT, len(jobs), base.workers)
-    for run, (train, evaluated) in zip(plan.runs, calls.arms(calls, jobs)):
-        calls.ingest(ws, [train, evaluated])
+    for run, (trained, evaluated) in zip(plan.runs, calls.arms(calls, jobs)):
+        calls.ingest(ws, [trained, evaluated])
         rows.append(
             _row(run.arm.name, run.arm.question, run.seed, run.arm.data, plan.domain, run.arm.changes, run.label,
-                 curates[run.arm.data], train, evaluated)
+                 curates[run.arm.data], trained, evaluated)
         )
     frame = pd.DataFrame(rows)
     record_arms(ws, frame)

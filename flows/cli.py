@@ -16,6 +16,7 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 import hashlib  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from enum import Enum  # noqa: E402
@@ -37,6 +38,8 @@ app = typer.Typer(
 )
 experiment_app = typer.Typer(help="Experiments that reproduce published findings in miniature.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
+config_app = typer.Typer(help="The configuration: every key, its default and help.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -70,7 +73,7 @@ def _fail(exc: Exception) -> None:
 
 def _preflight(cfg) -> None:
     """Check a file-based data source before any server starts, so a bad file costs one message."""
-    if cfg.data.format != "reasoning-gym":
+    if any(src.format != "reasoning-gym" for src in cfg.data.resolved_sources()):
         from curation.data import load_problems
 
         load_problems(cfg.data)
@@ -113,7 +116,7 @@ def run(
         quiet_libraries()
     from flows.pipeline import select_flow
     from flows.runners import make_task_runner
-    from polymath.config import load_config
+    from pipeline.config import load_config
 
     if not debug:
         quiet_user_tracebacks()
@@ -121,10 +124,17 @@ def run(
         cfg = load_config(config, overrides)
         _preflight(cfg)
         ws = _workspace(workspace)
+        planned = None
         if stage is None and not force:
-            from tasks.plan import plan_runs
+            from pipeline.plan import plan_runs
 
-            console.print(_plan_line(plan_runs(cfg, ws)) + "  (polymath status lists them)")
+            planned = plan_runs(cfg, ws)
+            console.print(_plan_line(planned) + "  (polymath status lists them)")
+            if (finished := _all_in_database(ws, planned)) is not None:
+                # Nothing to run or ingest: no Prefect server, no flow; the results as the flow would print them.
+                console.print("every run is finished and in the database: nothing to run (--force reruns)")
+                _print_results(ws, {"evals": [r for r in finished if r.stage == "evaluate"]}, None)
+                return
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
         flow_fn, force_set = select_flow(stage.value if stage else None, force, cfg.workers)
@@ -133,10 +143,51 @@ def run(
             flow_fn = flow_fn.with_options(task_runner=make_task_runner("ray", ray_address))
             if flow_fn.name != "curate":
                 kwargs["parallel"] = True
-        result = flow_fn(cfg, root, force_set, **kwargs)
+        with _stage_progress(planned):
+            result = flow_fn(cfg, root, force_set, **kwargs)
         _print_results(ws, result, stage)
     except PolymathError as exc:
         _fail(exc)
+
+
+@contextmanager
+def _stage_progress(planned):
+    """One progress bar per stage (runs finished of the plan's, with the rate) on a terminal; else nothing
+    (Prefect's log lines already name every finished run)."""
+    if not planned or not err_console.is_terminal:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline import progress as stage_events
+
+    totals: dict[str, int] = {}
+    for r in planned:
+        totals[r.stage] = totals.get(r.stage, 0) + 1
+    bars = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console)
+    ids = {name: bars.add_task(name, total=n, rate="") for name, n in totals.items()}
+
+    def advance(ref) -> None:
+        if ref.stage in ids:
+            task = bars.tasks[ids[ref.stage]]
+            minutes = max(task.elapsed or 0.0, 1e-9) / 60
+            bars.update(ids[ref.stage], advance=1, rate=f"{(task.completed + 1) / minutes:.1f} runs/min")
+
+    with bars, stage_events.listening(advance):
+        yield
+
+
+def _all_in_database(ws: Workspace, planned) -> list | None:
+    """The plan's runs as refs when every one is finished and ingested (None: the flow has work to do)."""
+    from pipeline.ingest import already_ingested
+    from pipeline.stage import StageRef
+
+    if not planned or any(r.state != "finished" for r in planned):
+        return None
+    refs = [StageRef(r.stage, r.key, ws.stage_dir(r.stage, r.key), r.label, skipped=True) for r in planned]
+    ingested = already_ingested(ws, refs)
+    return refs if all((r.stage, r.key) in ingested for r in refs) else None
 
 
 def _print_results(ws: Workspace, result: dict, stage: Optional[Stage]) -> None:
@@ -202,8 +253,8 @@ def status(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
 ) -> None:
     """Each stage run of the pipeline's plan: finished, stale (and what changed) or missing; runs nothing."""
-    from polymath.config import load_config
-    from tasks.plan import plan_runs
+    from pipeline.config import load_config
+    from pipeline.plan import plan_runs
 
     try:
         cfg = load_config(config, overrides)
@@ -290,9 +341,9 @@ def merge(
     from merging.config import MergeConfig
     from merging.merge import merge_adapters
     from merging.methods import get_method
-    from polymath.config import option_errors
+    from pipeline.config import option_errors
     from polymath.errors import ConfigError
-    from tasks.merging import merge_row
+    from pipeline.merge import merge_row
 
     try:
         weight_list = _floats(weights, "--weights")
@@ -349,7 +400,7 @@ def experiment_entropy(
     """Reproduce the entropy findings of arXiv 2511.05993 in miniature; writes a markdown report."""
     from experiments.entropy import experiment_from_options
     from flows.experiment import entropy_experiment_flow
-    from polymath.config import load_config
+    from pipeline.config import load_config
     from polymath.errors import ConfigError
 
     try:
@@ -366,6 +417,14 @@ def experiment_entropy(
     except PolymathError as exc:
         _fail(exc)
     console.print(f"report: {path}")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every config key with its default and help (the text of configs/reference.yaml)."""
+    from pipeline.reference import reference_yaml
+
+    sys.stdout.write(reference_yaml())
 
 
 def main() -> None:

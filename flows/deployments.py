@@ -10,7 +10,7 @@ from typing import Literal
 
 from prefect import flow
 
-from polymath.config import load_config
+from pipeline.config import load_config
 from polymath.workspace import Workspace
 
 from .pipeline import select_flow

@@ -20,16 +20,9 @@ from experiments.entropy import (
     run_experiment,
 )
 from experiments.entropy_report import write_entropy_report
-from polymath.config import PolymathConfig
+from pipeline.config import PolymathConfig
+from pipeline.tasks import ingest_task, run_stage
 from polymath.workspace import Workspace
-from tasks.prefect_tasks import curate_task, data_task, evaluate_task, ingest_task, model_task, train_task
-from tasks.stages import GREEDY_LABEL
-
-
-def _evaluate(cfg, ws, model, data, target, force=False, greedy=False):
-    label = target.label if target else (GREEDY_LABEL if greedy else "base")
-    return evaluate_task(cfg, ws, model, data, target, label, force, greedy)
-
 
 @task(name="arm", cache_policy=NO_CACHE, task_run_name="{label}")
 def arm_task(calls: StageCalls, cfg, ws, model, data, curate, domain, label):
@@ -52,10 +45,8 @@ def _entropy_experiment(cfg: PolymathConfig, workspace: str, experiment: Entropy
     start = time.perf_counter()
     ws = Workspace(workspace)
     plan = experiment_plan(cfg, experiment)
-    calls = StageCalls(
-        data=data_task, model=model_task, curate=curate_task, train=train_task, evaluate=_evaluate, ingest=ingest_task,
-        arms=_arms_side_by_side if cfg.workers > 1 else run_arms_in_turn,
-    )
+    calls = StageCalls(run=run_stage, ingest=ingest_task,
+                       arms=_arms_side_by_side if cfg.workers > 1 else run_arms_in_turn)
     run_experiment(plan, ws, calls)
     path = write_entropy_report(Store(ws.db_path), ws.reports_dir / "entropy")
     create_markdown_artifact(Path(path).read_text(), key="entropy-experiment")

@@ -63,12 +63,14 @@ def resolve_base_model(experts: Sequence[LoraAdapter], base_model: Path | None, 
     return Path(name)
 
 
-def _load_base(path: Path, task_type: str | None, device: str) -> torch.nn.Module:
+def _load_base(path: Path, task_type: str | None, device: str, trust_remote_code: bool = False) -> torch.nn.Module:
     from transformers import AutoModel, AutoModelForCausalLM
 
     auto = AutoModelForCausalLM if task_type in (None, "CAUSAL_LM") else AutoModel
     try:
-        model = auto.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+        # float32 whatever model.dtype says: the merge computes in float32 (bf16 and fp16 weights widen exactly)
+        model = auto.from_pretrained(str(path), dtype=torch.float32, local_files_only=True,
+                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load the base model from {path} ({exc}); point base_model to an HF model folder"
@@ -76,10 +78,10 @@ def _load_base(path: Path, task_type: str | None, device: str) -> torch.nn.Modul
     return model.to(device)
 
 
-def _load_experts(experts: Sequence[LoraAdapter], base_path: Path, device: str):
+def _load_experts(experts: Sequence[LoraAdapter], base_path: Path, device: str, trust_remote_code: bool = False):
     from peft import PeftModel
 
-    model = _load_base(base_path, experts[0].config.task_type, device)
+    model = _load_base(base_path, experts[0].config.task_type, device, trust_remote_code)
     names = [f"expert_{i}" for i in range(len(experts))]
     for i, (expert, name) in enumerate(zip(experts, names, strict=True)):
         try:
@@ -125,13 +127,14 @@ def peft_merge(
     density: float | None = None,
     majority_sign_method: Literal["total", "frequency"] = "total",
     base_model: Path | None = None,
+    trust_remote_code: bool = False,
     seed: int = 0,
     device: str = "cpu",
     method: str = "",
 ) -> dict[str, tuple[LoraFactors, float | None]]:
     """Merge with ``add_weighted_adapter``; returns per module (factors with scaling 1, truncation error)."""
     base_path = resolve_base_model(experts, base_model, method or combination_type)
-    model, names = _load_experts(experts, base_path, device)
+    model, names = _load_experts(experts, base_path, device, trust_remote_code)
     summed_rank = sum(max(f.rank for f in e.modules.values()) for e in experts)
     kwargs: dict = {}
     if combination_type != "cat":

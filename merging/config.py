@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-MethodName = Literal["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"]
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Density a baseline uses when ``MergeConfig.density`` is None. TIES keeps the
 #: top 20% of each task vector (the TIES paper's k); DARE drops half of the
@@ -25,11 +23,18 @@ class MergeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    method: MethodName = "robustmerge"
-    """Merge method: ``robustmerge`` (paper form, exact rank N*r sum),
+    method: str = "robustmerge"
+    """Merge method, a name of merging/methods.py's registry: ``robustmerge`` (paper form, exact rank N*r sum),
     ``robustmerge-reference`` (the official code's product of sums),
     ``task-arithmetic``, ``ties``, ``dare`` or ``knots`` (KnOTS: TIES or DARE on the experts' updates
     aligned in one shared SVD basis, in the factor space)."""
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from merging.methods import METHODS  # the registry imports this module for MergeConfig
+
+        return METHODS.check(name)
 
     keep: float = Field(default=0.2, gt=0.0, le=1.0)
     """RobustMerge: fraction of each LoRA factor's entries kept by magnitude pruning
@@ -82,6 +87,9 @@ class MergeConfig(BaseModel):
     """Local folder of the base model, loaded by the peft baselines (TIES, DARE, task
     arithmetic). None: the experts' ``base_model_name_or_path``, which must then be a
     local folder."""
+
+    trust_remote_code: bool = False
+    """Allow custom modeling code in ``base_model`` (the pipeline sets it from ``model.trust_remote_code``)."""
 
     device: str = "cpu"
     """Torch device the merge computes on (``cuda`` speeds up the dense SVDs of the

@@ -13,6 +13,7 @@ from merging.knots import knots
 from merging.lowrank import LoraFactors, truncate
 from merging.robustmerge import robustmerge, robustmerge_reference
 from polymath.errors import ConfigError
+from polymath.registry import Registry
 
 #: Per module: merged factors (scaling folded, scaling 1) and the relative error of
 #: the rank truncation (None when exact or not measured).
@@ -51,25 +52,21 @@ class MergeMethod(ABC):
         """Merge every module of the (validated) experts."""
 
 
-_REGISTRY: dict[str, type[MergeMethod]] = {}
+METHODS: Registry[type[MergeMethod]] = Registry("merge.method")
 
 
 def register(cls: type[MergeMethod]) -> type[MergeMethod]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def method_names() -> list[str]:
-    """The registered method names."""
-    return sorted(_REGISTRY)
+    """The registered method names, in registration order."""
+    return list(METHODS.names())
 
 
 def get_method(name: str) -> MergeMethod:
     """A fresh instance of the method registered under ``name``."""
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise ConfigError(f"merge method {name!r} is unknown; choose one of {', '.join(method_names())}") from None
+    return METHODS[name]()
 
 
 def _per_module(
@@ -157,6 +154,7 @@ class _PeftBaseline(MergeMethod):
             density=config.resolved_density() if self.uses_density else None,
             majority_sign_method=config.majority_sign_method,
             base_model=config.base_model,
+            trust_remote_code=config.trust_remote_code,
             seed=config.seed,
             device=config.device,
             method=self.name,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from polymath.config import PolymathConfig, load_config, parse_override
+from pipeline.config import PolymathConfig, load_config, parse_override
 from polymath.errors import ConfigError
 
 
@@ -71,7 +71,7 @@ def test_every_profile_validates():
 
 
 def test_merge_seeds_multiply_only_the_random_methods():
-    from polymath.config import MergeStage
+    from pipeline.config import MergeStage
 
     stage = MergeStage(seeds=[0, 1, 2])
     assert stage.seeds_of("dare") == [0, 1, 2]

@@ -8,7 +8,7 @@ from curation.config import CurateConfig
 from curation.curate import curate
 from curation.diversity import METRIC_NAMES
 from curation.projection import plot_projection
-from curation.records import Problem
+from polymath.records import Problem
 from polymath.errors import DataError, SelectionError
 
 DOMAINS = ("arith", "legs", "words")

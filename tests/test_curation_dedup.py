@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from curation.dedup import exact_keep_mask, near_keep_mask, normalize_text
+from curation.dedup import exact_keep_mask, near_keep_mask
+from polymath.text import normalize_text
 
 
 def unit(rows):

@@ -326,7 +326,7 @@ def test_errors_name_the_problem_and_the_fix():
         select("kcenter", X, 500, seed=0)
     with pytest.raises(SelectionError, match="k=0"):
         select("random", X, 0, seed=0)
-    with pytest.raises(SelectionError, match="unknown selection strategy 'kmeans'.*kcenter"):
+    with pytest.raises(SelectionError, match="curate.strategy: unknown 'kmeans'.*kcenter"):
         select("kmeans", X, 5, seed=0)
     bad = X.copy()
     bad[3, 1] = np.nan

@@ -124,7 +124,7 @@ def test_embedded_set_is_seeded_and_disjoint():
 
 
 def test_demo_profile_has_about_17k_problems():
-    from polymath.config import load_config
+    from pipeline.config import load_config
 
     ps = load_problems(load_config("demo").data)
     total = len(ps.train) + len(ps.test)

@@ -19,14 +19,14 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from curation.records import Problem
+from polymath.records import Problem
 from evaluation import metrics
 from evaluation.config import EvalConfig
 from evaluation.hf_engine import hf_generate
 from evaluation.sampling import EVAL_SAMPLE_COLUMNS, evaluate_model, resolve_backend
 from evaluation.store import Store
 from evaluation.vllm_engine import lora_request, vllm_generate
-from training.prompting import PLAIN_SUFFIX
+from polymath.prompting import PLAIN_SUFFIX
 from polymath.errors import ConfigError, DataError, ModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

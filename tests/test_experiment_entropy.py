@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from evaluation.store import Store
 from experiments.entropy import ARMS, BASELINE, EntropyExperiment, experiment_plan
-from experiments.entropy_report import (
+from experiments.entropy_verdicts import (
     Summary,
     verdict_collapse,
     verdict_data,
@@ -22,7 +22,7 @@ from experiments.entropy_report import (
     verdict_spearman,
 )
 from flows.cli import app
-from polymath.config import load_config
+from pipeline.config import load_config
 from polymath.workspace import Workspace
 
 
@@ -187,7 +187,7 @@ def test_positive_token_verdict_needs_every_ordering():
 
 
 def test_remedy_verdict_needs_higher_entropy_at_no_cost_in_accuracy():
-    from experiments.entropy_report import verdict_remedies
+    from experiments.entropy_verdicts import verdict_remedies
 
     def row(arm, entropy, acc):
         return {"arm": arm, "seeds": 3, "entropy_final": entropy, "entropy_final_sd": 0.01,

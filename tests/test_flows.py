@@ -9,8 +9,8 @@ import pytest
 from evaluation.store import Store
 from flows.pipeline import pipeline
 from flows.runners import with_workers
-from flows.stages import merge_flow, train_flow
-from polymath.config import load_config
+from flows.pipeline import merge_flow, train_flow
+from pipeline.config import load_config
 from polymath.errors import StageError
 from polymath.workspace import Workspace
 
@@ -115,11 +115,35 @@ def test_rerun_skips_every_stage_and_keeps_counts(first_run):
     assert _counts(ws) == before
 
 
+def test_every_stage_run_of_the_plan_reports_to_the_progress_listeners(first_run):
+    from pipeline import progress
+    from pipeline.plan import plan_runs
+
+    cfg, ws, _ = first_run
+    heard = []
+    with progress.listening(heard.append):
+        pipeline(cfg, str(ws.root))
+    assert sorted((r.stage, r.key) for r in heard) == sorted((r.stage, r.key) for r in plan_runs(cfg, ws))
+
+
+def test_an_unchanged_cli_rerun_starts_no_flow_and_prints_the_results(first_run, micro_config_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import flows.pipeline
+    from flows.cli import app
+
+    _, ws, _ = first_run
+    monkeypatch.setattr(flows.pipeline, "select_flow", lambda *a, **k: pytest.fail("an unchanged rerun started a flow"))
+    out = CliRunner().invoke(app, ["run", "-c", str(micro_config_path), "-w", str(ws.root)])
+    assert out.exit_code == 0, out.output
+    assert "nothing to run" in out.output and "merged:robustmerge" in out.output and "report:" in out.output
+
+
 def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_run, micro_config_path):
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from tasks.plan import plan_runs
+    from pipeline.plan import plan_runs
 
     cfg, ws, result = first_run
     rows = plan_runs(cfg, ws)
@@ -145,7 +169,8 @@ def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_r
 
 
 def test_a_reused_run_already_in_duckdb_is_not_ingested_again(first_run):
-    from tasks.stages import StageRef, ingest_all
+    from pipeline.ingest import ingest_all
+    from pipeline.stage import StageRef
 
     _, ws, result = first_run
     reused = [StageRef(r.stage, r.key, r.dir, r.label, skipped=True) for r in result["evals"]]
@@ -195,7 +220,8 @@ def test_failing_stage_names_itself_and_keeps_earlier_artifacts(first_run, monke
 
 def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
     """The same stage, pointed by config at a GSM8K-style JSONL, selects without code changes."""
-    from tasks.stages import curate_stage, curated_problems, data_stage
+    from pipeline import curate as curate_stage, data as data_stage
+    from pipeline.curate import curated_problems
 
     rows = [{"question": f"Sam has {i} apples and buys {i % 7 + 2} more bags of {i % 5 + 3}. How many apples now?",
              "answer": f"{i} + {i % 7 + 2} * {i % 5 + 3}\n#### {i + (i % 7 + 2) * (i % 5 + 3)}"} for i in range(60)]
@@ -206,21 +232,21 @@ def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
         "data.domain=math", "data.test_fraction=0.1", "curate.k=12", "curate.n_clusters=4",
     ])
     ws = Workspace(tmp_path / "ws")
-    data = data_stage(cfg, ws)
-    curate = curate_stage(cfg, ws, data)
+    data = data_stage.run(cfg, ws)
+    curate = curate_stage.run(cfg, ws, data)
     chosen = curated_problems(data, curate)
     assert len(chosen) == 12 and {p.domain for p in chosen} == {"math"}
     assert all(p.metadata["verifier"] == "numeric" for p in chosen)
-    assert curate_stage(cfg, ws, data).skipped  # rerun: a cache hit
+    assert curate_stage.run(cfg, ws, data).skipped  # rerun: a cache hit
 
 
 def test_curate_domains_names_a_missing_domain_and_the_ones_that_exist(micro_config_path, tmp_path):
-    from tasks.stages import curate_stage, data_stage
+    from pipeline import curate as curate_stage, data as data_stage
 
     cfg = load_config(micro_config_path, ["curate.domains=[legs]"])
     ws = Workspace(tmp_path)
     with pytest.raises(StageError, match=r"curate.domains names \['legs'\].*available: \['arithmetic', 'gcd', 'reverse'\]"):
-        curate_stage(cfg, ws, data_stage(cfg, ws))
+        curate_stage.run(cfg, ws, data_stage.run(cfg, ws))
 
 
 def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path):

@@ -51,9 +51,9 @@ def close(x: torch.Tensor, y: torch.Tensor, tol: float = 1e-5) -> bool:
 
 
 def test_registry_names():
-    assert method_names() == sorted(["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"])
+    assert method_names() == ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"]
     assert get_method("ties").name == "ties"
-    with pytest.raises(ConfigError, match="'copa' is unknown; choose one of dare, knots, robustmerge"):
+    with pytest.raises(ConfigError, match=r"merge.method: unknown 'copa' \(choose from: robustmerge, robustmerge-reference, task-arithmetic"):
         get_method("copa")
 
 

@@ -3,8 +3,9 @@ import torch
 
 from curation.domains import load_embedded
 from polymath.errors import ModelError
-from training.models import TinyModelConfig, bootstrap_tiny, build_char_tokenizer, load_model
-from training.prompting import PLAIN_SUFFIX, format_prompt
+from polymath.loading import load_model
+from training.models import TinyModelConfig, bootstrap_tiny, build_char_tokenizer
+from polymath.prompting import PLAIN_SUFFIX, format_prompt
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                        sft_steps=12, sft_batch_size=16, sft_lr=5e-3)

@@ -12,33 +12,33 @@ from pathlib import Path
 
 import pandas as pd
 
-from polymath.config import load_config
+from pipeline import curate as curate_stage, data as data_stage, model as model_stage, train as train_stage
+from pipeline.config import load_config
 from polymath.workspace import Workspace
-from tasks import stages
 
 OVERRIDES = ["train.steps=40", "train.save_steps=2"]
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from polymath.config import load_config
+    from pipeline.config import load_config
     from polymath.workspace import Workspace
-    from tasks import stages
+    from pipeline import curate as curate_stage, data as data_stage, model as model_stage, train as train_stage
 
     cfg = load_config(sys.argv[1], sys.argv[3:])
     ws = Workspace(sys.argv[2])
-    data = stages.data_stage(cfg, ws)
-    curate = stages.curate_stage(cfg, ws, data)
-    model = stages.model_stage(cfg, ws, data)
-    stages.train_stage(cfg, ws, model, data, curate, "gcd")
+    data = data_stage.run(cfg, ws)
+    curate = curate_stage.run(cfg, ws, data)
+    model = model_stage.run(cfg, ws, data)
+    train_stage.run(cfg, ws, model, data, curate, "gcd")
 """)
 
 
 def test_a_training_killed_mid_run_resumes_from_its_checkpoint(micro_config_path, tmp_path):
     cfg = load_config(micro_config_path, OVERRIDES)
     ws = Workspace(tmp_path / "ws")
-    data = stages.data_stage(cfg, ws)
-    curate = stages.curate_stage(cfg, ws, data)
-    model = stages.model_stage(cfg, ws, data)
+    data = data_stage.run(cfg, ws)
+    curate = curate_stage.run(cfg, ws, data)
+    model = model_stage.run(cfg, ws, data)
 
     train_dir = ws.root / "artifacts" / "train"
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(micro_config_path), str(ws.root), *OVERRIDES],
@@ -58,7 +58,7 @@ def test_a_training_killed_mid_run_resumes_from_its_checkpoint(micro_config_path
     assert not list(train_dir.glob("[!.]*"))  # nothing looks finished
     assert list(train_dir.glob(".partial-*.lock"))  # the dead writer's lock is still there
 
-    ref = stages.train_stage(cfg, ws, model, data, curate, "gcd")
+    ref = train_stage.run(cfg, ws, model, data, curate, "gcd")
     summary = ref.manifest()["summary"]
     assert summary["resumed_from_step"] >= 4
     steps = pd.read_parquet(ref.dir / "train_steps.parquet")

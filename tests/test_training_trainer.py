@@ -18,12 +18,13 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
-from curation.records import Problem  # noqa: E402
+from polymath.records import Problem  # noqa: E402
 from polymath.errors import ConfigError, DataError, ModelError, TrainingError  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.controllers import STATE_FILE, Controllers  # noqa: E402
 from training.expert import build_dataset, grpo_config, make_reward_func, train_expert  # noqa: E402
-from training.grpo import STEP_METRICS, PolymathGRPOTrainer  # noqa: E402
+from training.grpo import PolymathGRPOTrainer  # noqa: E402
+from training.step_record import STEP_METRICS  # noqa: E402
 from training.models import build_char_tokenizer  # noqa: E402
 
 DIGITS = set("0123456789")

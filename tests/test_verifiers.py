@@ -1,7 +1,7 @@
 import pytest
 
 from curation.domains import load_embedded
-from curation.records import Problem
+from polymath.records import Problem
 from polymath.errors import ConfigError
 from training.verifiers import extract_answer, get_verifier, score
 
@@ -27,6 +27,31 @@ def test_extraction_order():
     assert extract_answer("blah\nThe final answer is: 9") == "9"
     assert extract_answer("  17\nmore") == "17"
     assert extract_answer("") is None
+
+
+# Completions in SmolLM2-135M-Instruct's style: free text, an answer somewhere or nowhere.
+SMOLLM_STYLE = [
+    ("To find the GCD of 12 and 18, we list their factors. The greatest common divisor is 6.\nAnswer: 6", "6"),
+    ("Let's add them up: 17 + 25 = 42. So, the total is 42 apples in the basket.", "42"),
+    ("First, 3 * 4 = 12.\nThen we subtract 2 from it.\nThat leaves us with 10", "10"),
+    ("I'm sorry, but I can't determine that without more information about the problem.", None),
+    ("Sure! Here is the word spelled backward: <answer>nus</answer>", "nus"),
+    ("nus", "nus"),
+    ("The answer is: 1,000 pages", "1,000 pages"),
+]
+
+
+@pytest.mark.parametrize("completion, answer", SMOLLM_STYLE)
+def test_free_text_answers_and_the_documented_fallback(completion, answer):
+    assert extract_answer(completion) == answer
+
+
+def test_free_text_without_an_answer_scores_zero_and_is_counted_as_no_answer():
+    from evaluation.sampling import _score
+
+    p = Problem("g2", "math", "q", "42", {"verifier": "numeric"})
+    assert _score(score, p, SMOLLM_STYLE[1][0]) == ("42", 1.0)
+    assert _score(score, p, SMOLLM_STYLE[3][0]) == (None, 0.0)  # extracted None: eval_samples.no_answer
 
 
 def test_numeric_gsm8k_match():

@@ -3,7 +3,7 @@
 import pytest
 
 from curation.domains import load_embedded
-from curation.records import Problem
+from polymath.records import Problem
 from polymath.errors import ModelError
 from training.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
 from training.warm_start import band_distance, domain_weights, in_band, split_probe, warm_start

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from polymath.errors import ConfigError
+from polymath.keys import NOT_IN_KEY
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -19,7 +20,7 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 class LoraSettings(BaseModel):
     """Which parameters are trained: a LoRA adapter (default) or the whole model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     r: int = Field(16, ge=1)
     """LoRA rank."""
@@ -36,7 +37,7 @@ class LoraSettings(BaseModel):
 class EntropySettings(BaseModel):
     """Entropy bonus: loss = policy_loss - c * H (token mean over the step's batch)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     mode: Literal["none", "fixed", "adaptive", "aer"] = "none"
     """none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target`` (the bonus acts
@@ -77,7 +78,7 @@ class EntropySettings(BaseModel):
 class ParSettings(BaseModel):
     """Positive-advantage reweighting: the loss of tokens with advantage > 0 is multiplied by lambda."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     schedule: Literal["constant", "staged", "entropy-guided"] = "constant"
     """constant: lambda = lambda0 throughout. staged: 0 for the first ``staged_fraction`` of the steps, then
@@ -95,7 +96,7 @@ class ParSettings(BaseModel):
 class TrainConfig(BaseModel):
     """One GRPO run: rollouts, clipped surrogate, entropy control and what is trained."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     steps: int = Field(40, ge=1)
     """Number of rollout batches; the optimizer takes ``steps x updates_per_batch`` steps (TRL ``max_steps``)."""
@@ -165,16 +166,35 @@ class TrainConfig(BaseModel):
     merge_lora_for_rollouts: bool = True
     """Merge the adapter into the (float32) base weights while HF generate samples rollouts, unmerged right
     after: one matmul per projection instead of three, about a quarter faster sampling for small models."""
-    use_vllm: bool = False
-    """Generate rollouts with vLLM colocated on the training GPU (needs vllm and CUDA)."""
+    use_vllm: bool | Literal["auto"] = False
+    """Generate rollouts with vLLM colocated on the training GPU (needs vllm and CUDA); ``auto``: vLLM when it is
+    installed and a GPU is present, HF generate otherwise."""
+
+    def rollouts_on_vllm(self) -> bool:
+        """Whether this run's rollouts go through vLLM (``auto`` resolved on this machine)."""
+        if self.use_vllm != "auto":
+            return bool(self.use_vllm)
+        import importlib.util
+
+        import torch
+
+        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
     save_steps: int = Field(0, ge=0)
     """Checkpoint every this many steps (resumable, controller state included); 0 saves none."""
-    show_progress: bool = False
+    show_progress: bool = Field(False, json_schema_extra=NOT_IN_KEY)
     """Show a progress bar while training."""
-    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(default_factory=list)
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(default_factory=list,
+                                                                                  json_schema_extra=NOT_IN_KEY)
     """Experiment trackers that receive TRL's training logs (TRL's ``report_to``); TensorBoard event files go to
     the run's ``checkpoints/runs`` folder. Each needs its package (``pip install 'polymath[tracking]'`` for
     TensorBoard). Not part of the run's key: tracking does not change what is trained."""
+    processes: int = Field(1, ge=1)
+    """Processes that train one expert together (DDP: ``accelerate launch`` on GPUs, ``torchrun`` with gloo on
+    CPU): each takes its share of every rollout batch, so the data, the updates and the controllers' inputs are
+    those of one process; the entropy and coefficients are reduced over ranks, the same on every one."""
+    accelerate_config: str | None = None
+    """An accelerate config file for the multi-process launch (DeepSpeed ZeRO, FSDP: ``accelerate config``
+    writes one); None: plain DDP."""
     cpu_threads: int | None = Field(None, ge=1)
     """Torch CPU threads during the run (restored afterwards); None keeps torch's setting. Tiny models train
     several times faster with 1 thread, above all on a shared machine."""

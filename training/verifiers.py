@@ -17,88 +17,20 @@ loader from ``data.verifier``).
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from typing import Callable, Protocol
 
-from curation.records import Problem
+from polymath.records import Problem
+from polymath.answers import extract_answer, final_answer, to_number
 from polymath.errors import ConfigError
-
-_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_HASHES = re.compile(r"####\s*(.+)")
-_ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``, braces balanced."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
-
-
-def extract_answer(completion: str) -> str | None:
-    """The answer a completion commits to.
-
-    Looks, in order, for ``<answer>..</answer>``, ``\\boxed{..}``, ``#### ..``,
-    an ``Answer: ..`` line, and otherwise takes the first non-empty line (the
-    embedded tiny model answers directly after ``Answer: ``).
-    """
-    if not completion:
-        return None
-    for pattern in (_TAG,):
-        found = pattern.findall(completion)
-        if found:
-            return found[-1].strip()
-    boxed = _last_boxed(completion)
-    if boxed is not None:
-        return boxed.strip()
-    hashes = _HASHES.findall(completion)
-    if hashes:
-        return hashes[-1].strip().splitlines()[0].strip()
-    lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
-    for line in reversed(lines):
-        m = _ANSWER_LINE.search(line)
-        if m:
-            return m.group(1).strip()
-    return lines[0] if lines else None
-
-
-ANSWER_MARKER = "Answer:"
-
-
-def final_answer(completion: str, marker: str = ANSWER_MARKER) -> str | None:
-    """The rest of the line after the last ``marker``, stripped; None when the marker is missing or nothing follows."""
-    if not completion or marker not in completion:
-        return None
-    tail = completion.rsplit(marker, 1)[1]
-    lines = tail.splitlines()
-    answer = lines[0].strip() if lines else ""
-    return answer or None
-
-
-def _to_number(text: str) -> float | None:
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
-
+from polymath.registry import Registry
 
 class Verifier(Protocol):
     name: str
+
+    def fits(self, data_format: str, answer_format: str) -> str | None:
+        """None when the verifier can check answers of this source; else why not."""
+        ...
 
     def extract(self, completion: str) -> str | None: ...
 
@@ -107,6 +39,9 @@ class Verifier(Protocol):
 
 class ExactVerifier:
     name = "exact"
+
+    def fits(self, data_format: str, answer_format: str) -> str | None:
+        return None
 
     def extract(self, completion: str) -> str | None:
         return extract_answer(completion)
@@ -139,11 +74,16 @@ class NumericVerifier(ExactVerifier):
 
     name = "numeric"
 
+    def fits(self, data_format: str, answer_format: str) -> str | None:
+        if answer_format == "boxed":
+            return "boxed answers are LaTeX expressions (fractions, radicals), not numbers: use math"
+        return None
+
     def score(self, problem: Problem, completion: str) -> float:
         answer = self.extract(completion)
         if answer is None:
             return 0.0
-        got, want = _to_number(answer), _to_number(problem.answer)
+        got, want = to_number(answer), to_number(problem.answer)
         if got is None or want is None:
             return 0.0
         return float(abs(got - want) <= 1e-6 * max(1.0, abs(want)))
@@ -175,6 +115,11 @@ class ReasoningGymVerifier(ExactVerifier):
 
     name = "reasoning-gym"
 
+    def fits(self, data_format: str, answer_format: str) -> str | None:
+        if data_format != "reasoning-gym":
+            return "it scores with the task's entry metadata, which only reasoning-gym data has: use math, numeric or exact"
+        return None
+
     def score(self, problem: Problem, completion: str) -> float:
         answer = self.extract(completion)
         if answer is None:
@@ -197,18 +142,13 @@ def _scorer(task: str) -> Callable:
     return reasoning_gym.get_score_answer_fn(task)
 
 
-VERIFIERS: dict[str, Verifier] = {
-    v.name: v for v in (MarkerVerifier(), ExactVerifier(), NumericVerifier(), MathVerifier(), ReasoningGymVerifier())
-}
+VERIFIERS: Registry[Verifier] = Registry("data.verifier")
+for _verifier in (MarkerVerifier(), ExactVerifier(), NumericVerifier(), MathVerifier(), ReasoningGymVerifier()):
+    VERIFIERS.add(_verifier.name, _verifier)
 
 
 def get_verifier(name: str) -> Verifier:
-    try:
-        return VERIFIERS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown verifier {name!r}; choose one of {', '.join(sorted(VERIFIERS))} (data.verifier)"
-        ) from None
+    return VERIFIERS[name]
 
 
 def verifier_for(problem: Problem) -> Verifier:

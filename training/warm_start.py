@@ -29,10 +29,10 @@ import random
 import time
 from collections.abc import Callable
 
-from curation.records import Problem
+from polymath.records import Problem
 from polymath.errors import ModelError
 
-from .prompting import PLAIN_SUFFIX
+from polymath.prompting import PLAIN_SUFFIX
 from polymath.threads import torch_threads
 
 Progress = Callable[[int, int, float], None]

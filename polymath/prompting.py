@@ -7,7 +7,7 @@ plain ``question + "\\nAnswer: "`` layout, the same one its warm start used.
 
 from __future__ import annotations
 
-from curation.records import Problem
+from polymath.records import Problem
 
 PLAIN_SUFFIX = "\n"
 

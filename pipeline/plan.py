@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from polymath.config import PolymathConfig
+from pipeline.config import PolymathConfig
 from polymath.workspace import MANIFEST, Workspace
 
-from . import stages
-from .merging import merge_stage
-from .stages import StageRef
+from . import curate, data, evaluate, merge, model, train
+from .stage import PLANNED, PLANNING, StageRef
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def _manifest_label(stage: str, manifest: dict) -> str:
     if summary.get("label"):
         return summary["label"]
     if stage == "train" and summary.get("expert"):
-        return stages.expert_label(summary["expert"])
+        return train.expert_label(summary["expert"])
     return {"data": "data", "curate": "curate", "model": "base"}.get(stage, "")
 
 
@@ -99,25 +98,25 @@ class _Recorder:
 def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
     """Every stage run the pipeline would reuse or run for ``cfg`` in ``ws``, in pipeline order."""
     rec = _Recorder(ws)
-    tokens = stages.PLANNING.set(True), stages.PLANNED.set(rec.computed)
+    tokens = PLANNING.set(True), PLANNED.set(rec.computed)
     try:
         _walk(cfg, ws, rec)
     finally:
-        stages.PLANNING.reset(tokens[0])
-        stages.PLANNED.reset(tokens[1])
+        PLANNING.reset(tokens[0])
+        PLANNED.reset(tokens[1])
     return rec.rows
 
 
 def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
     """The pipeline flow's stages in its order (flows/pipeline.py), each stopping at its key."""
-    data = rec.add(stages.data_stage(cfg, ws))
-    curate = rec.add(stages.curate_stage(cfg, ws, data)) if cfg.curate.enabled else None
-    model = rec.add(stages.model_stage(cfg, ws, data))
-    domains = _domains(cfg, data)
+    data_run = rec.add(data.run(cfg, ws))
+    base = rec.add(model.run(cfg, ws, data_run))
+    curate_run = rec.add(curate.run(cfg, ws, data_run, False, base)) if cfg.curate.enabled else None
+    domains = _domains(cfg, data_run)
     if domains is None:
         rec.rows.append(PlannedRun("train", "expert:*", "", "missing", "the domains are known once the data stage has run"))
         return
-    experts = [rec.add(stages.train_stage(cfg, ws, model, data, curate, d)) for d in domains]
+    experts = [rec.add(train.run(cfg, ws, base, data_run, curate_run, d)) for d in domains]
     targets: list[tuple[StageRef | None, bool]] = []
     if cfg.evaluate.include_base:
         targets.append((None, False))
@@ -130,20 +129,16 @@ def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
         for left_out, members in (s for s in sets if len(s[1]) >= 2):
             for method in cfg.merge.methods:
                 for seed in cfg.merge.seeds_of(method):
-                    merges.append(rec.add(merge_stage(cfg, ws, model, data, curate, members, method, False, left_out,
-                                                      seed)))
+                    merges.append(rec.add(merge.run(cfg, ws, base, data_run, curate_run, members, method, False,
+                                                    left_out, seed)))
     for target, greedy in targets + [(m, False) for m in merges]:
-        rec.add(stages.evaluate_stage(cfg, ws, model, data, target, False, greedy))
+        rec.add(evaluate.run(cfg, ws, base, data_run, target, False, greedy))
 
 
-def _domains(cfg: PolymathConfig, data: StageRef) -> list[str] | None:
+def _domains(cfg: PolymathConfig, data_run: StageRef) -> list[str] | None:
     """The experts' domains: from the finished data run, else from the config (None: not known before it)."""
-    if data.skipped:
-        return stages.expert_domains(cfg, data)
+    if data_run.skipped:
+        return train.expert_domains(cfg, data_run)
     if cfg.train.domains is not None:
         return list(cfg.train.domains)
-    if cfg.data.format == "reasoning-gym":
-        from curation.domains import EMBEDDED_DOMAINS
-
-        return sorted(cfg.data.domains or [s.domain for s in EMBEDDED_DOMAINS])
-    return None
+    return cfg.data.static_domains()

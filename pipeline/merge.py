@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.records import Problem
-from polymath.config import PolymathConfig
+from pipeline.config import PolymathConfig
+from polymath.keys import key_section
+from polymath.records import Problem
 from polymath.workspace import Workspace
 
-from .stages import StageRef, _finished, _key, adapter_dir, curated_problems, model_dir, train_problems
+from .curate import curated_problems
+from .data import train_problems
+from .model import model_dir
+from .stage import StageRef, finished, key_of, ref, stage
+from .train import adapter_dir
 
 
 def merged_label(method: str, left_out: str | None = None, seed: int | None = None) -> str:
@@ -59,7 +64,8 @@ def merge_row(report, run_key: str, label: str, scale: float | None) -> dict:
     }
 
 
-def merge_stage(
+@stage("merge", upstream=("model", "train", "data", "curate"), code=("merging", "pipeline/merge.py"), heavy=True)
+def run(
     cfg: PolymathConfig,
     ws: Workspace,
     model: StageRef,
@@ -77,33 +83,34 @@ def merge_stage(
     from merging.merge import merge_adapters
     from merging.methods import get_method
 
-    params = cfg.merge.model_dump(mode="json", exclude={"methods", "leave_out", "seeds"})
+    params = key_section(cfg.merge)
     sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k")}
     params["method"] = method
     if seed is not None:
         params["seed"] = seed
     params["base_model"] = str(model_dir(model))
+    params["trust_remote_code"] = cfg.model.trust_remote_code
     merge_cfg = MergeConfig.model_validate(params)
-    section = {k: v for k, v in params.items() if k not in {"base_model", "device"}}
+    section = {k: v for k, v in params.items() if k not in {"base_model", "device", "trust_remote_code"}}
     if sweep["scales"]:
         section["sweep"] = {**sweep, "evaluate": cfg.evaluate.model_dump(mode="json", include={"temperature",
                                                                                              "top_p", "seed"})}
     inputs = {"model": model.key, **{e.label: e.key for e in experts}}
     if sweep["scales"]:
         inputs.update(data=data.key, curate=curate.key if curate else "")
-    key = _key("merge", section, inputs, "merging", "tasks/merging.py")
+    key = key_of("merge", section, inputs)
     label = merged_label(method, left_out, seed)
-    if ref := _finished(ws, "merge", key, label, force):
-        return ref
+    if done := finished(ws, "merge", key, label, force):
+        return done
     adapters = [adapter_dir(e) for e in experts]
-    with ws.stage_run("merge", key, section, inputs) as run:
+    with ws.stage_run("merge", key, section, inputs) as out:
         scale = None
         if sweep["scales"]:
             domains = [e.manifest()["summary"]["expert"] for e in experts]
             validation = validation_problems(data, curate, domains, sweep["validation_per_domain"])
             points = []
             for value in sweep["scales"]:
-                folder = run.tmp / "sweep" / f"scale-{value:g}"
+                folder = out.tmp / "sweep" / f"scale-{value:g}"
                 scaled = get_method(method).scaled(merge_cfg, value, len(adapters))
                 merge_adapters(adapters, folder, scaled)
                 accuracy = _validate(cfg, model, folder, validation, sweep["validation_k"], f"{label}@{value:g}")
@@ -113,14 +120,14 @@ def merge_stage(
             means = frame.groupby("scale", sort=False)["accuracy"].mean()
             scale = float(means.idxmax())  # the first of equal bests, in grid order
             frame["chosen"] = frame["scale"] == scale
-            frame.to_parquet(run.tmp / "merge_sweep.parquet", index=False)
+            frame.to_parquet(out.tmp / "merge_sweep.parquet", index=False)
             merge_cfg = get_method(method).scaled(merge_cfg, scale, len(adapters))
-        report = merge_adapters(adapters, run.tmp / "adapter", merge_cfg)
-        shutil.rmtree(run.tmp / "sweep", ignore_errors=True)
-        pd.DataFrame([merge_row(report, key, label, scale)]).to_parquet(run.tmp / "merge_runs.parquet", index=False)
-        run.summary.update(method=method, label=label, left_out=left_out, seed=seed, scale=scale, rank=report.rank,
+        report = merge_adapters(adapters, out.tmp / "adapter", merge_cfg)
+        shutil.rmtree(out.tmp / "sweep", ignore_errors=True)
+        pd.DataFrame([merge_row(report, key, label, scale)]).to_parquet(out.tmp / "merge_runs.parquet", index=False)
+        out.summary.update(method=method, label=label, left_out=left_out, seed=seed, scale=scale, rank=report.rank,
                            merge_seconds=round(report.seconds, 3))
-    return StageRef("merge", key, ws.stage_dir("merge", key), label)
+    return ref(ws, "merge", key, label)
 
 
 def _validate(cfg: PolymathConfig, model: StageRef, adapter: Path, problems: dict[str, list[Problem]], k: int,
@@ -131,5 +138,5 @@ def _validate(cfg: PolymathConfig, model: StageRef, adapter: Path, problems: dic
 
     config = cfg.evaluate.model_copy(update={"k": k, "max_problems_per_benchmark": None})
     samples = evaluate_model(str(model_dir(model)), None, problems, config, score, label, "sweep",
-                             adapter_dir=adapter)
+                             adapter_dir=adapter, load=cfg.model.load_options())
     return {b: float(a) for b, a in samples.groupby("benchmark")["correct"].mean().items()}

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.config import CurateConfig
 from curation.data import DataConfig
 from evaluation.config import EvalConfig
-from merging.config import MergeConfig, MethodName
+from merging.config import MergeConfig
+from merging.methods import METHODS
 from polymath.errors import ConfigError
+from polymath.keys import NOT_IN_KEY
 from training.config import TrainConfig
 from training.models import ModelConfig
 
@@ -41,33 +43,36 @@ class CurateStage(CurateConfig):
 class TrainStage(TrainConfig):
     """Training settings plus which experts to train."""
 
-    domains: list[str] | None = None
-    """Domains that get an expert (None: every domain of the training data)."""
+    domains: list[str] | None = Field(None, json_schema_extra=NOT_IN_KEY)
+    """Domains that get an expert (None: every domain of the training data); each expert's key has its own."""
 
 
 class EvaluateStage(EvalConfig):
     """Evaluation settings plus what is evaluated."""
 
-    include_base: bool = True
+    include_base: bool = Field(True, json_schema_extra=NOT_IN_KEY)
     """Evaluate the base model beside the experts and merges."""
 
-    base_k: int | None = Field(None, ge=1)
+    base_k: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY)
     """Samples per problem for the base model (None: ``k``); more than ``k`` gives the base's pass@k at larger k,
     the headroom RL can turn into avg@k. Comparisons pair per-problem accuracies, which any k estimates."""
 
-    greedy_base: bool = True
+    greedy_base: bool = Field(True, json_schema_extra=NOT_IN_KEY)
     """Also evaluate the base model by greedy decoding, one sample per problem (``base@greedy``): the control
     for "learned vs sharpened"."""
-
-
-ALL_METHODS: list[str] = ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"]
 
 
 class MergeStage(MergeConfig):
     """Merge settings shared by every method, plus the methods the stage runs and how their scale is chosen."""
 
-    methods: list[MethodName] = Field(default_factory=lambda: list(ALL_METHODS))
-    """Merge methods to run and evaluate (the ``method`` field is set per run)."""
+    methods: list[str] = Field(default_factory=lambda: list(METHODS.names()), json_schema_extra=NOT_IN_KEY)
+    """Merge methods to run and evaluate, names of merging/methods.py's registry (default: every one); the
+    ``method`` field is set per run."""
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        return [METHODS.check(n) for n in names]
 
     scales: list[float] | None = None
     """Grid of global scale multipliers, the same for every method: each value multiplies the method's own
@@ -82,7 +87,7 @@ class MergeStage(MergeConfig):
     validation_k: int = Field(2, ge=1)
     """Samples per validation problem (at the evaluate stage's temperature)."""
 
-    seeds: list[int] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list, json_schema_extra=NOT_IN_KEY)
     """Seeds for the random methods (DARE's drop masks, KnOTS with ``knots_merge: dare``): each seed is a merge
     of its own, ``merged:<method>-seed<s>``, so that a comparison sees the spread over masks. Empty: one merge
     at ``seed``."""
@@ -93,7 +98,7 @@ class MergeStage(MergeConfig):
 
         return list(self.seeds) if self.seeds and get_method(method).is_random(self) else [None]
 
-    leave_out: list[str] = Field(default_factory=list)
+    leave_out: list[str] = Field(default_factory=list, json_schema_extra=NOT_IN_KEY)
     """Domains to leave out in turn: each method also merges the other experts (its scale swept on their
     domains' validation) and is evaluated on every domain, the left-out one unseen (``merged:<method>-without-
     <domain>``)."""
@@ -122,6 +127,31 @@ class PolymathConfig(BaseModel):
     merge: MergeStage = Field(default_factory=MergeStage)
     """Merging the experts."""
 
+    @model_validator(mode="after")
+    def _verifiers_fit_their_sources(self) -> PolymathConfig:
+        # the data section (curation) cannot see training's verifiers: the composed config checks them
+        from training.verifiers import VERIFIERS
+
+        sources = self.data.resolved_sources()
+        for i, src in enumerate(sources):
+            where = src.label(i if self.data.sources else None)
+            name = src.resolved_verifier()
+            if name not in VERIFIERS:
+                raise ValueError(f"{where}: verifier: {VERIFIERS.unknown(name)}")
+            if (why := VERIFIERS[name].fits(src.format, src.answer_format)) is not None:
+                raise ValueError(f"{where}: verifier {name!r} does not fit format {src.format!r} with answer_format "
+                                 f"{src.answer_format!r}: {why}")
+        return self
+
+    @model_validator(mode="after")
+    def _full_finetune_is_not_merged(self) -> PolymathConfig:
+        if self.train.lora.full_finetune and self.merge.methods:
+            raise ValueError(
+                "train.lora.full_finetune saves whole models, and the merge stage merges LoRA adapters: set "
+                "merge.methods to [] (the experts are still trained and evaluated) or train.lora.full_finetune to false"
+            )
+        return self
+
 
 # ---------------------------------------------------------------- loading
 
@@ -143,14 +173,27 @@ def resolve_profile(config: str | Path | None) -> Path:
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
+    """Set ``dotted`` in ``tree``; a number indexes a list (``data.sources.0.path``)."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{origin}: {'.'.join(parts[:-1])} is a value, not a section; cannot set {dotted}")
-        node = child
-    node[parts[-1]] = value
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth]) or "the top level"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{origin}: {where} is a list of {len(node)}; {part!r} is not an index of it "
+                                  f"(0-{len(node) - 1})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: {where} is a value, not a section; cannot set {dotted}")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -1,0 +1,66 @@
+"""The evaluate stage: the base model, or base + a train/merge run's adapter, sampled and scored on the test split."""
+
+from __future__ import annotations
+
+from pipeline.config import PolymathConfig
+from polymath.errors import StageError
+from polymath.keys import key_section
+from polymath.records import Problem
+from polymath.workspace import Workspace
+
+from .data import test_problems
+from .model import model_dir
+from .stage import StageRef, finished, key_of, ref, stage
+from .train import adapter_dir, full_model_dir
+
+GREEDY_LABEL = "base@greedy"
+
+
+@stage("evaluate", upstream=("model", "data", "train", "merge"), code=("evaluation", "training/verifiers.py"),
+       heavy=True)
+def run(
+    cfg: PolymathConfig,
+    ws: Workspace,
+    model: StageRef,
+    data: StageRef,
+    target: StageRef | None,
+    force: bool = False,
+    greedy: bool = False,
+) -> StageRef:
+    """Evaluate the base model (target None) or what a train or merge run wrote.
+
+    ``greedy`` evaluates the base model by greedy decoding, one sample per problem (``base@greedy``): the
+    control that tells what RL taught from what sharpening the sampling distribution alone would give.
+    """
+    from evaluation.sampling import evaluate_model
+    from training.verifiers import score
+
+    if greedy:
+        if target is not None:
+            raise StageError("greedy evaluation is the base model's control; it takes no adapter")
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"temperature": 0.0, "k": 1})})
+    elif target is None and cfg.evaluate.base_k is not None:
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"k": cfg.evaluate.base_k})})
+    section = key_section(cfg.evaluate)
+    label = target.label if target else (GREEDY_LABEL if greedy else "base")
+    inputs = {"model": model.key, "data": data.key, "target": target.key if target else "", "label": label}
+    key = key_of("evaluate", section, inputs)
+    if done := finished(ws, "evaluate", key, label, force):
+        return done
+    by_domain: dict[str, list[Problem]] = {}
+    for p in test_problems(data):
+        by_domain.setdefault(p.domain, []).append(p)
+    if not by_domain:
+        raise StageError(f"{data.dir}: the data has no test problems; set data.test_fraction or data.test_path")
+    # a fully fine-tuned expert is a model of its own; a LoRA expert or a merge is an adapter on the base
+    whole = full_model_dir(target) if target is not None else None
+    adapter = adapter_dir(target) if target is not None and whole is None else None
+    with ws.stage_run("evaluate", key, section, inputs) as out:
+        samples = evaluate_model(
+            str(whole or model_dir(model)), None, by_domain, cfg.evaluate, score, label, key,
+            adapter_dir=adapter, load=cfg.model.load_options(),
+        )
+        samples.to_parquet(out.tmp / "eval_samples.parquet", index=False)
+        acc = samples.groupby("benchmark")["correct"].mean()
+        out.summary.update(label=label, accuracy={b: round(float(a), 4) for b, a in acc.items()})
+    return ref(ws, "evaluate", key, label)

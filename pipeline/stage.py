@@ -1,0 +1,138 @@
+"""What every stage module shares: the stage declaration, the finished-run reference, keys and reuse.
+
+A stage module (``pipeline/data.py``, ``curate.py``, ...) declares itself once::
+
+    @stage("curate", upstream=("data",), code=("curation",))
+    def run(cfg, ws, data, force=False) -> StageRef: ...
+
+``run`` computes its content-addressed key from its config section, its upstream keys and the digest of
+``code`` (the stage package, plus the ground-floor modules every stage shares), returns at once when a
+finished run with that key exists (unless ``force``), and otherwise writes its outputs atomically. The
+declarations form the ``STAGES`` registry that the Prefect wrapper (:mod:`pipeline.tasks`) and the plan
+(:mod:`pipeline.plan`) read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polymath.errors import PolymathError, StageError
+from polymath.registry import Registry
+from polymath.workspace import Workspace, source_digest, stage_key
+
+log = logging.getLogger("polymath")
+
+#: The ground floor every stage reads through (records, prompts, answers, text, loading): in every key.
+SHARED_CODE = ("polymath/records.py", "polymath/prompting.py", "polymath/answers.py", "polymath/text.py",
+               "polymath/loading.py")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: its name, the stages whose runs it reads, the code its key depends on."""
+
+    name: str
+    upstream: tuple[str, ...]
+    code: tuple[str, ...]
+    run: Callable[..., StageRef]
+    heavy: bool = False
+    """Runs of it may go to a worker process (trainings, evaluations, merges); the light ones run in the flow's."""
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def stage(name: str, upstream: tuple[str, ...] = (), code: tuple[str, ...] = (), heavy: bool = False):
+    """Declare ``run`` as the stage ``name`` (registered in ``STAGES``)."""
+
+    def declare(run: Callable[..., StageRef]) -> Callable[..., StageRef]:
+        STAGES.add(name, Stage(name, upstream, (*code, *SHARED_CODE), run, heavy))
+        return run
+
+    return declare
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """A finished stage run: where it lives and what it is."""
+
+    stage: str
+    key: str
+    dir: Path
+    label: str
+    skipped: bool = False
+
+    def manifest(self) -> dict:
+        return json.loads((self.dir / "manifest.json").read_text())
+
+
+#: While planning (pipeline/plan.py), a stage function stops at its key: a run that is not finished comes back
+#: as a ref to a folder that does not exist yet, and nothing runs.
+PLANNING = ContextVar("polymath_planning", default=False)
+#: While planning: key -> (config section, inputs) it was computed from, to say what changed.
+PLANNED: ContextVar[dict[str, tuple[Any, dict[str, str]]] | None] = ContextVar("polymath_planned", default=None)
+
+
+def finished(ws: Workspace, name: str, key: str, label: str, force: bool) -> StageRef | None:
+    """The finished run of ``key`` (None: it has to run); while planning, a ref whether it is finished or not."""
+    if not force and ws.is_finished(name, key):
+        if not PLANNING.get():
+            log.info("%s %s: finished run %s reused", name, label, key)
+        return StageRef(name, key, ws.stage_dir(name, key), label, skipped=True)
+    if PLANNING.get():
+        return StageRef(name, key, ws.stage_dir(name, key), label)
+    return None
+
+
+def reused(fn, *args) -> StageRef | None:
+    """The finished run ``fn(*args)`` would reuse, found without running it (None: it has to run)."""
+    token = PLANNING.set(True)
+    try:
+        ref = fn(*args)
+    finally:
+        PLANNING.reset(token)
+    return ref if ref.skipped else None
+
+
+def key_of(name: str, section: Any, inputs: dict[str, str]) -> str:
+    """The run key of stage ``name``: its config section, upstream keys and declared code."""
+    key = stage_key(name, section, inputs, source_digest(*STAGES[name].code))
+    if (planned := PLANNED.get()) is not None:
+        planned[key] = (section, inputs)
+    return key
+
+
+def ref(ws: Workspace, name: str, key: str, label: str) -> StageRef:
+    return StageRef(name, key, ws.stage_dir(name, key), label)
+
+
+def progress(what: str):
+    """A throttled logger for long loops."""
+    state = {"last": 0.0}
+
+    def report(step: int, total: int, loss: float) -> None:
+        now = time.perf_counter()
+        if step == total or now - state["last"] > 10:
+            state["last"] = now
+            log.info("%s: step %d/%d loss %.3f", what, step, total, loss)
+
+    return report
+
+
+def run_guarded(name: str, label: str, fn, *args, **kwargs):
+    """Run a stage; a failure becomes a StageError naming the stage and the cause."""
+    try:
+        return fn(*args, **kwargs)
+    except StageError:
+        raise
+    except PolymathError as exc:
+        raise StageError(f"stage {name} ({label}) failed: {exc}") from exc
+    except Exception as exc:
+        raise StageError(f"stage {name} ({label}) failed: {type(exc).__name__}: {exc}") from exc
