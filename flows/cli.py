@@ -16,9 +16,10 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 import hashlib  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from enum import Enum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -174,7 +175,9 @@ def _stage_progress(planned):
             minutes = max(task.elapsed or 0.0, 1e-9) / 60
             bars.update(ids[ref.stage], advance=1, rate=f"{(task.completed + 1) / minutes:.1f} runs/min")
 
-    with bars, stage_events.listening(advance):
+    from polymath.quiet import console_logs_at
+
+    with console_logs_at(logging.WARNING), bars, stage_events.listening(advance):
         yield
 
 

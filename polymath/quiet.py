@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .errors import PolymathError
 
@@ -45,12 +47,31 @@ def quiet_libraries() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def quiet_user_tracebacks() -> None:
-    """Drop user errors' tracebacks from every console handler configured so far (Prefect's included)."""
-    handlers = set(logging.getLogger().handlers)
+def _console_handlers() -> set[logging.Handler]:
+    """Every console handler configured so far (the root's and every logger's, Prefect's included)."""
+    handlers = {h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)}
     for logger in list(logging.Logger.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger):
             handlers.update(h for h in logger.handlers if isinstance(h, logging.StreamHandler))
-    for handler in handlers:
+    return handlers
+
+
+def quiet_user_tracebacks() -> None:
+    """Drop user errors' tracebacks from every console handler configured so far (Prefect's included)."""
+    for handler in _console_handlers():
         if not any(isinstance(f, _DropUserTracebacks) for f in handler.filters):
             handler.addFilter(_DropUserTracebacks())
+
+
+@contextmanager
+def console_logs_at(level: int) -> Iterator[None]:
+    """Console handlers show only ``level`` and above inside the block (a progress display replaces their
+    per-run lines); loggers keep their levels, so Prefect's API logs are complete."""
+    handlers = [(h, h.level) for h in _console_handlers()]
+    for handler, _ in handlers:
+        handler.setLevel(max(level, handler.level))
+    try:
+        yield
+    finally:
+        for handler, old in handlers:
+            handler.setLevel(old)

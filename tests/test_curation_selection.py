@@ -31,7 +31,8 @@ def blobs(n_centers=6, per=15, d=12, noise=0.15, seed=0):
 
 def test_registry_has_exactly_the_documented_strategies():
     assert set(STRATEGIES) == {
-        "kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full", "few-clusters"
+        "kmeans-centroid", "kmeans-stratified", "kcenter", "facility-location", "random", "full", "few-clusters",
+        "kmeans-learnable",
     }
 
 
@@ -39,8 +40,9 @@ def test_registry_has_exactly_the_documented_strategies():
 def test_strategies_pick_k_distinct_rows_deterministically(name):
     X, labels = blobs()
     domains = np.array(["a", "b", "c"])[labels % 3]
-    first = select(name, X, 10, seed=3, domains=domains)
-    again = select(name, X, 10, seed=3, domains=domains)
+    rates = np.linspace(0, 1, len(X))  # read only by the learnability strategy
+    first = select(name, X, 10, seed=3, domains=domains, pass_rates=rates)
+    again = select(name, X, 10, seed=3, domains=domains, pass_rates=rates)
     np.testing.assert_array_equal(first, again)
     expected = len(X) if name == "full" else 10
     assert len(first) == expected and len(np.unique(first)) == expected
