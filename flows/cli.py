@@ -17,9 +17,7 @@ for _name, _value in {
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import sys  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from enum import Enum  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -30,6 +28,9 @@ from rich.table import Table  # noqa: E402
 
 from polymath.errors import PolymathError  # noqa: E402
 from polymath.workspace import Workspace  # noqa: E402
+
+from .progress_display import all_in_database as _all_in_database  # noqa: E402
+from .progress_display import stage_progress as _stage_progress  # noqa: E402
 
 app = typer.Typer(
     name="polymath",
@@ -144,53 +145,11 @@ def run(
             flow_fn = flow_fn.with_options(task_runner=make_task_runner("ray", ray_address))
             if flow_fn.name != "curate":
                 kwargs["parallel"] = True
-        with _stage_progress(planned):
+        with _stage_progress(planned, err_console):
             result = flow_fn(cfg, root, force_set, **kwargs)
         _print_results(ws, result, stage)
     except PolymathError as exc:
         _fail(exc)
-
-
-@contextmanager
-def _stage_progress(planned):
-    """One progress bar per stage (runs finished of the plan's, with the rate) on a terminal; else nothing
-    (Prefect's log lines already name every finished run)."""
-    if not planned or not err_console.is_terminal:
-        yield
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from pipeline import progress as stage_events
-
-    totals: dict[str, int] = {}
-    for r in planned:
-        totals[r.stage] = totals.get(r.stage, 0) + 1
-    bars = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console)
-    ids = {name: bars.add_task(name, total=n, rate="") for name, n in totals.items()}
-
-    def advance(ref) -> None:
-        if ref.stage in ids:
-            task = bars.tasks[ids[ref.stage]]
-            minutes = max(task.elapsed or 0.0, 1e-9) / 60
-            bars.update(ids[ref.stage], advance=1, rate=f"{(task.completed + 1) / minutes:.1f} runs/min")
-
-    from polymath.quiet import console_logs_at
-
-    with console_logs_at(logging.WARNING), bars, stage_events.listening(advance):
-        yield
-
-
-def _all_in_database(ws: Workspace, planned) -> list | None:
-    """The plan's runs as refs when every one is finished and ingested (None: the flow has work to do)."""
-    from pipeline.ingest import already_ingested
-    from pipeline.stage import StageRef
-
-    if not planned or any(r.state != "finished" for r in planned):
-        return None
-    refs = [StageRef(r.stage, r.key, ws.stage_dir(r.stage, r.key), r.label, skipped=True) for r in planned]
-    ingested = already_ingested(ws, refs)
-    return refs if all((r.stage, r.key) in ingested for r in refs) else None
 
 
 def _print_results(ws: Workspace, result: dict, stage: Optional[Stage]) -> None:
