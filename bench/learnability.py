@@ -51,6 +51,7 @@ def main() -> None:
         scored = evaluate.run(cfg, ws, base, data_run, expert)
         refs += [chosen, expert, scored]
         metrics = pd.read_parquet(chosen.dir / "curation_metrics.parquet")
+        beside = metrics[metrics.strategy == "random"]  # the random subsets every curate run measures
         mine = metrics[metrics.strategy == arm]
         steps = pd.read_parquet(expert.dir / "train_steps.parquet")
         held = pd.read_parquet(scored.dir / "eval_samples.parquet")
@@ -64,15 +65,13 @@ def main() -> None:
             "zero_std_group_frac (training)": steps.loc[steps.metric == "zero_std_group_frac", "value"].mean(),
             "heldout_accuracy": per_problem.mean(),
         })
-    random_mean = pd.read_parquet(curate.run(load_config("demo", common + ARMS["random"]), ws, data_run, False,
-                                             base).dir / "curation_metrics.parquet")
     ingest_all(ws, refs)
     table = pd.DataFrame(rows).set_index("subset")
     for arm in ARMS:
         diffs = (samples[arm] - samples["random"]).to_numpy()
         low, high = paired_bootstrap(diffs)
         table.loc[arm, "vs random"] = f"{np.mean(diffs):+.3f} [{low:+.3f}, {high:+.3f}]"
-    randoms = random_mean[random_mean.strategy == "random"].groupby("metric")["value"].mean()
+    randoms = beside.groupby("metric")["value"].mean()
     print(table.round(4).to_string())
     print(f"random subsets beside the chosen one (mean of seeds): zero_variance_frac {randoms.get('zero_variance_frac'):.4f}, "
           f"vendi {randoms.get('vendi'):.2f}")
