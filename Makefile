@@ -40,7 +40,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/curation.py --quick
+	$(BIN)/python bench/curate_speed.py --quick
 	$(BIN)/python bench/merge.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/train.py

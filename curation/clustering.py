@@ -20,7 +20,6 @@ import logging
 from typing import Literal
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
 from polymath.errors import ConfigError
 
@@ -67,6 +66,8 @@ def fit_kmeans(
 
 
 def _sklearn_centers(X: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
+    from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus  # a second of import, only when clustering
+
     if len(X) * k <= _FULL_LLOYD_LIMIT:
         seeds, _ = kmeans_plusplus(X.astype(np.float64), k, random_state=seed)
         model = KMeans(n_clusters=k, init=seeds.astype(X.dtype), n_init=1, max_iter=50, random_state=seed)

@@ -8,6 +8,8 @@ which leaves pyplot's global state alone.
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 from pathlib import Path
 
@@ -267,10 +269,25 @@ def _retained_plot(summary: pd.DataFrame, out_dir: Path) -> str:
     return _save(fig, out_dir, "merge_retained_gain.png")
 
 
-def write_report(store: Store, out_dir: Path) -> Path:
-    """Write ``report.md`` and its PNGs into ``out_dir``; returns the markdown path."""
+def _source_stamp(store: Store) -> str:
+    """What the report is a function of: the database file as it stands and this module's code."""
+    stat = Path(store.path).stat()
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{code}"
+
+
+def write_report(store: Store, out_dir: Path, if_changed: bool = False) -> Path:
+    """Write ``report.md`` and its PNGs into ``out_dir``; returns the markdown path.
+
+    ``if_changed`` keeps a report written from the same database file by the same code (an unchanged
+    rerun of the pipeline then draws no figures).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    path, stamp_file = out_dir / "report.md", out_dir / ".report-source"
+    stamp = _source_stamp(store) if Path(store.path).exists() else None
+    if if_changed and stamp and path.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        return path
     sections = [
         ["# polymath report", "", f"Results from the workspace's `{store.path.name}`."],
         _runs_section(store),
@@ -281,6 +298,7 @@ def write_report(store: Store, out_dir: Path) -> Path:
         _entropy_section(store, out_dir),
         _merge_section(store, out_dir),
     ]
-    path = out_dir / "report.md"
     path.write_text("\n\n".join("\n".join(s) for s in sections) + "\n")
+    if stamp:
+        stamp_file.write_text(stamp)
     return path

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from evaluation.report import markdown_table
 from evaluation.store import Store
 
-from .entropy import ARMS, EXPERIMENT
+from .entropy import ARMS, EXPERIMENT, REFERENCE
 from .entropy_verdicts import (
     BASE_ROWS,
     Summary,
@@ -157,8 +157,9 @@ def _curves_png(curves: pd.DataFrame, out_dir: Path) -> str:
     fig = Figure(figsize=(12, 3.4 * math.ceil(len(questions) / 3)))
     axes = fig.subplots(math.ceil(len(questions) / 3), 3, squeeze=False).ravel()
     for ax, q in zip(axes, questions):
-        ref = "offpolicy-12" if q == 5 else "grpo"  # the clipping arms' symmetric reference
-        arms = [ref, *sorted(set(curves.loc[curves["question"] == q, "arm"]) - {ref})]
+        shown = set(curves.loc[curves["question"] == q, "arm"])
+        refs = sorted({REFERENCE[a] for a in shown if a in REFERENCE} - shown)  # each arm beside its reference
+        arms = [*refs, *sorted(shown)]
         for arm in arms:
             g = curves[curves["arm"] == arm]
             ax.plot(g["step"], g["entropy"].rolling(10, min_periods=1).mean(), label=arm)

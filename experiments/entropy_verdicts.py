@@ -12,8 +12,10 @@ import pandas as pd
 
 from pipeline.evaluate import GREEDY_LABEL
 
+from .entropy import ARMS, REFERENCE
+
 BASE_ROWS = ("base", GREEDY_LABEL)  # rows without a training run: the base model sampled, and greedy
-REMEDY_ARMS = ("clip-cov", "kl-cov", "high-entropy-tokens", "w-reinforce", "dynamic-sampling")
+REMEDY_ARMS = tuple(a.name for a in ARMS if a.question == 8)
 
 
 class Summary:
@@ -163,7 +165,7 @@ def verdict_positive_tokens(s: Summary) -> tuple[str, str]:
 
 
 def verdict_offpolicy(s: Summary) -> tuple[str, str]:
-    arms = [a for a in ("offpolicy-2", "offpolicy-4", "offpolicy-12") if s.has(a)]
+    arms = [a.name for a in ARMS if a.question == 4 and s.has(a.name)]
     if not arms or not s.has("grpo"):
         return "not run", "the off-policy arms have no results."
     parts, reward_up, acc_flat = [], [], []
@@ -187,13 +189,13 @@ def verdict_offpolicy(s: Summary) -> tuple[str, str]:
 
 
 def verdict_clipping(s: Summary) -> tuple[str, str]:
-    # symmetric clipping at the same 12 updates per batch: on-policy, the ratio never leaves 1
-    ref = "offpolicy-12"
+    # symmetric clipping at the same updates per batch: on-policy, the ratio never leaves 1
+    ref = REFERENCE["clip-higher"]
     if not s.has(ref, "clip-higher"):
-        return "not run", "the clipping arms (and offpolicy-12, their symmetric reference) have no results."
+        return "not run", f"the clipping arms (and {ref}, their symmetric reference) have no results."
     hi = s.compare("clip-higher", ref, "entropy_final")
     text = (
-        f"with 12 updates per batch, final entropy is {s.fmt('clip-higher', 'entropy_final')} with clip-higher and "
+        f"against {ref} (the same updates per batch), final entropy is {s.fmt('clip-higher', 'entropy_final')} with clip-higher and "
         f"{s.fmt(ref, 'entropy_final')} with the symmetric clip ({_word(hi, 'above', 'below', 'level with')} it)"
     )
     if s.has("clip-lower"):
@@ -207,19 +209,19 @@ def verdict_clipping(s: Summary) -> tuple[str, str]:
 
 
 def verdict_remedies(s: Summary) -> tuple[str, str]:
-    arms = [a for a in REMEDY_ARMS if s.has(a)]
-    if not s.has("grpo") or not arms:
-        return "not run", "the remedy arms (and grpo, their reference) have no results."
+    arms = [a for a in REMEDY_ARMS if s.has(a, REFERENCE[a])]
+    if not arms:
+        return "not run", "the remedy arms (and their reference arms) have no results."
     parts, kept = [], []
     for arm in arms:
-        ent = s.compare(arm, "grpo", "entropy_final")
-        acc = s.compare(arm, "grpo", "heldout_accuracy")
+        ref = REFERENCE[arm]
+        ent = s.compare(arm, ref, "entropy_final")
+        acc = s.compare(arm, ref, "heldout_accuracy")
         kept.append(ent > 0 and acc >= 0)
         parts.append(f"{arm} ends at {s.fmt(arm, 'entropy_final')} nats ({_word(ent, 'above', 'below', 'level with')} "
-                     f"GRPO), held-out accuracy {s.fmt(arm, 'heldout_accuracy')} "
-                     f"({_word(acc, 'above', 'below', 'level with')} GRPO)")
-    text = f"against plain GRPO's {s.fmt('grpo', 'entropy_final')} nats and {s.fmt('grpo', 'heldout_accuracy')}: " + (
-        "; ".join(parts) + ".")
+                     f"{ref}'s {s.fmt(ref, 'entropy_final')}), held-out accuracy {s.fmt(arm, 'heldout_accuracy')} "
+                     f"({_word(acc, 'above', 'below', 'level with')} {ref}'s {s.fmt(ref, 'heldout_accuracy')})")
+    text = "each against the arm with its update schedule: " + "; ".join(parts) + "."
     word = "holds" if all(kept) else "partly" if any(kept) else "does not hold"
     return word, text
 

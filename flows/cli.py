@@ -116,8 +116,6 @@ def run(
 
     if not debug:
         quiet_libraries()
-    from flows.pipeline import select_flow
-    from flows.runners import make_task_runner
     from pipeline.config import load_config
 
     if not debug:
@@ -137,6 +135,9 @@ def run(
                 console.print("every run is finished and in the database: nothing to run (--force reruns)")
                 _print_results(ws, {"evals": [r for r in finished if r.stage == "evaluate"]}, None)
                 return
+        from flows.pipeline import select_flow  # Prefect: imported only when something runs
+        from flows.runners import make_task_runner
+
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
         flow_fn, force_set = select_flow(stage.value if stage else None, force, cfg.workers)
@@ -175,7 +176,7 @@ def _print_results(ws: Workspace, result: dict, stage: Optional[Stage]) -> None:
         s = result["curate"].manifest()["summary"]
         console.print(f"selected {s['k']} prompts with {s['strategy']}: {result['curate'].dir}")
     if stage is None or stage in (Stage.evaluate, Stage.merge):
-        path = write_report(store, ws.reports_dir)
+        path = write_report(store, ws.reports_dir, if_changed=True)
         console.print(f"report: {path}")
     console.print(f"results: {ws.db_path}  (polymath sql \"SELECT * FROM eval_summary\")")
 

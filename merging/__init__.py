@@ -7,13 +7,26 @@ Usable without any orchestrator::
                             MergeConfig(method="robustmerge"))
 """
 
-from merging.adapters import LoraAdapter, read_adapter, validate_experts, write_adapter
-from merging.config import MergeConfig
-from merging.lowrank import LoraFactors, concat, cosine, frobenius_norm, inner, truncate
-from merging.merge import merge_adapters
-from merging.methods import MergeMethod, get_method, method_names
-from merging.report import MergeReport, ModuleStats
-from merging.robustmerge import prune_by_magnitude, robustmerge, robustmerge_reference, row_scales
+import importlib
+
+# Names resolve on first use, so that reading a merge config (the CLI, the planner) does not import torch.
+_HOME = {
+    "merging.adapters": ("LoraAdapter", "read_adapter", "validate_experts", "write_adapter"),
+    "merging.config": ("MergeConfig",),
+    "merging.lowrank": ("LoraFactors", "concat", "cosine", "frobenius_norm", "inner", "truncate"),
+    "merging.merge": ("merge_adapters",),
+    "merging.methods": ("MergeMethod", "get_method", "method_names"),
+    "merging.report": ("MergeReport", "ModuleStats"),
+    "merging.robustmerge": ("prune_by_magnitude", "robustmerge", "robustmerge_reference", "row_scales"),
+}
+_MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'merging' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+
 
 __all__ = [
     "LoraAdapter",

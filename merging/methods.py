@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from merging.adapters import LoraAdapter
-from merging.baselines import CombinationType, peft_merge
 from merging.config import MergeConfig
-from merging.knots import knots
-from merging.lowrank import LoraFactors, truncate
-from merging.robustmerge import robustmerge, robustmerge_reference
 from polymath.errors import ConfigError
 from polymath.registry import Registry
 
+if TYPE_CHECKING:  # the implementations need torch; they are imported when a merge runs, not to list the methods
+    from merging.adapters import LoraAdapter
+    from merging.baselines import CombinationType
+    from merging.lowrank import LoraFactors
+
 #: Per module: merged factors (scaling folded, scaling 1) and the relative error of
 #: the rank truncation (None when exact or not measured).
-MergedModules = dict[str, tuple[LoraFactors, float | None]]
+MergedModules = dict[str, tuple["LoraFactors", float | None]]
 
 
 class MergeMethod(ABC):
@@ -72,6 +72,8 @@ def get_method(name: str) -> MergeMethod:
 def _per_module(
     experts: Sequence[LoraAdapter], config: MergeConfig, merge_one: Callable[[list[LoraFactors]], LoraFactors]
 ) -> MergedModules:
+    from merging.lowrank import truncate
+
     out: MergedModules = {}
     for module in experts[0].modules:
         parts = [e.modules[module].to(device=config.device) for e in experts]
@@ -96,6 +98,8 @@ class RobustMerge(MergeMethod):
         return {"keep": config.keep, "lam": config.lam, "normalize": config.normalize, "rank": config.rank}
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        from merging.robustmerge import robustmerge
+
         return _per_module(experts, config, lambda p: robustmerge(p, config.keep, config.lam, config.normalize))
 
 
@@ -111,6 +115,8 @@ class RobustMergeReference(MergeMethod):
         return {"keep": config.keep, "lam": config.lam, "clamp_ratio": config.clamp_ratio, "rank": config.rank}
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        from merging.robustmerge import robustmerge_reference
+
         return _per_module(
             experts, config, lambda p: robustmerge_reference(p, config.keep, config.lam, config.clamp_ratio)
         )
@@ -146,6 +152,8 @@ class _PeftBaseline(MergeMethod):
         return params
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        from merging.baselines import peft_merge
+
         return peft_merge(
             experts,
             self.combination_type,
@@ -213,6 +221,8 @@ class Knots(MergeMethod):
         return params
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        from merging.knots import knots
+
         weights = expert_weights(config, len(experts))
         return _per_module(
             experts, config,

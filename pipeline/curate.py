@@ -15,10 +15,10 @@ from polymath.workspace import Workspace
 
 from .data import require_domains, train_problems
 from .model import model_dir
-from .stage import StageRef, finished, key_of, ref, stage
+from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
 
 
-@stage("curate", upstream=("data", "model"), code=("curation", "pipeline/curate.py"))
+@stage("curate", upstream=("data", "model"), code=("curation", "pipeline/curate.py", *SAMPLING_CODE))
 def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False,
         model: StageRef | None = None) -> StageRef:
     """Select the curated subset. ``model`` (the base model's run) is needed by the policy encoder and the

@@ -16,7 +16,7 @@ from polymath.workspace import Workspace
 from .stage import StageRef, finished, key_of, ref, stage
 
 
-@stage("data", code=("curation/data.py", "curation/domains.py", "curation/traces.py"))
+@stage("data", code=("curation/data.py", "curation/data_config.py", "curation/domains.py", "curation/traces.py"))
 def run(cfg: PolymathConfig, ws: Workspace, force: bool = False) -> StageRef:
     from curation.data import load_problems
 

@@ -10,14 +10,14 @@ from polymath.workspace import Workspace
 
 from .data import test_problems
 from .model import model_dir
-from .stage import StageRef, finished, key_of, ref, stage
+from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
 from .train import adapter_dir, full_model_dir
 
 GREEDY_LABEL = "base@greedy"
 
 
-@stage("evaluate", upstream=("model", "data", "train", "merge"), code=("evaluation", "training/verifiers.py"),
-       heavy=True)
+@stage("evaluate", upstream=("model", "data", "train", "merge"),
+       code=(*SAMPLING_CODE, "pipeline/evaluate.py"), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
@@ -32,8 +32,6 @@ def run(
     ``greedy`` evaluates the base model by greedy decoding, one sample per problem (``base@greedy``): the
     control that tells what RL taught from what sharpening the sampling distribution alone would give.
     """
-    from evaluation.sampling import evaluate_model
-    from training.verifiers import score
 
     if greedy:
         if target is not None:
@@ -47,6 +45,8 @@ def run(
     key = key_of("evaluate", section, inputs)
     if done := finished(ws, "evaluate", key, label, force):
         return done
+    from evaluation.sampling import evaluate_model
+    from training.verifiers import score
     by_domain: dict[str, list[Problem]] = {}
     for p in test_problems(data):
         by_domain.setdefault(p.domain, []).append(p)

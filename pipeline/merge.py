@@ -23,7 +23,7 @@ from polymath.workspace import Workspace
 from .curate import curated_problems
 from .data import train_problems
 from .model import model_dir
-from .stage import StageRef, finished, key_of, ref, stage
+from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
 from .train import adapter_dir
 
 
@@ -64,7 +64,7 @@ def merge_row(report, run_key: str, label: str, scale: float | None) -> dict:
     }
 
 
-@stage("merge", upstream=("model", "train", "data", "curate"), code=("merging", "pipeline/merge.py"), heavy=True)
+@stage("merge", upstream=("model", "train", "data", "curate"), code=("merging", "pipeline/merge.py", *SAMPLING_CODE), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
@@ -80,8 +80,6 @@ def run(
     """Merge ``experts`` with ``method`` (``left_out``: the domain whose expert is not among them; ``seed``:
     the random method's seed, in place of ``merge.seed``)."""
     from merging.config import MergeConfig
-    from merging.merge import merge_adapters
-    from merging.methods import get_method
 
     params = key_section(cfg.merge)
     sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k")}
@@ -102,6 +100,8 @@ def run(
     label = merged_label(method, left_out, seed)
     if done := finished(ws, "merge", key, label, force):
         return done
+    from merging.merge import merge_adapters
+    from merging.methods import get_method
     adapters = [adapter_dir(e) for e in experts]
     with ws.stage_run("merge", key, section, inputs) as out:
         scale = None

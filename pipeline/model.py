@@ -13,7 +13,7 @@ from .stage import StageRef, finished, key_of, progress, ref, stage
 
 
 @stage("model", upstream=("data",), code=("training/models.py", "training/warm_start.py", "training/verifiers.py",
-                                          "evaluation/hf_engine.py"))
+                                          "evaluation/hf_engine.py", "evaluation/samples.py"))
 def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False) -> StageRef:
     from training.models import bootstrap_tiny, convert_gguf, smollm_gguf_path
 

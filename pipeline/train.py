@@ -30,9 +30,6 @@ def run(
     ``label`` names the run in ``runs`` and its evaluations (default ``expert:<domain>``); it is not
     part of the run's key, so two labels for the same training reuse one run.
     """
-    from training.expert import train_expert
-    from training.launch import train_on_processes
-    from training.verifiers import reward
 
     section = key_section(cfg.train)
     inputs = {"model": model.key, "data": data.key, "curate": curate.key if curate else "", "domain": domain}
@@ -40,6 +37,9 @@ def run(
     label = expert_label(domain, label)
     if done := finished(ws, "train", key, label, force):
         return done
+    from training.expert import train_expert
+    from training.launch import train_on_processes
+    from training.verifiers import reward
     problems = [p for p in curated_problems(data, curate) if p.domain == domain]
     if not problems:
         raise StageError(f"no training problems for domain {domain!r} in the curated subset; raise curate.k")

@@ -40,7 +40,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def test_every_arm_is_the_baseline_with_only_its_own_changes(micro_config_path):
-    plan = experiment_plan(load_config(micro_config_path), EntropyExperiment(seeds=[3], domain="reverse", k=8))
+    # 4 x 2 completions per batch: every arm's updates per batch divide it (offpolicy-16 takes 8 eighths)
+    cfg = load_config(micro_config_path, ["train.prompts_per_step=4"])
+    plan = experiment_plan(cfg, EntropyExperiment(seeds=[3], domain="reverse", k=8))
     base = _flatten(plan.base.model_dump(mode="json"))
     for key, value in BASELINE.items():
         assert base[key] == value
@@ -192,12 +194,29 @@ def test_remedy_verdict_needs_higher_entropy_at_no_cost_in_accuracy():
     def row(arm, entropy, acc):
         return {"arm": arm, "seeds": 3, "entropy_final": entropy, "entropy_final_sd": 0.01,
                 "heldout_accuracy": acc, "heldout_accuracy_sd": 0.01}
-    rows = [row("grpo", 0.20, 0.60), row("clip-cov", 0.40, 0.61), row("kl-cov", 0.35, 0.60)]
+    rows = [row("grpo", 0.20, 0.60), row("offpolicy-4", 0.30, 0.60), row("clip-cov", 0.40, 0.61),
+            row("kl-cov", 0.35, 0.60)]
     word, text = verdict_remedies(_summary(rows))
-    assert word == "holds" and "clip-cov ends at 0.400 ± 0.010 nats (above GRPO)" in text
+    assert word == "holds" and "clip-cov ends at 0.400 ± 0.010 nats (above grpo's 0.200" in text
+    # KL-Cov acts only off-policy: it is judged against the arm with its 4 updates per batch
+    assert "kl-cov ends at 0.350 ± 0.010 nats (above offpolicy-4's 0.300" in text
+    rows[1]["entropy_final"] = 0.36
+    assert verdict_remedies(_summary(rows))[0] == "partly"
     rows.append(row("w-reinforce", 0.50, 0.50))  # entropy kept, accuracy lost
     assert verdict_remedies(_summary(rows))[0] == "partly"
     assert verdict_remedies(_summary([row("grpo", 0.2, 0.6)]))[0] == "not run"
+
+
+def test_every_reference_arm_exists_and_shares_the_update_schedule():
+    from experiments.entropy import ARMS, BASELINE, REFERENCE
+
+    schedule = ("train.updates_per_batch", "train.num_iterations")
+    changes = {a.name: {**BASELINE, **a.changes} for a in ARMS}
+    for arm in ARMS:
+        assert arm.reference in REFERENCE, arm.name
+        if arm.question == 4:  # the off-policy arms are the schedule change itself, against plain GRPO
+            continue
+        assert [changes[arm.name][k] for k in schedule] == [changes[arm.reference][k] for k in schedule], arm.name
 
 
 def test_spearman_verdict_calls_small_correlations_weak():
