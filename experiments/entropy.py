@@ -140,9 +140,9 @@ ARMS: tuple[Arm, ...] = (
     Arm("offpolicy-16", 4, "16 optimizer steps per rollout batch (its 8 eighths, 2 passes each), the same 100 batches",
         {"train.updates_per_batch": 8, "train.num_iterations": 2}),
     # The ratio is exactly 1 on a batch's first update, so clipping acts only from the second. Measured on gcd
-    # at lr 5e-4, clip-higher, 25 rollout batches, one seed (tokens clipped low + high): 4 eighths x 2 passes
+    # at lr 5e-4, clip-higher, 25 rollout batches, one seed (tokens clipped low + high): 4 quarters x 2 passes
     # 0.72%, 16 x 1 pass 0.71% (the tokens a step sees were not pushed by the steps before it), 4 x 3 passes
-    # 1.31% in 1.6x the time of 8 x 2, which clips 1.40%; a higher lr (16 x 1 at 1e-3: 1.84%) or 32 x 1 (2.2%)
+    # 1.31% in 3 passes, 8 eighths x 2 passes 1.40% in 2; a higher lr (16 x 1 at 1e-3: 1.84%) or 32 x 1 (2.2%)
     # clips more but trains worse (training reward 0.36-0.39 against 0.50 over those batches). So the clipping
     # arms take 8 x 2 and are judged against offpolicy-16, the same with the symmetric [0.8, 1.2].
     Arm("clip-higher", 5, "clip range [0.8, 1.28] (DAPO), 16 updates per batch",

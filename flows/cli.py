@@ -27,6 +27,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from polymath.errors import PolymathError  # noqa: E402
+from polymath.quiet import quiet_console  # noqa: E402
 from polymath.workspace import Workspace  # noqa: E402
 
 from .progress_display import all_in_database as _all_in_database  # noqa: E402
@@ -112,14 +113,9 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show library warnings, loading bars and full tracebacks."),
 ) -> None:
     """Run the pipeline (or one stage) and print the accuracy table and the report's path."""
-    from polymath.quiet import quiet_libraries, quiet_user_tracebacks
-
-    if not debug:
-        quiet_libraries()
+    quiet_console(debug)
     from pipeline.config import load_config
 
-    if not debug:
-        quiet_user_tracebacks()
     try:
         cfg = load_config(config, overrides)
         _preflight(cfg)
@@ -137,6 +133,8 @@ def run(
                 return
         from flows.pipeline import select_flow  # Prefect: imported only when something runs
         from flows.runners import make_task_runner
+
+        quiet_console(debug)  # again: Prefect's console handlers exist from here on
 
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
@@ -359,13 +357,16 @@ def experiment_entropy(
     k: int = typer.Option(600, "--k", help="Prompts kept by each selected data variant (k-means, random, few clusters)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default ./workspace or $POLYMATH_HOME."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile key for every arm."),
+    debug: bool = typer.Option(False, "--debug", help="Show library warnings, loading bars and full tracebacks."),
 ) -> None:
     """Reproduce the entropy findings of arXiv 2511.05993 in miniature; writes a markdown report."""
+    quiet_console(debug)
     from experiments.entropy import experiment_from_options
     from flows.experiment import entropy_experiment_flow
     from pipeline.config import load_config
     from polymath.errors import ConfigError
 
+    quiet_console(debug)  # Prefect's console handlers exist from here on
     try:
         cfg = load_config(config, overrides)
         try:

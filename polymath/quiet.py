@@ -47,6 +47,14 @@ def quiet_libraries() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def quiet_console(debug: bool = False) -> None:
+    """Library warnings, loading bars and user errors' tracebacks off the console, unless ``debug``; call it
+    again once Prefect is imported (its console handlers exist only from then)."""
+    if not debug:
+        quiet_libraries()
+        quiet_user_tracebacks()
+
+
 def _console_handlers() -> set[logging.Handler]:
     """Every console handler configured so far (the root's and every logger's, Prefect's included)."""
     handlers = {h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)}

@@ -1,68 +1,27 @@
-"""evaluate_model on a tiny random Qwen2 with a character tokenizer, and the vLLM path on a fake engine."""
+"""evaluate_model on a tiny random Qwen2 with a character tokenizer (the vLLM path: test_evaluation_vllm.py)."""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydantic
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from polymath.records import Problem
 from evaluation import metrics
 from evaluation.config import EvalConfig
 from evaluation.hf_engine import hf_generate
-from evaluation.sampling import EVAL_SAMPLE_COLUMNS, evaluate_model, resolve_backend
+from evaluation.sampling import EVAL_SAMPLE_COLUMNS, evaluate_model
 from evaluation.store import Store
-from evaluation.vllm_engine import lora_request, vllm_generate
-from polymath.prompting import PLAIN_SUFFIX
 from polymath.errors import ConfigError, DataError, ModelError
 
+from .sampling_model import PROBLEMS, first_char_scorer, model, tokenizer  # noqa: F401  (fixtures)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-CHARS = "0123456789+-=?: abcdefghijklmnopqrstuvwxyz\nA"
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for c in sorted(set(CHARS)):
-        vocab[c] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer) -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
-                         bos_token_id=None, tie_word_embeddings=True)
-    return Qwen2ForCausalLM(config).eval()
-
-
-PROBLEMS = {
-    "arith": [Problem(f"a{i}", "arith", f"{i}+{i}=?", str(2 * i)) for i in range(5)],
-    "words": [Problem("w0", "words", "abc", "cba"), Problem("w1", "words", "xyz", "zyx")],
-}
-
-
-def first_char_scorer(problem: Problem, completion: str) -> tuple[str | None, float]:
-    answer = completion.strip()[:1] or None
-    return answer, float(answer is not None and answer in "02468")
 
 
 def test_evaluate_model_gives_k_scored_rows_per_problem(model, tokenizer, tmp_path: Path):
@@ -210,139 +169,6 @@ def test_config_is_validated():
     assert EvalConfig(k=1, temperature=0).k == 1
 
 
-# -- vLLM path, on an engine with vLLM's interface -----------------------------
-
-
-@dataclass
-class FakeLogprob:
-    logprob: float
-
-
-@dataclass
-class FakeCompletion:
-    index: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[dict[int, FakeLogprob]] | None
-    cumulative_logprob: float | None = None
-
-
-@dataclass
-class FakeRequestOutput:
-    outputs: list[FakeCompletion]
-
-
-@dataclass
-class FakeParams:
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int
-    logprobs: int
-    seed: int
-
-
-@dataclass
-class FakeLLM:
-    """Answers every prompt with n completions: the prompt's first character repeated i + 1 times."""
-
-    calls: list = field(default_factory=list)
-
-    def generate(self, prompts, sampling_params, lora_request=None):
-        self.calls.append((list(prompts), sampling_params, lora_request))
-        out = []
-        for prompt in prompts:
-            completions = []
-            for i in reversed(range(sampling_params.n)):  # out of order: the index decides
-                ids = [10 + i] * (i + 1) + [1]
-                top = [{t: FakeLogprob(math.log(0.5)), 99: FakeLogprob(math.log(0.25)),
-                        98: FakeLogprob(math.log(0.25))} for t in ids]
-                completions.append(FakeCompletion(i, prompt[0] * (i + 1), ids, top))
-            out.append(FakeRequestOutput(completions))
-        return out
-
-
-def test_vllm_generate_reads_text_tokens_and_logprobs():
-    config = EvalConfig(k=3, temperature=0.9, top_p=0.95, max_new_tokens=16, vllm_logprobs=5, backend="vllm")
-    engine = FakeLLM()
-    samples = vllm_generate(engine, ["ab", "cd"], config, seed=3, lora="LORA", params_cls=FakeParams)
-    _, params, lora = engine.calls[0]
-    assert params == FakeParams(n=3, temperature=0.9, top_p=0.95, max_tokens=16, logprobs=5, seed=3)
-    assert lora == "LORA"
-    assert [s.text for s in samples[1]] == ["c", "cc", "ccc"]
-    s = samples[0][2]
-    assert s.n_tokens == 4 and s.token_ids == (12, 12, 12, 1)
-    entropy = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
-    assert s.mean_entropy == pytest.approx(entropy)
-    assert s.sum_logprob == pytest.approx(4 * math.log(0.5))
-
-
-def test_evaluate_model_runs_a_vllm_engine(tokenizer, monkeypatch):
-    import evaluation.vllm_engine as vllm_engine
-
-    engine = FakeLLM()
-    real = vllm_engine.vllm_generate
-    monkeypatch.setattr("evaluation.sampling.vllm_generate",
-                        lambda *a, **kw: real(*a, **kw, params_cls=FakeParams))
-    config = EvalConfig(k=2, max_new_tokens=4)  # backend auto: an engine object means vLLM
-    df = evaluate_model(engine, tokenizer, PROBLEMS, config, first_char_scorer, "merged:ties", "r")
-    assert len(df) == 7 * 2
-    assert df.n_tokens.tolist()[:2] == [2, 3]
-    assert engine.calls[0][0][0] == "0+0=?" + PLAIN_SUFFIX
-
-
-def test_lora_request_for_an_adapter_folder(tmp_path: Path):
-    @dataclass
-    class FakeLoRARequest:
-        lora_name: str
-        lora_int_id: int
-        lora_path: str
-
-    (tmp_path / "adapter_config.json").write_text("{}")
-    a = lora_request(tmp_path, "expert:math", request_cls=FakeLoRARequest)
-    b = lora_request(tmp_path, "expert:math", request_cls=FakeLoRARequest)
-    assert a == b and a.lora_int_id > 0 and a.lora_path == str(tmp_path)
-    with pytest.raises(ModelError, match="adapter_config.json"):
-        lora_request(tmp_path / "missing", "x", request_cls=FakeLoRARequest)
-
-
-def test_backend_resolution(model):
-    engine = FakeLLM()
-    assert resolve_backend("auto", model) == "hf"
-    assert resolve_backend("auto", engine) == "vllm"
-    assert resolve_backend("hf", engine) == "hf"
-    with pytest.raises(ConfigError, match="in-memory"):
-        resolve_backend("vllm", model)
-    with pytest.raises(ConfigError, match="hf, vllm or auto"):
-        resolve_backend("tpu", model)
-    if not _vllm_installed():
-        assert resolve_backend("auto", "/some/model") == "hf"
-        with pytest.raises(ConfigError, match="pip install"):
-            resolve_backend("vllm", "/some/model")
-
-
-def _vllm_installed() -> bool:
-    from evaluation.vllm_engine import vllm_available
-
-    return vllm_available()
-
-
-vllm_real = pytest.mark.skipif(
-    not (_vllm_installed() and torch.cuda.is_available()), reason="vLLM and a CUDA GPU are needed"
-)
-
-
-@vllm_real
-@pytest.mark.slow
-def test_real_vllm_engine_on_a_saved_tiny_model(model, tokenizer, tmp_path: Path):
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    config = EvalConfig(k=2, max_new_tokens=8, backend="vllm", vllm_logprobs=len(tokenizer))
-    df = evaluate_model(str(tmp_path / "model"), tokenizer, PROBLEMS, config, first_char_scorer, "base", "r")
-    assert len(df) == 7 * 2
-    assert df.mean_entropy.map(math.isfinite).all() and (df.mean_entropy > 0).all()
-
-
 def test_hit_cap_and_no_answer_are_recorded_per_sample(model, tokenizer):
     config = EvalConfig(k=4, temperature=1.0, max_new_tokens=6, batch_size=4)
     df = evaluate_model(model, tokenizer, PROBLEMS, config, first_char_scorer, "base", "run1")
@@ -378,31 +204,3 @@ def test_a_cap_below_the_longest_solution_names_benchmark_length_and_key(model, 
                        "base", "run1")
     message = str(err.value)
     assert "'arith'" in message and "21 tokens" in message and "evaluate.max_new_tokens" in message
-
-
-def test_vllm_max_lora_rank_follows_the_adapter(tmp_path: Path, monkeypatch):
-    import json
-
-    from evaluation import sampling, vllm_engine
-
-    assert [vllm_engine.max_lora_rank(r) for r in (1, 5, 16, 48, 64, 65, 300, 512)] == [1, 8, 16, 64, 64, 128, 320,
-                                                                                       512]
-    with pytest.raises(ConfigError, match="--rank 512"):
-        vllm_engine.max_lora_rank(640)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "rank_pattern": {"q_proj": 96}}))
-    assert vllm_engine.adapter_rank(tmp_path) == 96
-
-    # an exact merge of 5 rank-16 experts (rank 80) reaches vLLM with max_lora_rank 128, not the default 64
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 80}))
-    seen = {}
-
-    def fake_engine(model, **kwargs):
-        seen.update(kwargs)
-        raise RuntimeError("stop")
-
-    monkeypatch.setattr(sampling, "load_engine", fake_engine)
-    monkeypatch.setattr(sampling, "vllm_available", lambda: True)
-    with pytest.raises(RuntimeError, match="stop"):
-        evaluate_model(str(tmp_path), None, PROBLEMS, EvalConfig(k=1, backend="vllm"), first_char_scorer, "m", "r",
-                       adapter_dir=tmp_path)
-    assert seen["max_lora_rank"] == 128 and seen["enable_lora"]
