@@ -8,8 +8,6 @@ which leaves pyplot's global state alone.
 
 from __future__ import annotations
 
-import hashlib
-
 import math
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from evaluation import compare
 from evaluation.store import Store
+from polymath.workspace import source_digest
 
 NO_DATA = "_No data yet: run the {stage} stage (`polymath run --stage {stage}`)._"
 
@@ -272,8 +271,7 @@ def _retained_plot(summary: pd.DataFrame, out_dir: Path) -> str:
 def _source_stamp(store: Store) -> str:
     """What the report is a function of: the database file as it stands and this module's code."""
     stat = Path(store.path).stat()
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return f"{stat.st_size}:{stat.st_mtime_ns}:{code}"
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{source_digest('evaluation/report.py')}"
 
 
 def write_report(store: Store, out_dir: Path, if_changed: bool = False) -> Path:
