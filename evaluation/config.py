@@ -39,6 +39,10 @@ class EvalConfig(BaseModel):
     max_problems_per_benchmark: int | None = Field(None, ge=1)
     """Evaluate only the first this-many problems of each benchmark (None: all of them)."""
 
+    domains: list[str] | None = Field(None, min_length=1)
+    """The evaluate stage samples only these domains of the test split (None: every domain). A study of one
+    training domain saves the others' sampling: the entropy experiment evaluates its training domain alone."""
+
     backend: Literal["hf", "vllm", "auto"] = "auto"
     """hf: transformers generate; vllm: vLLM (optional extra, CUDA); auto: vllm when it is installed,
     a GPU is present and the model is given as a path, else hf."""

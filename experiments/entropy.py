@@ -240,7 +240,8 @@ class ExperimentPlan:
 
 def experiment_plan(cfg: PolymathConfig, experiment: EntropyExperiment) -> ExperimentPlan:
     """The configs of every data variant and arm run, validated before anything trains."""
-    changes = {**BASELINE, "curate.k": experiment.k, "curate.domains": [experiment.domain]}
+    changes = {**BASELINE, "curate.k": experiment.k, "curate.domains": [experiment.domain],
+               "evaluate.domains": [experiment.domain]}
     base = with_changes(cfg, changes, origin="experiment baseline")
     arms = [a for a in ARMS if a.name in experiment.arms]
     data_configs: dict[str, PolymathConfig | None] = {}
@@ -264,6 +265,16 @@ def arm_stages(calls: StageCalls, cfg, ws, model, data, curate, domain, label) -
     """Train one arm run and evaluate it."""
     trained = calls.run("train", label, cfg, ws, model, data, curate, domain, False, label)
     return trained, calls.run("evaluate", label, cfg, ws, model, data, trained)
+
+
+def longest_first(jobs: list[tuple]) -> list[int]:
+    """The order to start ``jobs`` in when several run side by side: most optimizer passes over each rollout
+    batch first, so that no long arm starts last and leaves the other workers idle at the end."""
+    def passes(i: int) -> int:
+        train = jobs[i][0].train
+        return train.updates_per_batch * train.num_iterations
+
+    return sorted(range(len(jobs)), key=passes, reverse=True)
 
 
 def run_arms_in_turn(calls: StageCalls, jobs: list[tuple]) -> list[tuple[StageRef, StageRef]]:

@@ -16,6 +16,7 @@ from experiments.entropy import (
     StageCalls,
     arm_stages,
     experiment_plan,
+    longest_first,
     run_arms_in_turn,
     run_experiment,
 )
@@ -31,8 +32,8 @@ def arm_task(calls: StageCalls, cfg, ws, model, data, curate, domain, label):
 
 
 def _arms_side_by_side(calls: StageCalls, jobs: list[tuple]) -> list:
-    futures = [arm_task.submit(calls, *job) for job in jobs]
-    return [f.result() for f in futures]
+    futures = {i: arm_task.submit(calls, *jobs[i]) for i in longest_first(jobs)}
+    return [futures[i].result() for i in range(len(jobs))]
 
 
 def entropy_experiment_flow(cfg: PolymathConfig, workspace: str, experiment: EntropyExperiment) -> str:

@@ -8,7 +8,7 @@ from polymath.keys import key_section
 from polymath.records import Problem
 from polymath.workspace import Workspace
 
-from .data import test_problems
+from .data import require_domains, test_problems
 from .model import model_dir
 from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
 from .train import adapter_dir, full_model_dir
@@ -48,8 +48,11 @@ def run(
     from evaluation.sampling import evaluate_model
     from training.verifiers import score
     by_domain: dict[str, list[Problem]] = {}
+    if cfg.evaluate.domains is not None:
+        require_domains(cfg.evaluate.domains, data, "evaluate.domains")
     for p in test_problems(data):
-        by_domain.setdefault(p.domain, []).append(p)
+        if cfg.evaluate.domains is None or p.domain in cfg.evaluate.domains:
+            by_domain.setdefault(p.domain, []).append(p)
     if not by_domain:
         raise StageError(f"{data.dir}: the data has no test problems; set data.test_fraction or data.test_path")
     # a fully fine-tuned expert is a model of its own; a LoRA expert or a merge is an adapter on the base

@@ -219,6 +219,16 @@ def test_every_reference_arm_exists_and_shares_the_update_schedule():
         assert [changes[arm.name][k] for k in schedule] == [changes[arm.reference][k] for k in schedule], arm.name
 
 
+def test_side_by_side_arms_start_with_the_most_updates_per_rollout_batch():
+    from experiments.entropy import longest_first
+
+    cfg = load_config("demo")
+    plan = experiment_plan(cfg, EntropyExperiment(seeds=[0], arms=["adv-nonneg", "offpolicy-2", "clip-higher"]))
+    jobs = [(run.cfg,) for run in plan.runs]
+    order = [plan.runs[i].arm.name for i in longest_first(jobs)]
+    assert order == ["clip-higher", "offpolicy-2", "grpo", "adv-nonneg"]
+
+
 def test_spearman_verdict_calls_small_correlations_weak():
     frame = pd.DataFrame([{"arm": "grpo", "seeds": 2, "spearman": -0.1, "spearman_min": -0.2, "spearman_max": 0.0}])
     word, text = verdict_spearman(frame)
@@ -253,6 +263,9 @@ def test_experiment_writes_arms_and_a_report_from_queries(micro_experiment):
         "SELECT DISTINCT s.domain FROM curation_selection s JOIN experiment_arms a ON s.run_key = a.curate_run"
     )
     assert list(picked["domain"]) == ["reverse"]
+    # every evaluation of the experiment samples its training domain's test split alone (evaluate.domains)
+    sampled = store.query("SELECT DISTINCT benchmark FROM eval_samples s JOIN experiment_arms a ON s.eval_run = a.eval_run")
+    assert list(sampled["benchmark"]) == ["reverse"]
     results = store.query("SELECT * FROM experiment_results WHERE arm NOT IN ('base', 'base@greedy')")
     assert results[["entropy_final", "reward_final", "heldout_accuracy"]].notna().all().all()
     greedy = store.query("SELECT heldout_accuracy, entropy_final FROM experiment_results WHERE arm = 'base@greedy'")

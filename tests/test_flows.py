@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pandas
+
 import pytest
 
 from evaluation.store import Store
@@ -247,6 +249,19 @@ def test_curate_domains_names_a_missing_domain_and_the_ones_that_exist(micro_con
     ws = Workspace(tmp_path)
     with pytest.raises(StageError, match=r"curate.domains names \['legs'\].*available: \['arithmetic', 'gcd', 'reverse'\]"):
         curate_stage.run(cfg, ws, data_stage.run(cfg, ws))
+
+
+def test_evaluate_domains_sample_only_those_domains_and_name_a_missing_one(first_run):
+    from pipeline import evaluate as evaluate_stage
+
+    cfg, ws, result = first_run
+    narrow = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"domains": ["gcd"]})})
+    done = evaluate_stage.run(narrow, ws, result["model"], result["data"], result["experts"][0])
+    samples = pandas.read_parquet(done.dir / "eval_samples.parquet")
+    assert set(samples.benchmark) == {"gcd"} and not done.skipped
+    wrong = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"domains": ["legs"]})})
+    with pytest.raises(StageError, match=r"evaluate.domains names \['legs'\].*available"):
+        evaluate_stage.run(wrong, ws, result["model"], result["data"], result["experts"][0])
 
 
 def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path):

@@ -216,6 +216,39 @@ def test_loss_matches_trl_dapo_loss_and_its_entropy_bonus(model_dir, problems, t
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_a_micro_batch_is_cut_to_its_longest_completion_with_the_same_loss_and_step_record(
+        model_dir, problems, tmp_path):
+    from training.grpo import trim_completions
+
+    trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path)
+    ours, ours_g = _loss_and_grads(trainer._compute_loss, trainer, inputs)
+    record = dict(trainer._step_record)
+    # Three more columns that no row's loss reads, as a micro-batch of a rollout batch whose longest
+    # completion is in another micro-batch.
+    g = torch.Generator().manual_seed(3)
+    b = inputs["completion_ids"].size(0)
+    padded = dict(inputs)
+    padded["completion_ids"] = torch.cat([inputs["completion_ids"], torch.randint(3, 90, (b, 3), generator=g)], 1)
+    padded["completion_mask"] = torch.cat([inputs["completion_mask"], torch.zeros(b, 3, dtype=torch.long)], 1)
+    padded["old_per_token_logps"] = torch.cat([inputs["old_per_token_logps"], torch.randn(b, 3, generator=g)], 1)
+    trimmed = trim_completions(padded)
+    assert trimmed["completion_ids"].shape == inputs["completion_ids"].shape
+    assert trimmed["old_per_token_logps"].shape == inputs["old_per_token_logps"].shape
+    assert trimmed["prompt_ids"] is inputs["prompt_ids"] and trimmed["advantages"] is inputs["advantages"]
+    assert trim_completions(inputs) is inputs  # a batch that reaches its last column is left alone
+
+    cut, cut_g = _loss_and_grads(trainer._compute_loss, trainer, padded)
+    assert cut.item() == pytest.approx(ours.item(), rel=1e-6)
+    for a, c in zip(ours_g, cut_g, strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-8)
+    for name in ("entropy", "clip_frac_low", "clip_frac_high", "pos_adv_token_frac", "logp_adv_cov"):
+        assert trainer._step_record[name] == pytest.approx(record[name], rel=1e-5)
+
+    # Rows whose loss is dropped (zero-variance groups) leave one column, never an empty forward.
+    silent = dict(padded, completion_mask=torch.zeros_like(padded["completion_mask"]))
+    assert trim_completions(silent)["completion_ids"].size(1) == 1
+
+
 def test_prompts_keep_their_last_tokens(model_dir, problems, tmp_path):
     trainer, _ = _trainer_and_inputs(model_dir, problems, tmp_path)
     tokenizer = trainer.processing_class

@@ -58,6 +58,32 @@ _FORWARD_KEYS = (
 )
 
 
+# Per-token tensors of a batch, aligned with its completion columns.
+_COMPLETION_KEYS = ("completion_ids", "completion_mask", "advantages", "old_per_token_logps", "ref_per_token_logps",
+                    "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask")
+
+
+def trim_completions(inputs: dict) -> dict:
+    """``inputs`` cut to the last completion column any row's loss reads (at least one column).
+
+    TRL pads every completion to the longest of the whole rollout batch; a micro-batch of it (several updates per
+    batch) rarely holds that longest one, so its forward and backward would run over columns of padding only. A
+    causal model's log-probabilities of the columns kept do not depend on the ones cut, so the loss is the same.
+    A whole batch (one update per batch) always reaches its own longest completion: nothing is cut.
+    """
+    mask = inputs["completion_mask"]
+    used = mask.bool().any(dim=0).nonzero()
+    width = int(used.max().item()) + 1 if used.numel() else 1
+    if width >= mask.size(1):
+        return inputs
+    out = dict(inputs)
+    for key in _COMPLETION_KEYS:
+        value = out.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.size(1) == mask.size(1):
+            out[key] = value[:, :width]
+    return out
+
+
 class PolymathGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose loss and per-step record are polymath's.
 
@@ -228,6 +254,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
     # ---- loss -----------------------------------------------------------------------------------------
 
     def _compute_loss(self, model, inputs):
+        inputs = trim_completions(inputs)
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
