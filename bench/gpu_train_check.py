@@ -30,44 +30,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DIGITS = set("0123456789")
 
 
-def char_tokenizer():
-    """A character-level tokenizer (printable ASCII + newline) with <pad>=0 and <eos>=1."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for ch in string.printable[:95] + "\n":
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
 def build_tiny_model(path: Path, hidden: int = 128, layers: int = 4, seed: int = 0) -> Path:
-    """Save a random Qwen2 (about 1M parameters at hidden=128, layers=4) and the character tokenizer."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Save a random Qwen2 (about 1M parameters at hidden=128, layers=4) and a character tokenizer over printable
+    ASCII, built as the demo builds its model."""
+    from training.models import TinyModelConfig, build_char_tokenizer, build_tiny_model as build
 
-    tokenizer = char_tokenizer()
-    config = Qwen2Config(
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = 1
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(path)
+    tokenizer = build_char_tokenizer([string.printable])
+    cfg = TinyModelConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers, max_positions=1024,
+                          seed=seed)
+    build(cfg, len(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -38,7 +38,7 @@ def main() -> None:
     ws = Workspace(Path(args.workspace))
     # every arm draws from the same probed candidates, so the subsets differ only by how they are chosen
     common = [f"curate.domains=[{args.domain}]", f"train.domains=[{args.domain}]", f"curate.k={args.k}",
-              f"curate.probe_k={args.probe_k}", f"curate.probe_max={args.probe_max}"]
+              f"curate.probe_k={args.probe_k}", f"curate.probe_max={args.probe_max}", f"evaluate.domains=[{args.domain}]"]
     rows, samples = [], {}
     base_cfg = load_config("demo", common)
     data_run = data.run(base_cfg, ws)

@@ -1,7 +1,7 @@
 """Selection strategies, registered by name.
 
 Every strategy takes L2-normalized embeddings X (n x d), a budget k <= n, a seed, optional
-per-row domains and StrategyOptions, and returns k distinct row indices in rank order: pick order
+per-row domains and its own parameters, and returns k distinct row indices in rank order: pick order
 for the greedy strategies (kcenter, facility-location), larger clusters first for kmeans-centroid,
 draw order for the sampling ones, cluster by cluster for few-clusters. The same seed gives the same picks.
 """
@@ -9,8 +9,11 @@ draw order for the sampling ones, cluster by cluster for few-clusters. The same 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from polymath.errors import SelectionError
 from polymath.registry import Registry
@@ -19,9 +22,61 @@ from .clustering import fit_kmeans, nearest_to_centers
 from .config import StrategyOptions
 from .facility import facility_location
 
-Strategy = Callable[..., np.ndarray]
+
+class StrategyParams(BaseModel):
+    """The knobs one strategy reads: ``StrategyOptions`` field names (documented there), nothing else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KMeansParams(StrategyParams):
+    kmeans_batch_size: int
+    kmeans_backend: str
+
+
+class FewClustersParams(KMeansParams):
+    n_strata: int
+
+
+class StratifiedParams(FewClustersParams):
+    per_domain_balance: bool
+
+
+class FacilityParams(KMeansParams):
+    facility_neighbors: int
+    facility_dense_limit: int
+    facility_exact_knn_limit: int
+    facility_partition_size: int
+    facility_candidates_per_partition: int
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its function and the parameters it owns."""
+
+    fn: Callable[..., np.ndarray]
+    Params: type[StrategyParams]
+    needs_pass_rates: bool = False
+    """Whether it ranks by the learnability probe's pass rates (one per row)."""
+
+    def params(self, options: StrategyOptions) -> StrategyParams:
+        """This strategy's parameters, read from the curate config's options."""
+        return self.Params(**{name: getattr(options, name) for name in self.Params.model_fields})
+
+    def parameters(self, options: StrategyOptions) -> dict[str, Any]:
+        """What it runs with (recorded in the curate run's manifest)."""
+        return self.params(options).model_dump()
+
+
 STRATEGIES: Registry[Strategy] = Registry("curate.strategy")
-register = STRATEGIES.register
+
+
+def register(name: str, params: type[StrategyParams] = StrategyParams, needs_pass_rates: bool = False):
+    def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        STRATEGIES.add(name, Strategy(fn, params, needs_pass_rates))
+        return fn
+
+    return add
 
 
 def get_strategy(name: str) -> Strategy:
@@ -76,28 +131,29 @@ def select(
         raise SelectionError(f"got {len(domains)} domains for {n} embeddings; pass one domain per row")
     X = np.ascontiguousarray(X, dtype=np.float32)
     extra = {}
-    if name in LEARNABILITY_STRATEGIES:
+    if strategy.needs_pass_rates:
         if pass_rates is None or len(pass_rates) != n:
             raise SelectionError(f"strategy {name} needs one probe pass rate per row; set curate.probe_k")
         extra["pass_rates"] = np.asarray(pass_rates, dtype=np.float64)
-    picks = strategy(X, k, seed=seed, domains=domains, options=options or StrategyOptions(), **extra)
+    params = strategy.params(options or StrategyOptions())
+    picks = strategy.fn(X, k, seed=seed, domains=domains, options=params, **extra)
     return np.asarray(picks, dtype=np.int64)
 
 
 @register("full")
-def full(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+def full(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyParams) -> np.ndarray:
     """Every row, in input order."""
     return np.arange(len(X))
 
 
 @register("random")
-def random(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+def random(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyParams) -> np.ndarray:
     """k rows uniformly without replacement."""
     return np.random.default_rng(seed).choice(len(X), size=k, replace=False)
 
 
-@register("kmeans-centroid")
-def kmeans_centroid(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+@register("kmeans-centroid", KMeansParams)
+def kmeans_centroid(X: np.ndarray, k: int, *, seed: int, domains=None, options: KMeansParams) -> np.ndarray:
     """The row nearest each of k k-means centroids, larger clusters first.
 
     When two centroids share a nearest row, (centroid, row) pairs are assigned greedily by
@@ -181,8 +237,8 @@ def balance(sizes: np.ndarray, k: int) -> np.ndarray:
     return quota
 
 
-@register("kmeans-stratified")
-def kmeans_stratified(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+@register("kmeans-stratified", StratifiedParams)
+def kmeans_stratified(X: np.ndarray, k: int, *, seed: int, domains=None, options: StratifiedParams) -> np.ndarray:
     """Uniform picks inside k-means clusters, each cluster's count proportional to its size.
 
     With ``options.per_domain_balance`` the budget is first split evenly over domains, then
@@ -210,7 +266,7 @@ def kmeans_stratified(X: np.ndarray, k: int, *, seed: int, domains=None, options
 
 
 @register("kcenter")
-def kcenter(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+def kcenter(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyParams) -> np.ndarray:
     """Farthest-first traversal (Gonzalez) from a seeded random start: a 2-approximation of the
     minimum covering radius in Euclidean distance (monotone in cosine distance for unit rows)."""
     n = len(X)
@@ -226,8 +282,8 @@ def kcenter(X: np.ndarray, k: int, *, seed: int, domains=None, options: Strategy
     return np.asarray(picks, dtype=np.int64)
 
 
-@register("facility-location")
-def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+@register("facility-location", FacilityParams)
+def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: FacilityParams) -> np.ndarray:
     """Greedy facility location on clipped cosine similarity (see curation.facility)."""
     return facility_location(
         X,
@@ -243,8 +299,8 @@ def facility(X: np.ndarray, k: int, *, seed: int, domains=None, options: Strateg
     )
 
 
-@register("few-clusters")
-def few_clusters(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions) -> np.ndarray:
+@register("few-clusters", FewClustersParams)
+def few_clusters(X: np.ndarray, k: int, *, seed: int, domains=None, options: FewClustersParams) -> np.ndarray:
     """A deliberately narrow subset, the low-diversity control of data-diversity experiments.
 
     The rows are split into ``options.n_strata`` k-means clusters; whole clusters are taken in a
@@ -268,12 +324,8 @@ def few_clusters(X: np.ndarray, k: int, *, seed: int, domains=None, options: Str
     return np.concatenate(picks)
 
 
-#: Strategies that read the probe's pass rates.
-LEARNABILITY_STRATEGIES = ("kmeans-learnable",)
-
-
-@register("kmeans-learnable")
-def kmeans_learnable(X: np.ndarray, k: int, *, seed: int, domains=None, options: StrategyOptions,
+@register("kmeans-learnable", KMeansParams, needs_pass_rates=True)
+def kmeans_learnable(X: np.ndarray, k: int, *, seed: int, domains=None, options: KMeansParams,
                      pass_rates: np.ndarray) -> np.ndarray:
     """Diversity and learnability together: k k-means clusters, and from each the prompt of largest p(1-p).
 

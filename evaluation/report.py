@@ -8,6 +8,7 @@ which leaves pyplot's global state alone.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -45,7 +46,19 @@ def _save(fig: Figure, out_dir: Path, name: str) -> str:
     return name
 
 
-def _runs_section(store: Store) -> list[str]:
+def section(title: str, stage: str, sql: str):
+    """A report section: its title, the query its body starts from, and the stage that fills it. The body gets
+    the query's rows (never empty: without rows the section says which stage to run) and returns its lines."""
+    def wrap(body):
+        @functools.wraps(body)
+        def make(store: Store, out_dir: Path) -> list[str]:
+            frame = store.query(sql)
+            return [f"## {title}", ""] + (body(frame, store, out_dir) if len(frame) else [NO_DATA.format(stage=stage)])
+        return make
+    return wrap
+
+
+def _runs_section(store: Store, out_dir: Path) -> list[str]:
     runs = store.query(
         "SELECT stage, label, left(run_key, 12) AS run_key, status, round(seconds, 1) AS seconds "
         "FROM runs ORDER BY started_at NULLS LAST, stage"
@@ -55,22 +68,16 @@ def _runs_section(store: Store) -> list[str]:
     return lines
 
 
-def _curation_section(store: Store) -> list[str]:
-    metrics = store.query(
-        "SELECT strategy, metric, avg(value) AS value FROM curation_metrics GROUP BY ALL ORDER BY ALL"
-    )
-    lines = ["## Curation: diversity of the selection", ""]
-    if not len(metrics):
-        return lines + [NO_DATA.format(stage="curate")]
+@section("Curation: diversity of the selection", "curate",
+         "SELECT strategy, metric, avg(value) AS value FROM curation_metrics GROUP BY ALL ORDER BY ALL")
+def _curation_section(metrics: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     wide = metrics.pivot(index="strategy", columns="metric", values="value").reset_index()
-    return lines + ["Mean over seeds; `random` is the baseline.", "", markdown_table(wide)]
+    return ["Mean over seeds; `random` is the baseline.", "", markdown_table(wide)]
 
 
-def _training_section(store: Store, out_dir: Path) -> list[str]:
-    curves = store.query("SELECT run_key, expert, step, reward, entropy FROM train_curves ORDER BY ALL")
-    lines = ["## Training: reward and entropy per expert", ""]
-    if not len(curves):
-        return lines + [NO_DATA.format(stage="train")]
+@section("Training: reward and entropy per expert", "train",
+         "SELECT run_key, expert, step, reward, entropy FROM train_curves ORDER BY ALL")
+def _training_section(curves: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     fig = Figure(figsize=(11, 4))
     ax_reward, ax_entropy = fig.subplots(1, 2)
     for (run_key, expert), g in curves.groupby(["run_key", "expert"], sort=True):
@@ -86,24 +93,20 @@ def _training_section(store: Store, out_dir: Path) -> list[str]:
         "arg_max(reward, step) AS final_reward, arg_max(entropy, step) AS final_entropy "
         "FROM train_curves GROUP BY ALL ORDER BY ALL"
     )
-    return lines + [f"![training curves]({name})", "", markdown_table(last)]
+    return [f"![training curves]({name})", "", markdown_table(last)]
 
 
-def _evaluation_section(store: Store, out_dir: Path) -> list[str]:
-    summary = store.query(
-        "SELECT * FROM eval_summary s WHERE k = (SELECT max(k) FROM eval_summary t "
+@section("Evaluation: accuracy per model and benchmark", "evaluate",
+         "SELECT * FROM eval_summary s WHERE k = (SELECT max(k) FROM eval_summary t "
         "WHERE t.eval_run = s.eval_run AND t.model_label = s.model_label AND t.benchmark = s.benchmark) "
-        "ORDER BY eval_run, model_label, benchmark"
-    )
-    lines = ["## Evaluation: accuracy per model and benchmark", ""]
-    if not len(summary):
-        return lines + [NO_DATA.format(stage="evaluate")]
+        "ORDER BY eval_run, model_label, benchmark")
+def _evaluation_section(summary: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     summary["cell"] = [
         f"{a:.3f} / {p:.3f} / {m:.3f}" for a, p, m in zip(summary.avg_at_k, summary.pass_at_k, summary.maj_at_k)
     ]
     table = summary.pivot(index=["eval_run", "model_label"], columns="benchmark", values="cell").reset_index()
     ks = sorted(set(summary["k"]))
-    lines += [
+    lines = [
         f"Cells: avg@k / pass@k / maj@k at k = n samples per problem ({', '.join(map(str, ks))}).",
         "",
         markdown_table(table),
@@ -129,16 +132,12 @@ def _evaluation_section(store: Store, out_dir: Path) -> list[str]:
     return lines + ["", "### pass@k against k", "", f"![pass@k]({name})"]
 
 
-def _comparison_section(store: Store) -> list[str]:
-    rows = store.query(
-        "SELECT model_label, benchmark, reference, n_problems, accuracy, reference_accuracy, diff, ci_low, ci_high "
-        "FROM eval_comparisons ORDER BY model_label, benchmark"
-    )
-    lines = ["## Against the base model: paired differences with 95% intervals", ""]
-    if not len(rows):
-        return lines + [NO_DATA.format(stage="evaluate")]
+@section("Against the base model: paired differences with 95% intervals", "evaluate",
+         "SELECT model_label, benchmark, reference, n_problems, accuracy, reference_accuracy, diff, ci_low, ci_high "
+        "FROM eval_comparisons ORDER BY model_label, benchmark")
+def _comparison_section(rows: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     rows["verdict"] = ["above" if lo > 0 else "below" if hi < 0 else "level" for lo, hi in zip(rows.ci_low, rows.ci_high)]
-    return lines + [
+    return [
         "avg@k difference from the reference evaluated with the same settings, and the percentile interval of "
         "the paired bootstrap over problems (2,000 resamples); an interval that contains 0 is reported as level.",
         "",
@@ -146,14 +145,10 @@ def _comparison_section(store: Store) -> list[str]:
     ]
 
 
-def _entropy_section(store: Store, out_dir: Path) -> list[str]:
-    points = store.query(
-        "SELECT model_label, benchmark, mean_entropy, accuracy FROM eval_problems "
-        "WHERE mean_entropy IS NOT NULL ORDER BY ALL"
-    )
-    lines = ["## Entropy against accuracy (per prompt)", ""]
-    if not len(points):
-        return lines + [NO_DATA.format(stage="evaluate")]
+@section("Entropy against accuracy (per prompt)", "evaluate",
+         "SELECT model_label, benchmark, mean_entropy, accuracy FROM eval_problems "
+        "WHERE mean_entropy IS NOT NULL ORDER BY ALL")
+def _entropy_section(points: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
     for model, g in points.groupby("model_label", sort=True):
@@ -162,19 +157,15 @@ def _entropy_section(store: Store, out_dir: Path) -> list[str]:
     ax.legend(fontsize=8)
     name = _save(fig, out_dir, "entropy_vs_accuracy.png")
     corr = store.query("SELECT * FROM entropy_vs_accuracy ORDER BY ALL")
-    return lines + [f"![entropy vs accuracy]({name})", "", "Spearman correlation per model and benchmark:", "",
+    return [f"![entropy vs accuracy]({name})", "", "Spearman correlation per model and benchmark:", "",
                     markdown_table(corr)]
 
 
-def _merge_section(store: Store, out_dir: Path) -> list[str]:
-    merges = store.query(
-        "SELECT label, method, scale, rank, n_experts, seconds, mean_delta_norm, mean_expert_cosine, "
-        "left(run_key, 8) AS run FROM merge_runs ORDER BY ALL"
-    )
-    lines = ["## Merging", ""]
-    if not len(merges):
-        return lines + [NO_DATA.format(stage="merge")]
-    lines += [markdown_table(merges), ""]
+@section("Merging", "merge",
+         "SELECT label, method, scale, rank, n_experts, seconds, mean_delta_norm, mean_expert_cosine, "
+        "left(run_key, 8) AS run FROM merge_runs ORDER BY ALL")
+def _merge_section(merges: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
+    lines = [markdown_table(merges), ""]
     sweep = store.query("SELECT label, scale, avg(accuracy) AS accuracy, bool_or(chosen) AS chosen "
                         "FROM merge_sweep GROUP BY ALL ORDER BY ALL")
     if len(sweep):
@@ -288,13 +279,9 @@ def write_report(store: Store, out_dir: Path, if_changed: bool = False) -> Path:
         return path
     sections = [
         ["# polymath report", "", f"Results from the workspace's `{store.path.name}`."],
-        _runs_section(store),
-        _curation_section(store),
-        _training_section(store, out_dir),
-        _evaluation_section(store, out_dir),
-        _comparison_section(store),
-        _entropy_section(store, out_dir),
-        _merge_section(store, out_dir),
+        *(make(store, out_dir) for make in (_runs_section, _curation_section, _training_section,
+                                              _evaluation_section, _comparison_section, _entropy_section,
+                                              _merge_section)),
     ]
     path.write_text("\n\n".join("\n".join(s) for s in sections) + "\n")
     if stamp:

@@ -13,7 +13,8 @@ Table and view definitions live in ``evaluation.schema``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +103,27 @@ class Store:
                     ) from err
                 time.sleep(self.retry_interval)
 
+    @contextmanager
+    def _transaction(self, failure: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write connection inside one transaction, committed at the end and closed; on a DuckDB error nothing
+        is changed and a StoreError says ``failure`` (what could not be done, and the fix) with DuckDB's words."""
+        con = self._connect(read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            yield con
+            con.execute("COMMIT")
+        except duckdb.Error as err:
+            _rollback(con)
+            raise StoreError(f"{failure}. DuckDB said: {err}") from err
+        finally:
+            con.close()
+
     # -- schema ------------------------------------------------------------
 
     def ensure_schema(self) -> None:
         """Create the tables if missing and (re)create the views; safe to repeat."""
-        con = self._connect(read_only=False)
-        try:
-            con.execute("BEGIN TRANSACTION")
+        with self._transaction(f"cannot create the schema in {self.path}") as con:
             self._create_all(con)
-            con.execute("COMMIT")
-        except duckdb.Error as err:
-            _rollback(con)
-            raise StoreError(f"cannot create the schema in {self.path}: {err}") from err
-        finally:
-            con.close()
 
     @staticmethod
     def _create_all(con: duckdb.DuckDBPyConnection) -> None:
@@ -169,10 +177,10 @@ class Store:
         if table == "eval_samples":
             incoming = incoming.append_column("_row", pa.array(np.arange(len(df), dtype=np.int64)))
 
-        con = self._connect(read_only=False)
-        try:
+        failure = (f"could not write {len(df)} rows to table {table!r} in {self.path}; nothing was changed. "
+                   f"Check the column types against evaluation.schema.TABLES[{table!r}]")
+        with self._transaction(failure) as con:
             con.register(_INCOMING, incoming)
-            con.execute("BEGIN TRANSACTION")
             self._create_all_if_missing(con)
             con.execute(f"DELETE FROM {table} WHERE {clause}", params)
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {_INCOMING}")
@@ -187,15 +195,6 @@ class Store:
                 con.execute("DROP TABLE _polymath_p")
             elif table == "train_steps":
                 self._create_train_curves(con)
-            con.execute("COMMIT")
-        except duckdb.Error as err:
-            _rollback(con)
-            raise StoreError(
-                f"could not write {len(df)} rows to table {table!r} in {self.path}; nothing was changed. "
-                f"Check the column types against evaluation.schema.TABLES[{table!r}]. DuckDB said: {err}"
-            ) from err
-        finally:
-            con.close()
         return len(df)
 
     def _create_all_if_missing(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -298,9 +297,7 @@ class Store:
             "merge_summary": (compare.merge_summary(problems, runs, merges) if len(runs) and len(merges)
                               else pd.DataFrame(columns=compare.MERGE_COLUMNS), compare.MERGE_COLUMNS),
         }
-        con = self._connect(read_only=False)
-        try:
-            con.execute("BEGIN TRANSACTION")
+        with self._transaction(f"could not refresh the comparison tables in {self.path}") as con:
             self._create_all_if_missing(con)
             for name, (table, columns) in tables.items():
                 incoming = pa.Table.from_pandas(table[columns], preserve_index=False)
@@ -309,12 +306,6 @@ class Store:
                 cols = ", ".join(schema.quote_ident(c) for c in columns)
                 con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {_INCOMING}")
                 con.unregister(_INCOMING)
-            con.execute("COMMIT")
-        except duckdb.Error as err:
-            _rollback(con)
-            raise StoreError(f"could not refresh the comparison tables in {self.path}: {err}") from err
-        finally:
-            con.close()
         return sum(len(t) for t, _ in tables.values())
 
     # -- reads -------------------------------------------------------------

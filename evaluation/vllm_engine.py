@@ -66,18 +66,22 @@ def max_lora_rank(rank: int) -> int:
     )
 
 
+def _folder_with(path: Path | str, marker: str, what: str, fix: str) -> Path:
+    """``path`` as a folder, or ModelError when it lacks ``marker`` (the file that makes it ``what``)."""
+    folder = Path(path)
+    if not (folder / marker).exists():
+        raise ModelError(f"{folder}: not {what} (no {marker}); {fix}")
+    return folder
+
+
 def load_engine(model_path: Path | str, *, enable_lora: bool = False, max_lora_rank: int = 64,
                 seed: int = 0, max_logprobs: int = 20, **engine_kwargs: Any):
     """A ``vllm.LLM`` for a local model folder (``save_pretrained`` output)."""
     _require_vllm()
     from vllm import LLM
 
-    folder = Path(model_path)
-    if not (folder / "config.json").exists():
-        raise ModelError(
-            f"{folder}: not a Hugging Face model folder (no config.json); vLLM loads models by path, "
-            "pass the folder the train or merge stage saved"
-        )
+    folder = _folder_with(model_path, "config.json", "a Hugging Face model folder",
+                          "vLLM loads models by path, pass the folder the train or merge stage saved")
     kwargs = dict(model=str(folder), seed=seed, max_logprobs=max_logprobs, enable_lora=enable_lora, **engine_kwargs)
     if enable_lora:
         kwargs["max_lora_rank"] = max_lora_rank
@@ -93,12 +97,8 @@ def lora_request(adapter_dir: Path | str, name: str, request_cls=None):
     if request_cls is None:
         _require_vllm()
         from vllm.lora.request import LoRARequest as request_cls
-    folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").exists():
-        raise ModelError(
-            f"{folder}: not a peft adapter folder (no adapter_config.json); pass the folder written by "
-            "the train or merge stage"
-        )
+    folder = _folder_with(adapter_dir, "adapter_config.json", "a peft adapter folder",
+                          "pass the folder written by the train or merge stage")
     lora_id = zlib.crc32(str(folder.resolve()).encode()) % (2**31 - 1) + 1
     return request_cls(lora_name=name, lora_int_id=lora_id, lora_path=str(folder))
 

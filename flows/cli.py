@@ -30,8 +30,7 @@ from polymath.errors import PolymathError  # noqa: E402
 from polymath.quiet import quiet_console  # noqa: E402
 from polymath.workspace import Workspace  # noqa: E402
 
-from .progress_display import all_in_database as _all_in_database  # noqa: E402
-from .progress_display import stage_progress as _stage_progress  # noqa: E402
+from .progress_display import all_in_database as _all_in_database, stage_progress as _stage_progress  # noqa: E402
 
 app = typer.Typer(
     name="polymath",
@@ -301,7 +300,7 @@ def merge(
 
     from merging.config import MergeConfig
     from merging.merge import merge_adapters
-    from merging.methods import get_method
+    from merging.methods import get_method, unread_options
     from pipeline.config import option_errors
     from polymath.errors import ConfigError
     from pipeline.merge import merge_row
@@ -312,6 +311,8 @@ def merge(
         params = {"method": method, "keep": keep, "lam": lam, "normalize": normalize, "rank": rank, "density": density,
                   "weights": weight_list, "scale": scale, "seed": seed, "save_dtype": save_dtype, "device": device,
                   "base_model": base_model}
+        if unread := unread_options(method, {k: f"--{k}" for k, v in params.items() if v is not None}):
+            raise ConfigError(unread)
         try:
             cfg = MergeConfig.model_validate({k: v for k, v in params.items() if v is not None})
         except ValidationError as exc:

@@ -1,10 +1,18 @@
-"""Merge methods behind a name registry: one class per method, ``get_method(name)``."""
+"""Merge methods behind a name registry: one class per method, ``get_method(name)``.
+
+Each method owns its parameters, as mergekit's methods do: a small pydantic model (``Params``) names exactly
+the ``MergeConfig`` fields it reads, typed and resolved (a TIES density left unset becomes TIES's default,
+weights one per expert). What a merge records (``merge_runs.params``), what it runs with and which
+command-line options it accepts are all read from that model.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from merging.config import MergeConfig
 from polymath.errors import ConfigError
@@ -20,10 +28,21 @@ if TYPE_CHECKING:  # the implementations need torch; they are imported when a me
 MergedModules = dict[str, tuple["LoraFactors", float | None]]
 
 
+class MethodParams(BaseModel):
+    """The parameters one merge method reads; fields are ``MergeConfig`` field names, documented there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int | None
+    """Rank of the merged adapter (None: the method's exact or default rank)."""
+
+
 class MergeMethod(ABC):
     """A way to combine N validated LoRA experts into one LoRA."""
 
     name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]]
+    """The parameters this method reads."""
     equal_ranks: ClassVar[bool] = False
     """Whether every expert must have the same rank in each module."""
     scale_parameter: ClassVar[str]
@@ -43,9 +62,15 @@ class MergeMethod(ABC):
             value = scale * getattr(config, self.scale_parameter)
         return config.model_copy(update={self.scale_parameter: value})
 
-    @abstractmethod
+    def params(self, config: MergeConfig, n_experts: int) -> MethodParams:
+        """This method's parameters from ``config``, defaults resolved (density, one weight per expert)."""
+        resolved = {"density": config.resolved_density, "weights": lambda: expert_weights(config, n_experts)}
+        return self.Params(**{name: resolved[name]() if name in resolved else getattr(config, name)
+                              for name in self.Params.model_fields})
+
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        """The hyperparameters this method reads from ``config``, defaults resolved."""
+        """The hyperparameters this method reads from ``config``, defaults resolved (recorded with the merge)."""
+        return self.params(config, n_experts).model_dump()
 
     @abstractmethod
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
@@ -86,40 +111,44 @@ def _per_module(
     return out
 
 
+class _RobustMergeForm(MergeMethod):
+    """RobustMerge, module by module: ``function`` of merging/robustmerge.py, called with this form's parameters."""
+
+    equal_ranks = True
+    scale_parameter = "lam"
+    function: ClassVar[str]
+
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        from merging import robustmerge as forms
+
+        fn, kwargs = getattr(forms, self.function), self.params(config, len(experts)).model_dump(exclude={"rank"})
+        return _per_module(experts, config, lambda parts: fn(parts, **kwargs))
+
+
 @register
-class RobustMerge(MergeMethod):
+class RobustMerge(_RobustMergeForm):
     """Paper form: exact rank N*r sum lam * sum_n c_n B~_n S~_n A~_n (optionally truncated)."""
 
     name = "robustmerge"
-    equal_ranks = True
-    scale_parameter = "lam"
+    function = "robustmerge"
 
-    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        return {"keep": config.keep, "lam": config.lam, "normalize": config.normalize, "rank": config.rank}
-
-    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
-        from merging.robustmerge import robustmerge
-
-        return _per_module(experts, config, lambda p: robustmerge(p, config.keep, config.lam, config.normalize))
+    class Params(MethodParams):
+        keep: float
+        lam: float
+        normalize: bool
 
 
 @register
-class RobustMergeReference(MergeMethod):
+class RobustMergeReference(_RobustMergeForm):
     """Official code form: rank r product of sums c_1 B* A* (optionally truncated)."""
 
     name = "robustmerge-reference"
-    equal_ranks = True
-    scale_parameter = "lam"
+    function = "robustmerge_reference"
 
-    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        return {"keep": config.keep, "lam": config.lam, "clamp_ratio": config.clamp_ratio, "rank": config.rank}
-
-    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
-        from merging.robustmerge import robustmerge_reference
-
-        return _per_module(
-            experts, config, lambda p: robustmerge_reference(p, config.keep, config.lam, config.clamp_ratio)
-        )
+    class Params(MethodParams):
+        keep: float
+        lam: float
+        clamp_ratio: float
 
 
 def expert_weights(config: MergeConfig, n_experts: int) -> list[float]:
@@ -134,36 +163,31 @@ def expert_weights(config: MergeConfig, n_experts: int) -> list[float]:
 
 
 class _PeftBaseline(MergeMethod):
+    """A merge of the dense updates by peft's ``add_weighted_adapter``, truncated back to a LoRA by SVD."""
+
     combination_type: ClassVar[CombinationType]
-    uses_density: ClassVar[bool] = True
     scale_parameter = "weights"
 
-    def _weights(self, config: MergeConfig, n_experts: int) -> list[float]:
-        return expert_weights(config, n_experts)
+    class Params(MethodParams):
+        weights: list[float]
 
     def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "combination_type": self.combination_type,
-            "weights": self._weights(config, n_experts),
-            "rank": config.rank,
-        }
-        if self.uses_density:
-            params["density"] = config.resolved_density()
-        return params
+        return {**super().parameters(config, n_experts), "combination_type": self.combination_type}
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
         from merging.baselines import peft_merge
 
+        p = self.params(config, len(experts))
         return peft_merge(
             experts,
             self.combination_type,
-            weights=self._weights(config, len(experts)),
-            rank=config.rank,
-            density=config.resolved_density() if self.uses_density else None,
-            majority_sign_method=config.majority_sign_method,
+            weights=p.weights,
+            rank=p.rank,
+            density=getattr(p, "density", None),
+            majority_sign_method=getattr(p, "majority_sign_method", "total"),
             base_model=config.base_model,
             trust_remote_code=config.trust_remote_code,
-            seed=config.seed,
+            seed=getattr(p, "seed", 0),
             device=config.device,
             method=self.name,
         )
@@ -175,7 +199,6 @@ class TaskArithmetic(_PeftBaseline):
 
     name = "task-arithmetic"
     combination_type = "cat"
-    uses_density = False
 
 
 @register
@@ -185,8 +208,9 @@ class Ties(_PeftBaseline):
     name = "ties"
     combination_type = "ties_svd"
 
-    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        return {**super().parameters(config, n_experts), "majority_sign_method": config.majority_sign_method}
+    class Params(_PeftBaseline.Params):
+        density: float
+        majority_sign_method: str
 
 
 @register
@@ -196,11 +220,12 @@ class Dare(_PeftBaseline):
     name = "dare"
     combination_type = "dare_linear_svd"
 
+    class Params(_PeftBaseline.Params):
+        density: float
+        seed: int
+
     def is_random(self, config: MergeConfig) -> bool:
         return True
-
-    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        return {**super().parameters(config, n_experts), "seed": config.seed}
 
 
 @register
@@ -210,22 +235,40 @@ class Knots(MergeMethod):
     name = "knots"
     scale_parameter = "scale"
 
+    class Params(MethodParams):
+        knots_merge: str
+        density: float
+        scale: float
+        weights: list[float]
+        seed: int
+        """Read by ``knots_merge: dare`` only."""
+
     def is_random(self, config: MergeConfig) -> bool:
         return config.knots_merge == "dare"
-
-    def parameters(self, config: MergeConfig, n_experts: int) -> dict[str, Any]:
-        params = {"merge": config.knots_merge, "density": config.resolved_density(), "scale": config.scale,
-                  "weights": expert_weights(config, n_experts), "rank": config.rank}
-        if config.knots_merge == "dare":
-            params["seed"] = config.seed
-        return params
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
         from merging.knots import knots
 
-        weights = expert_weights(config, len(experts))
+        p = self.params(config, len(experts))
         return _per_module(
             experts, config,
-            lambda p: knots(p, merge=config.knots_merge, density=config.resolved_density(), scale=config.scale,
-                            weights=weights, seed=config.seed),
+            lambda parts: knots(parts, merge=p.knots_merge, density=p.density, scale=p.scale, weights=p.weights,
+                                seed=p.seed),
         )
+
+
+#: MergeConfig fields that say where or how a merge runs, not what it computes: every method takes them.
+SHARED_OPTIONS = ("method", "save_dtype", "device", "base_model", "trust_remote_code")
+
+
+def unread_options(method: str, given: dict[str, Any], shared: tuple[str, ...] = SHARED_OPTIONS) -> str | None:
+    """The message for the options in ``given`` (MergeConfig field -> option name) that ``method`` does not read,
+    or None: an option a method ignores is a mistake the user should hear about, not a silent no-op."""
+    if method not in METHODS:
+        return None  # config validation names an unknown method, with the choices
+    cls = METHODS[method]
+    unread = [option for field, option in given.items() if field not in cls.Params.model_fields and field not in shared]
+    if not unread:
+        return None
+    reads = ", ".join(f for f in cls.Params.model_fields)
+    return f"{', '.join(unread)}: not a parameter of {method} (it reads: {reads}); drop the option or choose a method that reads it"

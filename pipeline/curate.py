@@ -91,6 +91,7 @@ def _probe_sample(problems: list[Problem], cap: int, seed: int) -> list[Problem]
 
 def _write(result, key: str, cfg: PolymathConfig, out, probe_seconds: float | None) -> None:
     from curation.projection import plot_projection
+    from curation.selection import STRATEGIES
 
     result.selection.assign(run_key=key).to_parquet(out.tmp / "curation_selection.parquet", index=False)
     result.metrics.assign(run_key=key).to_parquet(out.tmp / "curation_metrics.parquet", index=False)
@@ -100,6 +101,7 @@ def _write(result, key: str, cfg: PolymathConfig, out, probe_seconds: float | No
     out.summary.update(
         k=result.k,
         strategy=cfg.curate.strategy,
+        strategy_params=STRATEGIES[cfg.curate.strategy].parameters(cfg.curate.strategy_options()),
         encoder=cfg.curate.encoder,
         dedup=result.dedup.__dict__ if hasattr(result.dedup, "__dict__") else str(result.dedup),
         embed_seconds=round(result.embed.seconds, 2) if hasattr(result.embed, "seconds") else None,

@@ -78,6 +78,11 @@ def test_merge_command_writes_a_peft_adapter_and_records_it(tmp_path):
     assert rows["method"].tolist() == ["robustmerge"] and json.loads(rows["params"][0])["keep"] == 0.3
     bad = runner.invoke(app, ["merge", *map(str, experts), "--out", str(tmp_path / "m2"), "--keep", "3"])
     assert bad.exit_code == 2 and "keep" in bad.output
+    # an option the method does not read is named with the ones it does, and nothing is written
+    unread = runner.invoke(app, ["merge", *map(str, experts), "--out", str(tmp_path / "m3"), "--method", "ties",
+                                 "--lam", "3", "--density", "0.4"], env={"COLUMNS": "200"})
+    assert unread.exit_code == 2 and "--lam: not a parameter of ties (it reads: rank, weights, density" in unread.output
+    assert not (tmp_path / "m3").exists()
 
 
 @pytest.mark.parametrize("content, says", [

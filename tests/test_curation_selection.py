@@ -338,3 +338,22 @@ def test_errors_name_the_problem_and_the_fix():
         select("random", np.empty((0, 4), dtype=np.float32), 1, seed=0)
     with pytest.raises(SelectionError, match="2-D"):
         select("random", np.ones(4, dtype=np.float32), 1, seed=0)
+
+
+def test_every_strategy_owns_the_options_it_reads(monkeypatch):
+    from curation.selection import STRATEGIES, Strategy, StrategyParams
+
+    options = set(StrategyOptions.model_fields)
+    for name, strategy in STRATEGIES.items():
+        assert issubclass(strategy.Params, StrategyParams) and set(strategy.Params.model_fields) <= options, name
+    assert STRATEGIES["kmeans-stratified"].parameters(StrategyOptions(n_strata=7)) == {
+        "kmeans_batch_size": 4096, "kmeans_backend": "auto", "n_strata": 7, "per_domain_balance": False}
+    assert STRATEGIES["random"].parameters(StrategyOptions(n_strata=7)) == {}
+    assert [n for n, s in STRATEGIES.items() if s.needs_pass_rates] == ["kmeans-learnable"]
+    # a strategy is handed its own parameters only: a knob it does not own cannot reach it
+    seen = []
+    few = STRATEGIES["few-clusters"]
+    spy = Strategy(lambda X, k, *, options, **kw: seen.append(options) or few.fn(X, k, options=options, **kw), few.Params)
+    monkeypatch.setitem(STRATEGIES._entries, "few-clusters", spy)
+    picks = select("few-clusters", np.eye(6, dtype=np.float32), 2, seed=0, options=StrategyOptions(n_strata=3))
+    assert len(picks) == 2 and seen[0].model_dump() == {"kmeans_batch_size": 4096, "kmeans_backend": "auto", "n_strata": 3}

@@ -193,13 +193,19 @@ def test_unreadable_folders(pair, tmp_path):
         read_adapter(empty)
 
 
+def _edited_copy(adapter: Path, out: Path, edit) -> Path:
+    """A copy of ``adapter`` whose tensors ``edit`` changed in place."""
+    out.mkdir()
+    (out / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    return out
+
+
 def test_rejects_non_lora_tensors_and_dora(pair, tmp_path):
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "adapter_config.json").write_text((pair[0] / "adapter_config.json").read_text())
-    tensors = load_file(str(pair[0] / "adapter_model.safetensors"))
-    tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"] = torch.ones(32)
-    save_file(tensors, str(odd / "adapter_model.safetensors"))
+    magnitude = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"
+    odd = _edited_copy(pair[0], tmp_path / "odd", lambda t: t.update({magnitude: torch.ones(32)}))
     with pytest.raises(MergeError, match=r"odd/adapter_model.safetensors: tensor .*q_proj\.lora_magnitude_vector"):
         read_adapter(odd)
     config = json.loads((pair[0] / "adapter_config.json").read_text())
@@ -210,12 +216,8 @@ def test_rejects_non_lora_tensors_and_dora(pair, tmp_path):
 
 
 def test_missing_factor_and_rank_inconsistency(pair, tmp_path):
-    half = tmp_path / "half"
-    half.mkdir()
-    (half / "adapter_config.json").write_text((pair[0] / "adapter_config.json").read_text())
-    tensors = load_file(str(pair[0] / "adapter_model.safetensors"))
-    tensors.pop("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight")
-    save_file(tensors, str(half / "adapter_model.safetensors"))
+    k_proj_b = "base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"
+    half = _edited_copy(pair[0], tmp_path / "half", lambda t: t.pop(k_proj_b))
     with pytest.raises(MergeError, match=r"half: module .*layers\.0\.self_attn\.k_proj has no lora_B"):
         read_adapter(half)
     config = json.loads((pair[0] / "adapter_config.json").read_text())

@@ -16,14 +16,9 @@ from merging import MergeConfig, get_method, merge_adapters, method_names, read_
 from merging.lowrank import LoraFactors, truncate
 from merging.robustmerge import robustmerge, robustmerge_reference
 from polymath.errors import ConfigError, MergeError, ModelError
-from tests.test_merging_adapters import build_base, build_expert
+from tests.test_merging_adapters import base, build_base, build_expert  # noqa: F401 (base: a fixture)
 
 N_EXPERTS = 3
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return build_base(tmp_path_factory.mktemp("base") / "tiny-qwen2")
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +269,22 @@ def test_rslora_experts_merge_to_their_dense_deltas(base, tmp_path, method):
             assert torch.linalg.norm(delta) < 1.5 * torch.linalg.norm(expected)
         else:
             assert close(delta, expected, 1e-4), (method, module)
+
+
+def test_every_method_owns_a_model_of_the_config_fields_it_reads():
+    from merging.methods import SHARED_OPTIONS
+
+    config_fields = set(MergeConfig.model_fields)
+    for name in method_names():
+        method = get_method(name)
+        owned = set(method.Params.model_fields)
+        assert owned <= config_fields and not owned & set(SHARED_OPTIONS), name
+        assert method.scale_parameter in owned, name  # the scale sweep multiplies a parameter it reads
+        recorded = method.parameters(MergeConfig(method=name), 2)
+        assert owned <= set(recorded), name
+    assert get_method("ties").parameters(MergeConfig(method="ties"), 2)["density"] == 0.2  # its default, resolved
+    assert get_method("dare").params(MergeConfig(method="dare", density=0.3), 2).density == 0.3
+    assert "keep" not in get_method("ties").Params.model_fields and "seed" in get_method("dare").Params.model_fields
 
 
 def test_every_method_declares_the_field_its_scale_sweep_multiplies():

@@ -14,8 +14,20 @@ from training.controllers import (
     Controllers,
     EntropyController,
     ParController,
-    difficulty_weights,
 )
+from training.entropy_modes import ENTROPY_MODES, difficulty_weights
+
+
+def test_entropy_modes_are_listed_once_and_an_unknown_one_is_named_with_the_choices():
+    from pydantic import ValidationError
+
+    assert ENTROPY_MODES.names() == ("none", "fixed", "adaptive", "aer")
+    with pytest.raises(ValidationError, match=r"unknown 'adaptve'; did you mean 'adaptive'\? \(choose from: none, fixed"):
+        EntropySettings(mode="adaptve")
+    # a target is kept only by the modes that move toward one
+    assert EntropyController(EntropySettings(mode="fixed", coef=0.01)).target is None
+    assert EntropyController(EntropySettings(mode="adaptive", target=0.3)).target == 0.3
+    assert EntropyController(EntropySettings(mode="aer", target=0.3)).target is None
 
 
 def test_none_and_fixed_modes():

@@ -14,7 +14,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safetensors.torch import load_file  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
@@ -25,7 +24,7 @@ from training.controllers import STATE_FILE, Controllers  # noqa: E402
 from training.expert import build_dataset, grpo_config, make_reward_func, train_expert  # noqa: E402
 from training.grpo import PolymathGRPOTrainer  # noqa: E402
 from training.step_record import STEP_METRICS  # noqa: E402
-from training.models import build_char_tokenizer  # noqa: E402
+from training.models import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 
 DIGITS = set("0123456789")
 
@@ -34,15 +33,7 @@ DIGITS = set("0123456789")
 def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-qwen2")
     tokenizer = build_char_tokenizer([string.printable])
-    config = Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=1,
-        tie_word_embeddings=True,  # as the demo model
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = 1
-    model.generation_config.pad_token_id = 0
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2), len(tokenizer))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polymath.errors import ConfigError
 from polymath.keys import NOT_IN_KEY
+from training.entropy_modes import ENTROPY_MODES
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -39,8 +40,8 @@ class EntropySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    mode: Literal["none", "fixed", "adaptive", "aer"] = "none"
-    """none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target`` (the bonus acts
+    mode: str = "none"
+    """A name of training/entropy_modes.py's registry. none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target`` (the bonus acts
     only while H < target). aer: target = ``target_fraction`` x initial entropy, per-prompt coefficients scaled
     by difficulty."""
     coef: float = Field(0.0, ge=0)
@@ -64,6 +65,11 @@ class EntropySettings(BaseModel):
     difficulty_power: float = Field(1.0, ge=0)
     """``aer`` only: a prompt's coefficient is proportional to (1 - group accuracy) ** power, rescaled so the
     batch mean is the global coefficient; 0 gives every prompt the same coefficient."""
+
+    @field_validator("mode")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return ENTROPY_MODES.check(name)
 
     @model_validator(mode="after")
     def _clamp_range(self) -> EntropySettings:

@@ -19,6 +19,7 @@ import torch
 
 from polymath.errors import TrainingError
 from training.config import EntropySettings, ParSettings
+from training.entropy_modes import ENTROPY_MODES, EntropyMode
 
 STATE_FILE = "polymath_controllers.json"
 STATE_VERSION = 1
@@ -28,32 +29,15 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
-def difficulty_weights(group_accuracy: torch.Tensor, power: float) -> torch.Tensor:
-    """Per-sequence weights (1 - accuracy) ** power, rescaled to mean 1 over the batch.
-
-    Harder prompts (lower group accuracy) get larger weights, so the global
-    coefficient keeps its meaning as the batch-average coefficient. A batch
-    where every prompt is solved has no hard prompt to favour: uniform weights.
-    """
-    if power == 0:
-        return torch.ones_like(group_accuracy, dtype=torch.float32)
-    w = (1.0 - group_accuracy.float()).clamp(min=0.0) ** power
-    mean = w.mean()
-    if not torch.isfinite(mean) or mean <= 0:
-        return torch.ones_like(w)
-    return w / mean
-
-
 class EntropyController:
     """Entropy-bonus coefficient: none, fixed, adaptive (Skywork-OR1) or AER."""
 
     def __init__(self, settings: EntropySettings):
         self.settings = settings
         self.coef = float(settings.coef)
-        # AER learns its target from the first batch; adaptive has it from the config, or learns it too
-        # when the config gives none.
-        absolute = settings.mode == "adaptive" and settings.target is not None
-        self.target: float | None = float(settings.target) if absolute else None
+        # A moving mode's target: the configured one, or none until the initial entropy is observed.
+        given = self._mode.moves and not self._mode.learns_target(settings) and settings.target is not None
+        self.target: float | None = float(settings.target) if given else None
         self.initial_entropy: float | None = None
 
     @property
@@ -61,8 +45,12 @@ class EntropyController:
         return self.settings.mode
 
     @property
+    def _mode(self) -> EntropyMode:
+        return ENTROPY_MODES[self.settings.mode]
+
+    @property
     def enabled(self) -> bool:
-        return self.mode != "none"
+        return self._mode.enabled
 
     def applied_coef(self, batch_entropy: float) -> float:
         """Coefficient to apply to a batch whose (detached) token-mean entropy is ``batch_entropy``.
@@ -70,29 +58,23 @@ class EntropyController:
         adaptive applies its bonus only while H < target (Skywork-OR1); AER's
         coefficient is driven toward zero above target by ``update`` instead.
         """
-        if self.mode == "none":
-            return 0.0
-        if self.mode == "adaptive" and not (self.target is not None and batch_entropy < self.target):
-            return 0.0
-        return self.coef
+        return self._mode.applied_coef(self.coef, self.target, batch_entropy)
 
     def sequence_weights(self, group_accuracy: torch.Tensor) -> torch.Tensor:
         """Per-sequence multipliers of the coefficient (difficulty scaling for AER, ones otherwise)."""
-        if self.mode == "aer":
-            return difficulty_weights(group_accuracy, self.settings.difficulty_power)
-        return torch.ones_like(group_accuracy, dtype=torch.float32)
+        return self._mode.sequence_weights(group_accuracy, self.settings)
 
     def observe_initial(self, entropy: float) -> None:
         """Record the entropy of the untrained policy on the training prompts (once)."""
         if self.initial_entropy is not None:
             return
         self.initial_entropy = float(entropy)
-        if self.mode == "aer" or (self.mode == "adaptive" and self.settings.target is None):
+        if self._mode.learns_target(self.settings):
             self.target = self.settings.target_fraction * self.initial_entropy
 
     def update(self, entropy: float) -> None:
         """End of an optimizer step: c <- clip(c + delta * sign(target - H), c_min, c_max)."""
-        if self.mode not in ("adaptive", "aer") or self.target is None or math.isnan(entropy):
+        if not self._mode.moves or self.target is None or math.isnan(entropy):
             return
         s = self.settings
         self.coef = min(max(self.coef + s.delta * _sign(self.target - entropy), s.c_min), s.c_max)

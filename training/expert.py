@@ -232,7 +232,21 @@ def train_expert(
     _check_trackers(config.report_to)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with torch_threads(config.cpu_threads):
-        return _train(model_dir, problems, reward_fn, config, out_dir, expert, started, load)
+        model, tokenizer = _load(model_dir, load)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints = out_dir / "checkpoints"
+        trainer = _trainer(model, tokenizer, problems, reward_fn, config, checkpoints, expert,
+                           _prompt_budget(model, config, model_dir))
+        resume = _fit(trainer, config, checkpoints)
+        adapter_dir, steps = _save(trainer, tokenizer, config, out_dir, expert)
+    initial = trainer.controllers.initial_entropy
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        steps=steps,
+        initial_entropy=math.nan if initial is None else initial,
+        seconds=time.perf_counter() - started,
+        resumed_from_step=int(Path(resume).name.rsplit("-", 1)[1]) if resume else None,
+    )
 
 
 def last_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -263,22 +277,10 @@ def _check_trackers(trackers: Sequence[str]) -> None:
                             "remove it from train.report_to")
 
 
-def _train(
-    model_dir: Path,
-    problems: list[Problem],
-    reward_fn: RewardFn,
-    config: TrainConfig,
-    out_dir: Path,
-    expert: str,
-    started: float,
-    load: LoadOptions | None,
-) -> TrainResult:
-    model, tokenizer = _load(model_dir, load)
-    max_prompt_length = _prompt_budget(model, config, model_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = out_dir / "checkpoints"
+def _trainer(model, tokenizer, problems, reward_fn: RewardFn, config: TrainConfig, checkpoints: Path, expert: str,
+             max_prompt_length: int | None) -> PolymathGRPOTrainer:
+    """The GRPO trainer of one expert, its controllers fresh (a resumed run loads theirs with the checkpoint)."""
     args = grpo_config(config, checkpoints, int(os.environ.get("WORLD_SIZE", "1")))
-    controllers = Controllers(config.entropy, config.par, config.optimizer_steps)
     try:
         trainer = PolymathGRPOTrainer(
             model=model,
@@ -287,7 +289,7 @@ def _train(
             train_dataset=build_dataset(problems, tokenizer),
             processing_class=tokenizer,
             peft_config=_lora_config(config),
-            controllers=controllers,
+            controllers=Controllers(config.entropy, config.par, config.optimizer_steps),
             token_filter=config.token_filter,
             policy=config.policy_options,
             max_prompt_length=max_prompt_length,
@@ -300,18 +302,28 @@ def _train(
     trainer.remove_callback(ProgressCallback)
     if config.show_progress:
         trainer.add_callback(_QuietProgress)
+    return trainer
 
+
+def _fit(trainer: PolymathGRPOTrainer, config: TrainConfig, checkpoints: Path) -> str | None:
+    """Train, from the newest complete checkpoint when there is one; returns that checkpoint (None: from the start)."""
     resume = last_complete_checkpoint(checkpoints)
+    controllers = trainer.controllers
     if resume is None and config.entropy.initial_batches > 1 and controllers.entropy.enabled:
         # A resumed run has its initial entropy in the checkpoint's controller state.
         controllers.entropy.observe_initial(
             trainer.measure_initial_entropy(config.entropy.initial_batches, seed=config.seed + 1))
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.accelerator.is_main_process and checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+    return resume
+
+
+def _save(trainer: PolymathGRPOTrainer, tokenizer, config: TrainConfig, out_dir: Path,
+          expert: str) -> tuple[Path, pd.DataFrame]:
+    """Write the adapter (the whole model for full fine-tuning), the step table and the curves."""
     # With several processes (training/launch.py) every rank trains; the main one writes the outputs.
     main = trainer.accelerator.is_main_process
-    if main and checkpoints.is_dir() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
-
     if config.lora.full_finetune:
         adapter_dir = out_dir / "model"
         trainer.save_model(str(adapter_dir))  # every rank: DeepSpeed gathers the shards
@@ -330,12 +342,4 @@ def _train(
         steps.to_parquet(tmp, index=False)
         tmp.replace(out_dir / "steps.parquet")
         plot_curves(steps, out_dir / "curves.png", title=f"GRPO expert: {expert}")
-
-    initial = controllers.initial_entropy
-    return TrainResult(
-        adapter_dir=adapter_dir,
-        steps=steps,
-        initial_entropy=math.nan if initial is None else initial,
-        seconds=time.perf_counter() - started,
-        resumed_from_step=int(Path(resume).name.rsplit("-", 1)[1]) if resume else None,
-    )
+    return adapter_dir, steps

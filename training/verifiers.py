@@ -46,12 +46,17 @@ class ExactVerifier:
     def extract(self, completion: str) -> str | None:
         return extract_answer(completion)
 
+    def normalize(self, answer: str) -> str:
+        """What two answers must share to match: white space folded, case ignored."""
+        return " ".join(answer.split()).lower()
+
     def score(self, problem: Problem, completion: str) -> float:
+        """The reward of ``completion``: 0 without an answer the verifier can read, else ``grade``'s."""
         answer = self.extract(completion)
-        if answer is None:
-            return 0.0
-        norm = lambda s: " ".join(s.split()).lower()  # noqa: E731
-        return float(norm(answer) == norm(problem.answer))
+        return 0.0 if answer is None else self.grade(problem, answer)
+
+    def grade(self, problem: Problem, answer: str) -> float:
+        return float(self.normalize(answer) == self.normalize(problem.answer))
 
 
 class MarkerVerifier(ExactVerifier):
@@ -62,11 +67,9 @@ class MarkerVerifier(ExactVerifier):
     def extract(self, completion: str) -> str | None:
         return final_answer(completion)
 
-    def score(self, problem: Problem, completion: str) -> float:
-        answer = self.extract(completion)
-        if answer is None:
-            return 0.0
-        return float(" ".join(answer.split()) == " ".join(problem.answer.split()))
+    def normalize(self, answer: str) -> str:
+        """White space folded; case counts (a reversed word's letters are the answer)."""
+        return " ".join(answer.split())
 
 
 class NumericVerifier(ExactVerifier):
@@ -79,10 +82,7 @@ class NumericVerifier(ExactVerifier):
             return "boxed answers are LaTeX expressions (fractions, radicals), not numbers: use math"
         return None
 
-    def score(self, problem: Problem, completion: str) -> float:
-        answer = self.extract(completion)
-        if answer is None:
-            return 0.0
+    def grade(self, problem: Problem, answer: str) -> float:
         got, want = to_number(answer), to_number(problem.answer)
         if got is None or want is None:
             return 0.0
@@ -94,12 +94,9 @@ class MathVerifier(ExactVerifier):
 
     name = "math"
 
-    def score(self, problem: Problem, completion: str) -> float:
+    def grade(self, problem: Problem, answer: str) -> float:
         from math_verify import parse, verify
 
-        answer = self.extract(completion)
-        if answer is None:
-            return 0.0
         gold = parse(f"${problem.answer}$") or parse(problem.answer)
         pred = parse(f"${answer}$") or parse(answer)
         if not gold or not pred:
@@ -120,10 +117,7 @@ class ReasoningGymVerifier(ExactVerifier):
             return "it scores with the task's entry metadata, which only reasoning-gym data has: use math, numeric or exact"
         return None
 
-    def score(self, problem: Problem, completion: str) -> float:
-        answer = self.extract(completion)
-        if answer is None:
-            return 0.0
+    def grade(self, problem: Problem, answer: str) -> float:
         task = problem.metadata.get("reasoning_gym_task") or problem.metadata.get("source_dataset")
         if not task:
             raise ConfigError(
