@@ -118,6 +118,10 @@ class _RobustMergeForm(MergeMethod):
     scale_parameter = "lam"
     function: ClassVar[str]
 
+    class Params(MethodParams):
+        keep: float
+        lam: float
+
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
         from merging import robustmerge as forms
 
@@ -132,9 +136,7 @@ class RobustMerge(_RobustMergeForm):
     name = "robustmerge"
     function = "robustmerge"
 
-    class Params(MethodParams):
-        keep: float
-        lam: float
+    class Params(_RobustMergeForm.Params):
         normalize: bool
 
 
@@ -145,9 +147,7 @@ class RobustMergeReference(_RobustMergeForm):
     name = "robustmerge-reference"
     function = "robustmerge_reference"
 
-    class Params(MethodParams):
-        keep: float
-        lam: float
+    class Params(_RobustMergeForm.Params):
         clamp_ratio: float
 
 
