@@ -254,7 +254,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
     # ---- loss -----------------------------------------------------------------------------------------
 
     def _compute_loss(self, model, inputs):
-        inputs = trim_completions(inputs)
+        if self.args.steps_per_generation > 1:  # a micro-batch of a rollout batch; a whole batch is never cut
+            inputs = trim_completions(inputs)
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
