@@ -177,20 +177,10 @@ class _PeftBaseline(MergeMethod):
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
         from merging.baselines import peft_merge
 
-        p = self.params(config, len(experts))
-        return peft_merge(
-            experts,
-            self.combination_type,
-            weights=p.weights,
-            rank=p.rank,
-            density=getattr(p, "density", None),
-            majority_sign_method=getattr(p, "majority_sign_method", "total"),
-            base_model=config.base_model,
-            trust_remote_code=config.trust_remote_code,
-            seed=getattr(p, "seed", 0),
-            device=config.device,
-            method=self.name,
-        )
+        # The Params fields are peft_merge's keywords; one a method does not own keeps peft_merge's default.
+        return peft_merge(experts, self.combination_type, **self.params(config, len(experts)).model_dump(),
+                          base_model=config.base_model, trust_remote_code=config.trust_remote_code,
+                          device=config.device, method=self.name)
 
 
 @register
@@ -201,27 +191,32 @@ class TaskArithmetic(_PeftBaseline):
     combination_type = "cat"
 
 
+class _SparseBaseline(_PeftBaseline):
+    """A peft baseline that keeps a ``density`` share of each task vector."""
+
+    class Params(_PeftBaseline.Params):
+        density: float
+
+
 @register
-class Ties(_PeftBaseline):
+class Ties(_SparseBaseline):
     """TIES on the dense updates, truncated by SVD (peft ``ties_svd``)."""
 
     name = "ties"
     combination_type = "ties_svd"
 
-    class Params(_PeftBaseline.Params):
-        density: float
+    class Params(_SparseBaseline.Params):
         majority_sign_method: str
 
 
 @register
-class Dare(_PeftBaseline):
+class Dare(_SparseBaseline):
     """DARE (random drop + rescale) then task arithmetic on the dense updates (peft ``dare_linear_svd``)."""
 
     name = "dare"
     combination_type = "dare_linear_svd"
 
-    class Params(_PeftBaseline.Params):
-        density: float
+    class Params(_SparseBaseline.Params):
         seed: int
 
     def is_random(self, config: MergeConfig) -> bool:
@@ -261,13 +256,13 @@ class Knots(MergeMethod):
 SHARED_OPTIONS = ("method", "save_dtype", "device", "base_model", "trust_remote_code")
 
 
-def unread_options(method: str, given: dict[str, Any], shared: tuple[str, ...] = SHARED_OPTIONS) -> str | None:
+def unread_options(method: str, given: dict[str, Any]) -> str | None:
     """The message for the options in ``given`` (MergeConfig field -> option name) that ``method`` does not read,
     or None: an option a method ignores is a mistake the user should hear about, not a silent no-op."""
     if method not in METHODS:
         return None  # config validation names an unknown method, with the choices
     cls = METHODS[method]
-    unread = [option for field, option in given.items() if field not in cls.Params.model_fields and field not in shared]
+    unread = [option for field, option in given.items() if field not in cls.Params.model_fields and field not in SHARED_OPTIONS]
     if not unread:
         return None
     reads = ", ".join(f for f in cls.Params.model_fields)

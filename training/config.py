@@ -41,9 +41,9 @@ class EntropySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     mode: str = "none"
-    """A name of training/entropy_modes.py's registry. none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1 controller on ``target`` (the bonus acts
-    only while H < target). aer: target = ``target_fraction`` x initial entropy, per-prompt coefficients scaled
-    by difficulty."""
+    """A name of training/entropy_modes.py's registry. none: no bonus. fixed: constant ``coef``. adaptive: Skywork-OR1
+    controller on ``target`` (the bonus acts only while H < target). aer: target = ``target_fraction`` x initial
+    entropy, per-prompt coefficients scaled by difficulty."""
     coef: float = Field(0.0, ge=0)
     """The coefficient for ``fixed``; the starting coefficient c0 for ``adaptive`` and ``aer``."""
     target: float | None = Field(0.2, gt=0)

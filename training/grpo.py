@@ -69,7 +69,7 @@ def trim_completions(inputs: dict) -> dict:
     TRL pads every completion to the longest of the whole rollout batch; a micro-batch of it (several updates per
     batch) rarely holds that longest one, so its forward and backward would run over columns of padding only. A
     causal model's log-probabilities of the columns kept do not depend on the ones cut, so the loss is the same.
-    A whole batch (one update per batch) always reaches its own longest completion: nothing is cut.
+    The trainer calls it for micro-batches only (several per rollout batch); a whole batch is left as TRL made it.
     """
     mask = inputs["completion_mask"]
     used = mask.bool().any(dim=0).nonzero()
