@@ -284,7 +284,7 @@ def load_problems(cfg: DataConfig) -> ProblemSet:
 
 def _load_source(cfg: SourceConfig) -> ProblemSet:
     if cfg.format == "reasoning-gym":
-        train, test = load_embedded(cfg.domains, cfg.train_per_domain, cfg.test_per_domain)
+        train, test = load_embedded(cfg.domains, cfg.train_per_domain, cfg.test_per_domain, cfg.rg_specs())
         verifier = cfg.resolved_verifier()
         tag = lambda p: replace(p, metadata={**p.metadata, "verifier": verifier})  # noqa: E731
         train, test = [tag(p) for p in train], [tag(p) for p in test]

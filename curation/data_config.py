@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,6 +19,34 @@ class FieldMap(BaseModel):
     answer: str = Field("answer", description="Column with the reference answer; dotted paths reach nested fields.")
     domain: str | None = Field(None, description="Column with the domain; None = data.domain for all rows.")
     id: str | None = Field(None, description="Column with a unique id; None = derived from file and line.")
+
+
+class TaskConfig(BaseModel):
+    """One reasoning-gym task as a domain: its generator and the difficulty it is drawn at."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    domain: str = Field(description="Domain name (experts, tables and problem ids use it).")
+    task: str = Field(description="reasoning-gym task name, e.g. chain_sum, products, gcd.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The task's difficulty parameters, as "
+                                   "reasoning_gym.create_dataset takes them.")
+
+    @model_validator(mode="after")
+    def _known_task(self) -> "TaskConfig":
+        from reasoning_gym.factory import DATASETS
+
+        if self.task not in DATASETS:
+            import difflib
+
+            close = difflib.get_close_matches(self.task, DATASETS, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see reasoning_gym.factory.DATASETS"
+            raise ValueError(f"unknown reasoning-gym task {self.task!r} for domain {self.domain!r}; {hint}")
+        return self
+
+    def spec(self):
+        from .domains import DomainSpec
+
+        return DomainSpec(self.domain, self.task, dict(self.params))
 
 
 class SourceConfig(BaseModel):
@@ -48,9 +76,12 @@ class SourceConfig(BaseModel):
         "(reasoning-gym data: marker, the exact final answer after 'Answer:'; reasoning-gym's partial-credit "
         "scorer only when set explicitly).",
     )
-    domains: list[str] | None = Field(None, description="Embedded domains to use (None = all four).")
-    train_per_domain: int = Field(4000, gt=0, description="Embedded training problems per domain.")
-    test_per_domain: int = Field(250, gt=0, description="Embedded test problems per domain.")
+    tasks: list[TaskConfig] = Field(default_factory=list, description=(
+        "reasoning-gym tasks as domains, each with its difficulty parameters (format reasoning-gym); empty: the "
+        "four embedded domains (arithmetic, legs, gcd, reverse)."))
+    domains: list[str] | None = Field(None, description="Which of the reasoning-gym domains to use (None = all).")
+    train_per_domain: int = Field(4000, gt=0, description="reasoning-gym training problems per domain.")
+    test_per_domain: int = Field(250, gt=0, description="reasoning-gym test problems per domain (disjoint from training).")
     max_problems: int | None = Field(None, gt=0, description="Keep only the first N training problems (smoke runs).")
     seed: int = Field(0, description="Seed of the train/test hold-out split.")
 
@@ -58,7 +89,27 @@ class SourceConfig(BaseModel):
     def _path_needed(self) -> "SourceConfig":
         if self.format != "reasoning-gym" and not self.path:
             raise ValueError(f"path is required for format {self.format!r} (a file, folder or HF dataset name)")
+        if self.tasks and self.format != "reasoning-gym":
+            raise ValueError(f"tasks are reasoning-gym tasks, but the format is {self.format!r}: drop tasks or set "
+                             "format: reasoning-gym")
+        names = [t.domain for t in self.tasks]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"two tasks give domain {twice[0]!r}: give each task its own domain name")
+        if self.format == "reasoning-gym" and self.domains:
+            known = self.rg_domains()
+            if unknown := [d for d in self.domains if d not in known]:
+                raise ValueError(f"domains names {unknown[0]!r}, which is not one of this source's reasoning-gym "
+                                 f"domains: {', '.join(known)}")
         return self
+
+    def rg_specs(self) -> tuple:
+        """The reasoning-gym domains this source can draw from: its tasks, or the embedded four."""
+        from .domains import EMBEDDED_DOMAINS
+
+        return tuple(t.spec() for t in self.tasks) if self.tasks else EMBEDDED_DOMAINS
+
+    def rg_domains(self) -> list[str]:
+        return [s.domain for s in self.rg_specs()]
 
     def resolved_verifier(self) -> str:
         if self.verifier:
@@ -70,9 +121,7 @@ class SourceConfig(BaseModel):
     def static_domains(self) -> list[str] | None:
         """The domains this source gives, known before reading it (None: they come from a column)."""
         if self.format == "reasoning-gym":
-            from .domains import EMBEDDED_DOMAINS
-
-            return sorted(self.domains or [s.domain for s in EMBEDDED_DOMAINS])
+            return sorted(self.domains or self.rg_domains())
         return None if self.fields.domain else [self.domain]
 
     def label(self, index: int | None = None) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from polymath.errors import DataError
 
 from polymath.records import Problem
-from .traces import trace
+from .traces import TRACERS, trace
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,12 @@ TRAIN_SEED = 20_251_105
 TEST_SEED = 20_250_217
 
 
-def domain_spec(domain: str) -> DomainSpec:
-    for spec in EMBEDDED_DOMAINS:
+def domain_spec(domain: str, specs: tuple[DomainSpec, ...] = EMBEDDED_DOMAINS) -> DomainSpec:
+    for spec in specs:
         if spec.domain == domain:
             return spec
-    names = ", ".join(s.domain for s in EMBEDDED_DOMAINS)
-    raise DataError(f"unknown embedded domain {domain!r}; the embedded domains are: {names}")
+    names = ", ".join(s.domain for s in specs)
+    raise DataError(f"unknown domain {domain!r} in data.domains; the source's domains are: {names}")
 
 
 def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> list[Problem]:
@@ -61,7 +61,13 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
     for attempt in range(4):
         # reasoning-gym seeds entry i with (seed + i): space the attempts' seeds so they do not overlap.
         attempt_seed = seed + attempt * 1_000_003
-        ds = reasoning_gym.create_dataset(spec.task, size=size, seed=attempt_seed, **spec.params)
+        try:
+            ds = reasoning_gym.create_dataset(spec.task, size=size, seed=attempt_seed, **spec.params)
+        except Exception as exc:  # reasoning-gym raises ValueError, TypeError or AssertionError on bad parameters
+            raise DataError(
+                f"reasoning-gym task {spec.task!r} (domain {spec.domain!r}) rejects its parameters {spec.params}: "
+                f"{type(exc).__name__}: {exc}; fix the task's params in data.tasks"
+            ) from None
         for i in range(size):
             entry = ds[i]
             question = entry["question"]
@@ -73,7 +79,8 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
             pid = f"{spec.domain}-{attempt_seed}-{i}"
             answer = str(entry["answer"])
             # One valid order per problem, seeded by its id: the set holds every fork of the format.
-            solution = trace(spec.task, metadata, answer, random.Random(pid))
+            # Tasks without a trace format have no worked solution (only the tiny model's warm start needs one).
+            solution = trace(spec.task, metadata, answer, random.Random(pid)) if spec.task in TRACERS else None
             out.append(
                 Problem(id=pid, domain=spec.domain, prompt=question, answer=answer, solution=solution, metadata=metadata)
             )
@@ -86,10 +93,14 @@ def _generate_unique(spec: DomainSpec, n: int, seed: int, exclude: set[str]) -> 
 
 
 def load_embedded(
-    domains: list[str] | None = None, train_per_domain: int = 4000, test_per_domain: int = 250
+    domains: list[str] | None = None,
+    train_per_domain: int = 4000,
+    test_per_domain: int = 250,
+    specs: tuple[DomainSpec, ...] = EMBEDDED_DOMAINS,
 ) -> tuple[list[Problem], list[Problem]]:
-    """Return (train, test) problems for the embedded domains (all four by default)."""
-    specs = [domain_spec(d) for d in domains] if domains else list(EMBEDDED_DOMAINS)
+    """Return (train, test) problems for reasoning-gym domains: ``specs`` (the embedded four by default),
+    or those of them ``domains`` names."""
+    specs = tuple(domain_spec(d, specs) for d in domains) if domains else specs
     train: list[Problem] = []
     test: list[Problem] = []
     for spec in specs:

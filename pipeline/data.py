@@ -58,7 +58,8 @@ def read_problems(path: Path) -> list[Problem]:
     return [
         Problem(
             id=r.id, domain=r.domain, prompt=r.prompt, answer=r.answer, metadata=json.loads(r.metadata),
-            solution=getattr(r, "solution", None),
+            # a missing solution reads back as NaN (pandas' string column), not None
+            solution=r.solution if isinstance(getattr(r, "solution", None), str) else None,
         )
         for r in frame.itertuples(index=False)
     ]

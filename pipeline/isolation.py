@@ -71,4 +71,8 @@ def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, worker
         # A worker died (killed, out of memory): the next run gets a fresh pool.
         with _LOCK:
             _POOLS.pop(workers, None)
-        raise
+        raise BrokenProcessPool(
+            f"a worker process died while running {getattr(fn, '__name__', fn)} (most often the system killed it "
+            f"for memory: {workers} workers share this machine's RAM); lower `workers`, or train.micro_batch_size "
+            "for a training"
+        ) from None

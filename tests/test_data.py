@@ -123,6 +123,44 @@ def test_embedded_set_is_seeded_and_disjoint():
     assert {p.domain for p in train} == {d.domain for d in EMBEDDED_DOMAINS}
 
 
+SUMS = {"domain": "sums", "task": "chain_sum", "params": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}}
+PRODUCTS = {"domain": "products", "task": "products", "params": {"min_terms": 2, "max_terms": 2, "max_digits": 1}}
+
+
+def test_reasoning_gym_tasks_by_config_become_domains_with_their_difficulty():
+    cfg = DataConfig(tasks=[SUMS, PRODUCTS], train_per_domain=30, test_per_domain=8, verifier="numeric")
+    assert cfg.static_domains() == ["products", "sums"]
+    ps = load_problems(cfg)
+    assert ps.domains() == ["products", "sums"] and len(ps.train) == 60 and len(ps.test) == 16
+    assert not {p.prompt for p in ps.train} & {p.prompt for p in ps.test}
+    sums = [p for p in ps.train if p.domain == "sums"]
+    assert all(p.metadata["num_terms"] == 2 and p.metadata["reasoning_gym_task"] == "chain_sum" for p in sums)
+    assert all(p.solution for p in sums)  # chain_sum has a trace format; products has none
+    assert not any(p.solution for p in ps.train if p.domain == "products")
+    only = load_problems(DataConfig(tasks=[SUMS, PRODUCTS], domains=["sums"], train_per_domain=30, test_per_domain=8))
+    assert [p.prompt for p in only.train] == [p.prompt for p in sums]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"tasks": [{**SUMS, "task": "chainsum"}]}, r"unknown reasoning-gym task 'chainsum' for domain 'sums'; did you mean chain_sum"),
+    ({"tasks": [SUMS, {**PRODUCTS, "domain": "sums"}]}, r"two tasks give domain 'sums'"),
+    ({"tasks": [SUMS], "domains": ["gcd"]}, r"domains names 'gcd', which is not one of this source's reasoning-gym domains: sums"),
+    ({"tasks": [SUMS], "format": "jsonl", "path": "x.jsonl"}, r"tasks are reasoning-gym tasks, but the format is 'jsonl'"),
+])
+def test_bad_task_configs_are_refused_with_the_fix(data, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**data)
+
+
+def test_a_task_that_rejects_its_parameters_or_runs_out_of_prompts_names_it():
+    bad = {"domain": "g", "task": "gcd", "params": {"min_value": 50, "max_value": 3}}
+    with pytest.raises(DataError, match=r"task 'gcd' \(domain 'g'\) rejects its parameters .*max_value"):
+        load_problems(DataConfig(tasks=[bad]))
+    tiny = {"domain": "t", "task": "products", "params": {"min_terms": 2, "max_terms": 2, "max_digits": 1}}
+    with pytest.raises(DataError, match=r"fewer than 500 distinct prompts .*lower data.train_per_domain"):
+        load_problems(DataConfig(tasks=[tiny], train_per_domain=500))
+
+
 def test_demo_profile_has_about_17k_problems():
     from pipeline.config import load_config
 
@@ -151,3 +189,14 @@ def test_dapo_style_nested_fields_and_instruction_stripping(tmp_path):
     bad = cfg.model_copy(update={"fields": cfg.fields.model_copy(update={"answer": "reward_model.truth"})})
     with pytest.raises(DataError, match=r"field 'reward_model.truth'"):
         load_problems(bad)
+
+
+def test_problems_without_a_worked_solution_round_trip_through_the_data_stage_files(tmp_path):
+    from pipeline.data import read_problems, write_problems
+    from polymath.records import Problem
+
+    problems = [Problem(id="a", domain="sums", prompt="1 + 2 =", answer="3", solution="1+2=3. Answer: 3"),
+                Problem(id="b", domain="products", prompt="2 * 3", answer="6")]
+    write_problems(problems, tmp_path / "p.parquet")
+    back = read_problems(tmp_path / "p.parquet")
+    assert [p.solution for p in back] == ["1+2=3. Answer: 3", None]  # not NaN: the token cap reads solutions

@@ -15,13 +15,13 @@ def test_smollm_profile_trains_an_expert(tmp_path):
     from polymath.workspace import Workspace
     from pipeline import curate as curate_stage, data as data_stage, model as model_stage, train as train_stage
 
-    cfg = load_config("smollm", ["train.steps=2", "curate.k=16", "data.train_per_domain=200",
+    cfg = load_config("smollm", ["train.steps=2", "curate.k=16", "curate.n_clusters=8", "data.train_per_domain=200",
                                  "data.test_per_domain=5", "train.max_new_tokens=24"])
     ws = Workspace(tmp_path)
     data = data_stage.run(cfg, ws)
     curate = curate_stage.run(cfg, ws, data)
     model = model_stage.run(cfg, ws, data)
-    expert = train_stage.run(cfg, ws, model, data, curate, "gcd")
+    expert = train_stage.run(cfg, ws, model, data, curate, "sums")
     summary = expert.manifest()["summary"]
     assert summary["initial_entropy"] > 0
     assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
