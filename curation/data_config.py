@@ -89,6 +89,10 @@ class SourceConfig(BaseModel):
     def _path_needed(self) -> "SourceConfig":
         if self.format != "reasoning-gym" and not self.path:
             raise ValueError(f"path is required for format {self.format!r} (a file, folder or HF dataset name)")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_fit(self) -> "SourceConfig":
         if self.tasks and self.format != "reasoning-gym":
             raise ValueError(f"tasks are reasoning-gym tasks, but the format is {self.format!r}: drop tasks or set "
                              "format: reasoning-gym")
