@@ -11,7 +11,8 @@ import re
 _TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _HASHES = re.compile(r"####\s*(.+)")
 _ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# Scientific notation counts: reasoning-gym's number_format writes candidates as 5.930480000000000e+02.
+_NUMBER = re.compile(r"(?:-?\d[\d,]*(?:\.\d+)?|-?\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def last_boxed(text: str) -> str | None:

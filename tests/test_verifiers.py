@@ -62,6 +62,15 @@ def test_numeric_gsm8k_match():
     assert score(p, "no number")[1] == 0.0
 
 
+def test_numeric_reads_scientific_notation():
+    # reasoning-gym's number_format lists candidates as 5.930480000000000e+02: copying one is a right answer.
+    p = Problem("n1", "compare", "q", "593.048", {"verifier": "numeric"})
+    assert score(p, "Answer: 5.930480000000000e+02")[1] == 1.0
+    assert score(p, "The largest is 5.93048E2.")[1] == 1.0
+    assert score(p, "Answer: 5.85656e+02")[1] == 0.0
+    assert score(Problem("n2", "compare", "q", "0.000012", {"verifier": "numeric"}), "Answer: 1.2e-5")[1] == 1.0
+
+
 def test_math_verify_equivalence():
     p = Problem("m1", "math", "q", "\\frac{1}{2}", {"verifier": "math"})
     assert score(p, "\\boxed{0.5}")[1] == 1.0
