@@ -130,7 +130,7 @@ def run(
                 console.print("every run is finished and in the database: nothing to run (--force reruns)")
                 _print_results(ws, {"evals": [r for r in finished if r.stage == "evaluate"]}, None)
                 return
-        from flows.pipeline import select_flow  # Prefect: imported only when something runs
+        from flows.stage_flows import select_flow  # Prefect: imported only when something runs
         from flows.runners import make_task_runner
 
         quiet_console(debug)  # again: Prefect's console handlers exist from here on

@@ -1,19 +1,56 @@
-"""Flows for Prefect deployments: parameters are a profile name and overrides, not a config object.
+"""Flows for Prefect deployments: parameters are a profile name and safe overrides, not a config object.
 
-A deployment stores its parameters as JSON; these entry points load and
-validate the profile on the worker, then run the same flows the CLI runs.
+A deployment stores its parameters as JSON and anyone who can reach the server can set them, so these entry
+points accept only what ``pipeline.deploy_params`` allows (a profile of the worker, overrides of numbers,
+switches and named choices, a workspace under the deploy root) and refuse the rest before anything runs.
+Every run holds its workspace's concurrency slot (a Prefect global concurrency limit of 1 named after the
+workspace), so the nightly pipeline and the hourly evaluation never write one workspace at once: the later
+run waits for the earlier one.
+
+``prefect.yaml`` names these flows by module path (``flows.deployments.run_profile``): Prefect then imports
+them as a package module rather than running this file as a script with ``flows/`` on the import path.
 """
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from pipeline.config import load_config
-from polymath.workspace import Workspace
+from pipeline.deploy_params import deployment_config, resolve_workspace
 
-from .pipeline import select_flow
+from .stage_flows import select_flow
+
+
+def workspace_limit_name(root: Path) -> str:
+    """The global concurrency limit that serialises the runs on one workspace."""
+    return "polymath-workspace-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def one_writer(root: Path):
+    """Hold ``root``'s concurrency slot (limit 1, created on first use) for the duration of a run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = workspace_limit_name(root)
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass  # another run made it first: the same limit
+    get_run_logger().info("workspace %s: waiting for its slot (%s)", root, name)
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+def _summary(result: dict) -> dict:
+    return {k: [r.key for r in v] if isinstance(v, list) else getattr(v, "key", v) for k, v in result.items()}
 
 
 @flow(name="polymath")
@@ -25,12 +62,12 @@ def run_profile(
     force: bool = False,
 ) -> dict:
     """Run the pipeline (or one stage) of a profile: what a scheduled deployment calls."""
-    cfg = load_config(config, overrides)
-    ws = Workspace(workspace)
-    ws.root.mkdir(parents=True, exist_ok=True)
+    cfg = deployment_config(config, overrides)
+    root = resolve_workspace(workspace)
+    root.mkdir(parents=True, exist_ok=True)
     flow_fn, force_set = select_flow(stage, force, cfg.workers)
-    result = flow_fn(cfg, str(ws.root.resolve()), force_set)
-    return {k: [r.key for r in v] if isinstance(v, list) else getattr(v, "key", v) for k, v in result.items()}
+    with one_writer(root):
+        return _summary(flow_fn(cfg, str(root), force_set))
 
 
 @flow(name="polymath-experiment-entropy")
@@ -48,8 +85,9 @@ def run_entropy_experiment(
 
     from .experiment import entropy_experiment_flow
 
-    cfg = load_config(config, overrides)
+    cfg = deployment_config(config, overrides)
     experiment = experiment_from_options(seeds, arms, domain, k)
-    ws = Workspace(workspace)
-    ws.root.mkdir(parents=True, exist_ok=True)
-    return entropy_experiment_flow(cfg, str(ws.root.resolve()), experiment)
+    root = resolve_workspace(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    with one_writer(root):
+        return entropy_experiment_flow(cfg, str(root), experiment)

@@ -108,7 +108,7 @@ def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
 
 
 def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
-    """The pipeline flow's stages in its order (flows/pipeline.py), each stopping at its key."""
+    """The pipeline flow's stages in its order (flows/stage_flows.py), each stopping at its key."""
     data_run = rec.add(data.run(cfg, ws))
     base = rec.add(model.run(cfg, ws, data_run))
     curate_run = rec.add(curate.run(cfg, ws, data_run, False, base)) if cfg.curate.enabled else None

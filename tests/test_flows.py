@@ -9,9 +9,9 @@ import pandas
 import pytest
 
 from evaluation.store import Store
-from flows.pipeline import pipeline
+from flows.stage_flows import pipeline
 from flows.runners import with_workers
-from flows.pipeline import merge_flow, train_flow
+from flows.stage_flows import merge_flow, train_flow
 from pipeline.config import load_config
 from polymath.errors import StageError
 from polymath.workspace import Workspace
@@ -131,11 +131,11 @@ def test_every_stage_run_of_the_plan_reports_to_the_progress_listeners(first_run
 def test_an_unchanged_cli_rerun_starts_no_flow_and_prints_the_results(first_run, micro_config_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import flows.pipeline
+    import flows.stage_flows
     from flows.cli import app
 
     _, ws, _ = first_run
-    monkeypatch.setattr(flows.pipeline, "select_flow", lambda *a, **k: pytest.fail("an unchanged rerun started a flow"))
+    monkeypatch.setattr(flows.stage_flows, "select_flow", lambda *a, **k: pytest.fail("an unchanged rerun started a flow"))
     out = CliRunner().invoke(app, ["run", "-c", str(micro_config_path), "-w", str(ws.root)])
     assert out.exit_code == 0, out.output
     assert "nothing to run" in out.output and "merged:robustmerge" in out.output and "report:" in out.output
@@ -264,12 +264,14 @@ def test_evaluate_domains_sample_only_those_domains_and_name_a_missing_one(first
         evaluate_stage.run(wrong, ws, result["model"], result["data"], result["experts"][0])
 
 
-def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path):
+def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path, monkeypatch):
     """What a scheduled deployment calls: profile name + overrides in, run keys out (all reused here)."""
     from flows.deployments import run_profile
 
     cfg, ws, result = first_run
-    out = run_profile(config=str(micro_config_path), workspace=str(ws.root), stage="evaluate")
+    monkeypatch.setenv("POLYMATH_PROFILES", str(micro_config_path.parent))
+    monkeypatch.setenv("POLYMATH_DEPLOY_ROOT", str(ws.root.parent))
+    out = run_profile(config=micro_config_path.stem, workspace=ws.root.name, stage="evaluate")
     assert out["curate"] == result["curate"].key
     assert out["evals"] == [r.key for r in result["evals"] if not r.label.startswith("merged:")]
 
@@ -285,8 +287,8 @@ def test_every_deployment_in_prefect_yaml_names_a_flow_and_its_parameters():
     spec = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
     names = set()
     for deployment in spec["deployments"]:
-        module, func = deployment["entrypoint"].split(":")
-        flow_obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+        module, func = deployment["entrypoint"].rsplit(".", 1)
+        flow_obj = getattr(importlib.import_module(module), func)
         assert isinstance(flow_obj, Flow), deployment["name"]
         accepted = set(inspect.signature(flow_obj.fn).parameters)
         assert set(deployment.get("parameters", {})) <= accepted, deployment["name"]
