@@ -300,13 +300,16 @@ def test_experiment_rerun_reuses_every_stage_run(micro_experiment):
     ) == {"train.token_filter": "nonneg"}
 
 
-def test_deployment_entry_point_runs_the_experiment_by_profile_name(micro_experiment, micro_config_path):
+def test_deployment_entry_point_runs_the_experiment_by_profile_name(micro_experiment, micro_config_path,
+                                                                     monkeypatch):
     from flows.deployments import run_entropy_experiment
 
     _, ws, experiment, path = micro_experiment
+    monkeypatch.setenv("POLYMATH_PROFILES", str(micro_config_path.parent))
+    monkeypatch.setenv("POLYMATH_DEPLOY_ROOT", str(ws.root.parent))
     before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
     out = run_entropy_experiment(
-        config=str(micro_config_path), workspace=str(ws.root), seeds=[0],
+        config=micro_config_path.stem, workspace=ws.root.name, seeds=[0],
         arms=["adv-nonneg", "offpolicy-2", "data-full", "data-few-clusters"], domain="reverse", k=8,
     )
     assert out == path and sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
