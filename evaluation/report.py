@@ -133,13 +133,30 @@ def _evaluation_section(summary: pd.DataFrame, store: Store, out_dir: Path) -> l
 
 
 @section("Against the base model: paired differences with 95% intervals", "evaluate",
-         "SELECT model_label, benchmark, reference, n_problems, accuracy, reference_accuracy, diff, ci_low, ci_high "
-        "FROM eval_comparisons ORDER BY model_label, benchmark")
+         "SELECT model_label, benchmark, reference, metric, n_problems, accuracy, reference_accuracy, diff, ci_low, "
+         "ci_high FROM eval_comparisons ORDER BY model_label, benchmark, metric")
 def _comparison_section(rows: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     rows["verdict"] = ["above" if lo > 0 else "below" if hi < 0 else "level" for lo, hi in zip(rows.ci_low, rows.ci_high)]
     return [
-        "avg@k difference from the reference evaluated with the same settings, and the percentile interval of "
-        "the paired bootstrap over problems (2,000 resamples); an interval that contains 0 is reported as level.",
+        "Difference from the reference evaluated with the same settings (avg@k; pass@k at the smaller k of the "
+        "two; greedy runs against base@greedy), and the percentile interval of the paired bootstrap over problems "
+        "(2,000 resamples); an interval that contains 0 is reported as level.",
+        "",
+        markdown_table(rows),
+    ]
+
+
+@section("Learned or sharpened: each expert on its own domain, like for like", "evaluate",
+         "SELECT regexp_replace(model_label, '@greedy$', '') AS expert, benchmark, "
+         "CASE WHEN reference = 'base@greedy' THEN 'greedy' ELSE metric END AS comparison, "
+         "accuracy, reference_accuracy AS base, diff, ci_low, ci_high FROM eval_comparisons "
+         "WHERE regexp_replace(model_label, '@greedy$', '') = 'expert:' || benchmark ORDER BY ALL")
+def _learned_section(rows: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
+    rows["verdict"] = ["above" if lo > 0 else "below" if hi < 0 else "level" for lo, hi in zip(rows.ci_low, rows.ci_high)]
+    return [
+        "Sampling at temperature 1 against the sampled base (avg@k) shows what RL gained; a sharper distribution "
+        "alone also raises it. Greedy against greedy, and pass@k against pass@k at one k, do not reward "
+        "sharpening: an expert above the base there learned what the base could not do.",
         "",
         markdown_table(rows),
     ]
@@ -280,7 +297,8 @@ def write_report(store: Store, out_dir: Path, if_changed: bool = False) -> Path:
     sections = [
         ["# polymath report", "", f"Results from the workspace's `{store.path.name}`."],
         *(make(store, out_dir) for make in (_runs_section, _curation_section, _training_section,
-                                              _evaluation_section, _comparison_section, _entropy_section,
+                                              _evaluation_section, _comparison_section, _learned_section,
+                                              _entropy_section,
                                               _merge_section)),
     ]
     path.write_text("\n\n".join("\n".join(s) for s in sections) + "\n")

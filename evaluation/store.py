@@ -285,7 +285,8 @@ class Store:
 
         runs = self.query("SELECT run_key, config, inputs, finished_at FROM runs WHERE stage = 'evaluate'")
         problems = self.query(
-            "SELECT eval_run, model_label, benchmark, problem_id, accuracy FROM eval_problems ORDER BY ALL"
+            "SELECT eval_run, model_label, benchmark, problem_id, accuracy, n_samples, n_correct FROM eval_problems "
+            "ORDER BY ALL"
         )
         merges = self.query(
             "SELECT m.run_key, m.method, m.label, m.scale, r.inputs FROM merge_runs m "

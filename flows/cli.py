@@ -95,9 +95,7 @@ def _frame_table(frame, title: str | None = None) -> Table:
 
 
 def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
 
 
 @app.command()
@@ -214,11 +212,12 @@ def status(
 ) -> None:
     """Each stage run of the pipeline's plan: finished, stale (and what changed) or missing; runs nothing."""
     from pipeline.config import load_config
-    from pipeline.plan import plan_runs
+    from pipeline.plan import plan_runs, version_changes
 
     try:
         cfg = load_config(config, overrides)
         rows = plan_runs(cfg, _workspace(workspace))
+        drift = version_changes(_workspace(workspace), rows)
     except PolymathError as exc:
         _fail(exc)
     table = Table(title=f"plan of {cfg.name} in {_workspace(workspace).root}")
@@ -228,7 +227,7 @@ def status(
     for r in rows:
         table.add_row(r.stage, r.label, f"[{colors[r.state]}]{r.state}[/]", r.why)
     console.print(table)
-    console.print(_plan_line(rows))
+    console.print("\n".join([_plan_line(rows), *(f"[yellow]versions differ:[/] {line}" for line in drift)]))
 
 
 def _plan_line(rows) -> str:

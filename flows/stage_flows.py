@@ -17,7 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pipeline.config import PolymathConfig
 from pipeline.curate import needs_model
 from pipeline.data import require_domains
-from pipeline.evaluate import GREEDY_LABEL
+from pipeline.evaluate import eval_label, evaluation_jobs
 from pipeline.merge import merged_label
 from pipeline.stage import StageRef
 from pipeline.tasks import ingest_task, run_stage, submit_stage
@@ -83,9 +83,8 @@ def evaluate_flow(
 ) -> dict:
     force = force or []
     up = up or with_workers(train_flow, cfg.workers)(cfg, workspace, force, parallel)
-    targets: list[StageRef | None] = ([None] if cfg.evaluate.include_base else []) + list(up["experts"])
-    evals = _evaluate_all(cfg, Workspace(workspace), up, targets, "evaluate" in force, parallel,
-                          greedy_base=cfg.evaluate.greedy_base)
+    evals = _evaluate_all(cfg, Workspace(workspace), up, evaluation_jobs(cfg, up["experts"]), "evaluate" in force,
+                          parallel)
     return {**up, "evals": evals}
 
 
@@ -120,17 +119,15 @@ def merge_flow(
     merges = list(_fan_out("merge", jobs, parallel or cfg.workers > 1, gpus))
     ingest_task(ws, merges)
     # A merged adapter is evaluated whenever its merge reran, so its scores never go stale.
-    merge_evals = _evaluate_all(cfg, ws, up, merges, "evaluate" in force or "merge" in force, parallel)
+    merge_evals = _evaluate_all(cfg, ws, up, [(m, False) for m in merges], "evaluate" in force or "merge" in force,
+                                parallel)
     get_run_logger().info("merged %d ways: %s", len(merges), ", ".join(m.label for m in merges))
     artifacts.accuracy(up["evals"] + merge_evals, key="merge-comparison")
     return {**up, "merges": merges, "evals": up["evals"] + merge_evals}
 
 
-def _evaluate_all(cfg, ws, up, targets, force, parallel, greedy_base: bool = False) -> list[StageRef]:
-    jobs = [(t, t.label if t else "base", False) for t in targets]
-    if greedy_base:
-        jobs.insert(1 if targets and targets[0] is None else 0, (None, GREEDY_LABEL, True))
-    calls = [(label, (cfg, ws, up["model"], up["data"], t, force, greedy)) for t, label, greedy in jobs]
+def _evaluate_all(cfg, ws, up, jobs: list[tuple[StageRef | None, bool]], force, parallel) -> list[StageRef]:
+    calls = [(eval_label(t, greedy), (cfg, ws, up["model"], up["data"], t, force, greedy)) for t, greedy in jobs]
     gpus = 1.0 if cfg.evaluate.backend == "vllm" else 0.0
     evals = list(_fan_out("evaluate", calls, parallel or cfg.workers > 1, gpus))
     ingest_task(ws, evals)

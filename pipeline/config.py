@@ -61,6 +61,10 @@ class EvaluateStage(EvalConfig):
     """Also evaluate the base model by greedy decoding, one sample per problem (``base@greedy``): the control
     for "learned vs sharpened"."""
 
+    greedy_experts: bool = Field(True, json_schema_extra=NOT_IN_KEY)
+    """Also evaluate every expert greedily (``expert:<domain>@greedy``), compared with ``base@greedy``: an expert
+    whose greedy decoding beats the base's learned more than a sharper sampling distribution gives."""
+
 
 class MergeStage(MergeConfig):
     """Merge settings shared by every method, plus the methods the stage runs and how their scale is chosen."""

@@ -13,7 +13,13 @@ from .model import model_dir
 from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
 from .train import adapter_dir, full_model_dir
 
-GREEDY_LABEL = "base@greedy"
+GREEDY = "@greedy"
+GREEDY_LABEL = "base" + GREEDY
+
+
+def eval_label(target: StageRef | None, greedy: bool) -> str:
+    """``base``, ``base@greedy``, a target's label, or ``<its label>@greedy``."""
+    return (target.label if target else "base") + (GREEDY if greedy else "")
 
 
 @stage("evaluate", upstream=("model", "data", "train", "merge"),
@@ -29,18 +35,16 @@ def run(
 ) -> StageRef:
     """Evaluate the base model (target None) or what a train or merge run wrote.
 
-    ``greedy`` evaluates the base model by greedy decoding, one sample per problem (``base@greedy``): the
-    control that tells what RL taught from what sharpening the sampling distribution alone would give.
+    ``greedy`` evaluates by greedy decoding, one sample per problem (``base@greedy``, ``expert:<d>@greedy``):
+    against each other they tell what RL taught from what sharpening the sampling distribution alone gives.
     """
 
     if greedy:
-        if target is not None:
-            raise StageError("greedy evaluation is the base model's control; it takes no adapter")
         cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"temperature": 0.0, "k": 1})})
     elif target is None and cfg.evaluate.base_k is not None:
         cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"k": cfg.evaluate.base_k})})
     section = key_section(cfg.evaluate)
-    label = target.label if target else (GREEDY_LABEL if greedy else "base")
+    label = eval_label(target, greedy)
     inputs = {"model": model.key, "data": data.key, "target": target.key if target else "", "label": label}
     key = key_of("evaluate", section, inputs)
     if done := finished(ws, "evaluate", key, label, force):
@@ -67,3 +71,16 @@ def run(
         acc = samples.groupby("benchmark")["correct"].mean()
         out.summary.update(label=label, accuracy={b: round(float(a), 4) for b, a in acc.items()})
     return ref(ws, "evaluate", key, label)
+
+
+def evaluation_jobs(cfg: PolymathConfig, experts: list[StageRef]) -> list[tuple[StageRef | None, bool]]:
+    """(target, greedy) of the evaluate flow, in order: the base sampled and greedy, then each expert sampled
+    and, with ``evaluate.greedy_experts``, greedy."""
+    jobs: list[tuple[StageRef | None, bool]] = []
+    if cfg.evaluate.include_base:
+        jobs.append((None, False))
+    if cfg.evaluate.greedy_base:
+        jobs.append((None, True))
+    for expert in experts:
+        jobs += [(expert, False)] + ([(expert, True)] if cfg.evaluate.greedy_experts else [])
+    return jobs

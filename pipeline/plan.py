@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from pipeline.config import PolymathConfig
-from polymath.workspace import MANIFEST, Workspace
+from polymath.workspace import MANIFEST, Workspace, package_versions
 
 from . import curate, data, evaluate, merge, model, train
 from .stage import PLANNED, PLANNING, StageRef
@@ -107,6 +107,23 @@ def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
     return rec.rows
 
 
+def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
+    """Tracked packages whose installed version differs from the one a finished run of ``rows`` used: its
+    results may not reproduce on this install (requirements.lock holds the versions the README's came from)."""
+    installed = package_versions()
+    used: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row.state != "finished" or not row.key:
+            continue
+        for name, version in ((ws.manifest(row.stage, row.key) or {}).get("packages") or {}).items():
+            if installed.get(name) != version:
+                used.setdefault(name, {}).setdefault(version, 0)
+                used[name][version] += 1
+    return [f"{name} {installed.get(name, 'not installed')} is installed; "
+            + ", ".join(f"{n} finished run{'s' if n > 1 else ''} used {v}" for v, n in sorted(versions.items()))
+            for name, versions in sorted(used.items())]
+
+
 def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
     """The pipeline flow's stages in its order (flows/stage_flows.py), each stopping at its key."""
     data_run = rec.add(data.run(cfg, ws))
@@ -117,12 +134,7 @@ def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
         rec.rows.append(PlannedRun("train", "expert:*", "", "missing", "the domains are known once the data stage has run"))
         return
     experts = [rec.add(train.run(cfg, ws, base, data_run, curate_run, d)) for d in domains]
-    targets: list[tuple[StageRef | None, bool]] = []
-    if cfg.evaluate.include_base:
-        targets.append((None, False))
-    if cfg.evaluate.greedy_base:
-        targets.append((None, True))
-    targets += [(e, False) for e in experts]
+    targets = evaluate.evaluation_jobs(cfg, experts)
     merges = []
     if len(experts) >= 2:
         sets = [(None, experts)] + [(lo, [e for e, d in zip(experts, domains) if d != lo]) for lo in cfg.merge.leave_out]

@@ -57,6 +57,37 @@ def test_runs_are_compared_with_the_base_of_their_own_group_problem_by_problem()
     assert row["diff"] == pytest.approx(0.2) and row.ci_low == pytest.approx(0.2) and row.ci_high == pytest.approx(0.2)
 
 
+def _brute_pass_at_k(n: int, c: int, k: int) -> float:
+    """Share of the k-subsets of n samples (c correct) that hold a correct one."""
+    from itertools import combinations
+
+    subsets = list(combinations([1] * c + [0] * (n - c), k))
+    return sum(any(s) for s in subsets) / len(subsets)
+
+
+def test_greedy_meets_greedy_and_pass_at_k_meets_pass_at_the_same_k():
+    rng = np.random.default_rng(3)
+    base_correct, expert_correct = rng.integers(0, 9, 30), rng.integers(0, 5, 30)
+    greedy_base, greedy_expert = rng.integers(0, 2, 30).astype(float), np.ones(30)
+    problems = pd.concat([
+        _problems("base", "base", base_correct / 8).assign(n_samples=8, n_correct=base_correct),
+        _problems("expert", "expert:b", expert_correct / 4).assign(n_samples=4, n_correct=expert_correct),
+        _problems("g-base", "base@greedy", greedy_base).assign(n_samples=1, n_correct=greedy_base),
+        _problems("g-expert", "expert:b@greedy", greedy_expert).assign(n_samples=1, n_correct=greedy_expert),
+    ])
+    greedy = '{"k": 1, "temperature": 0.0}'
+    runs = pd.DataFrame([_run("base", config='{"k": 8, "temperature": 1.0}'), _run("expert"),
+                         _run("g-base", config=greedy), _run("g-expert", config=greedy)])
+    table = comparisons(problems, runs).set_index(["model_label", "metric"])
+    assert sorted(table.index) == [("expert:b", "avg@k"), ("expert:b", "pass@4"), ("expert:b@greedy", "avg@k")]
+    g = table.loc[("expert:b@greedy", "avg@k")]
+    assert g.reference == "base@greedy" and g["diff"] == pytest.approx(1 - greedy_base.mean())
+    p = table.loc[("expert:b", "pass@4")]
+    assert p.reference == "base"
+    assert p.reference_accuracy == pytest.approx(np.mean([_brute_pass_at_k(8, c, 4) for c in base_correct]))
+    assert p.accuracy == pytest.approx(np.mean(expert_correct > 0))
+
+
 def test_a_rerun_of_a_model_supersedes_its_earlier_run_in_the_same_group():
     problems = pd.concat([
         _problems("base-old", "base", np.zeros(10)),
@@ -83,14 +114,15 @@ def test_store_refreshes_eval_comparisons(tmp_path):
                              "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01"),
                              "seconds": 1.0, "artifact_dir": "x"}])
         store.replace("runs", row, {"stage": "evaluate", "run_key": run})
-    assert store.refresh_comparisons() == 2
-    got = store.query("SELECT * FROM eval_comparisons ORDER BY benchmark")
+    assert store.refresh_comparisons() == 4  # avg@k and pass@4 per benchmark
+    assert sorted(store.query("SELECT DISTINCT metric FROM eval_comparisons").metric) == ["avg@k", "pass@4"]
+    got = store.query("SELECT * FROM eval_comparisons WHERE metric = 'avg@k' ORDER BY benchmark")
     assert list(got.benchmark) == ["b1", "b2"] and (got.model_label == "expert:x").all()
     assert ((got.ci_low <= got["diff"]) & (got["diff"] <= got.ci_high)).all()
     acc = store.query("SELECT benchmark, model_label, avg(accuracy) a FROM eval_problems GROUP BY ALL")
     expected = acc.pivot(index="benchmark", columns="model_label", values="a")
     assert got["diff"].to_numpy() == pytest.approx((expected["expert:x"] - expected["base"]).to_numpy())
-    assert store.refresh_comparisons() == 2  # idempotent
+    assert store.refresh_comparisons() == 4  # idempotent
 
 
 def test_merge_summary_by_hand():

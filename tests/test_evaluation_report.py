@@ -39,8 +39,8 @@ def fill(store: Store) -> None:
                 for step in range(5)
                 for metric, value in (("reward", 0.1 * step), ("entropy", 1.0 - 0.1 * step), ("lr", 1e-5))]
         store.replace("train_steps", _frame("train_steps", rows), {"run_key": f"t-{expert}"})
-    samples = synthetic_samples(12, 4, models=("base", "merged:robustmerge"), benchmarks=("arith", "logic"),
-                                eval_run="e1")
+    samples = synthetic_samples(12, 4, models=("base", "expert:arith", "merged:robustmerge"),
+                                benchmarks=("arith", "logic"), eval_run="e1")
     for model, part in samples.groupby("model_label"):
         store.replace("eval_samples", part, {"eval_run": "e1", "model_label": model})
     store.refresh_comparisons()
@@ -72,6 +72,9 @@ def test_report_on_a_filled_store_has_tables_and_plots(store: Store, tmp_path: P
     assert f"| e1 | base | {cell} |" in text
     assert "| kmeans-centroid | – | 30.000 |" in text
     assert "merged:robustmerge" in text and "robustmerge" in text
+    learned = text.split("## Learned or sharpened")[1].split("\n## ")[0]
+    assert "| expert:arith | arith | avg@k |" in learned and "| expert:arith | arith | pass@4 |" in learned
+    assert "logic" not in learned  # an expert is judged on its own domain
 
 
 def test_report_with_only_some_stages_done(store: Store, tmp_path: Path):

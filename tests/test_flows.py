@@ -42,18 +42,25 @@ def test_pipeline_fills_every_table(first_run):
     # every method over all experts, and again without gcd's expert (leave-one-out)
     assert counts["train_steps"] > 0 and counts["merge_runs"] == 2 * len(cfg.merge.methods)
     labels = {r.label for r in result["evals"]}
-    assert labels == {"base", "base@greedy", "expert:arithmetic", "expert:gcd", "expert:reverse",
+    experts = {"expert:arithmetic", "expert:gcd", "expert:reverse"}
+    assert labels == {"base", "base@greedy", *experts, *(f"{e}@greedy" for e in experts),
                       "merged:robustmerge", "merged:task-arithmetic", "merged:robustmerge-without-gcd",
                       "merged:task-arithmetic-without-gcd"}
     store = Store(ws.db_path)
     summary = store.query("SELECT DISTINCT model_label, benchmark FROM eval_summary")
     assert len(summary) == len(labels) * 3
-    greedy = store.query("SELECT DISTINCT k FROM eval_summary WHERE model_label = 'base@greedy'")
+    greedy = store.query("SELECT DISTINCT k FROM eval_summary WHERE model_label LIKE '%@greedy'")
     assert greedy.k.tolist() == [1]
-    # every sampled model against the base, per benchmark; the greedy control is its own group
-    compared = store.query("SELECT model_label, benchmark, reference, ci_low, diff, ci_high FROM eval_comparisons")
+    # every sampled model against the base (avg@k and pass@2), per benchmark; greedy against base@greedy
+    compared = store.query("SELECT model_label, benchmark, reference, metric, ci_low, diff, ci_high "
+                           "FROM eval_comparisons")
     assert set(compared.model_label) == labels - {"base", "base@greedy"}
-    assert (compared.reference == "base").all() and len(compared) == (len(labels) - 2) * 3
+    greedy_rows = compared[compared.model_label.str.endswith("@greedy")]
+    assert (greedy_rows.reference == "base@greedy").all() and (greedy_rows.metric == "avg@k").all()
+    assert len(greedy_rows) == len(experts) * 3
+    sampled = compared.drop(greedy_rows.index)
+    assert (sampled.reference == "base").all() and sorted(set(sampled.metric)) == ["avg@k", "pass@2"]
+    assert len(sampled) == (len(labels) - 2 - len(experts)) * 3 * 2
     assert ((compared.ci_low <= compared["diff"]) & (compared["diff"] <= compared.ci_high)).all()
     for expert in result["experts"]:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
@@ -159,7 +166,8 @@ def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_r
     assert [r.key for r in fresh] == [r.key for r in rows] and {r.state for r in fresh} == {"missing"}
     jsonl = plan_runs(load_config(micro_config_path, ["data.format=jsonl", "data.path=x.jsonl"]), Workspace(
         ws.root.parent / "empty"))
-    assert jsonl[-1].label == "expert:default"  # a file without a domain column: its one domain is known
+    # a file without a domain column: its one domain is known
+    assert [r.label for r in jsonl if r.stage == "train"] == ["expert:default"]
 
     changed = plan_runs(load_config(micro_config_path, ["train.lr=0.001"]), ws)
     stale = {(r.stage, r.label) for r in changed if r.state == "stale"}
@@ -294,3 +302,23 @@ def test_every_deployment_in_prefect_yaml_names_a_flow_and_its_parameters():
         assert set(deployment.get("parameters", {})) <= accepted, deployment["name"]
         names.add(deployment["name"])
     assert {"pipeline-nightly", "experiment-entropy"} <= names
+
+
+def test_status_says_when_the_installed_versions_differ_from_a_finished_runs(first_run, micro_config_path,
+                                                                             monkeypatch):
+    from typer.testing import CliRunner
+
+    import pipeline.plan
+    from flows.cli import app
+    from pipeline.plan import plan_runs, version_changes
+    from polymath.workspace import package_versions
+
+    cfg, ws, _ = first_run
+    rows = plan_runs(cfg, ws)
+    assert version_changes(ws, rows) == []
+    installed = package_versions()
+    monkeypatch.setattr(pipeline.plan, "package_versions", lambda: {**installed, "transformers": "0.0.1"})
+    [line] = version_changes(ws, rows)
+    assert line == (f"transformers 0.0.1 is installed; {len(rows)} finished runs used {installed['transformers']}")
+    out = CliRunner().invoke(app, ["status", "-c", str(micro_config_path), "-w", str(ws.root)])
+    assert out.exit_code == 0 and "versions differ: transformers 0.0.1 is installed" in out.output

@@ -56,7 +56,10 @@ def test_the_warm_start_stops_at_the_first_check_inside_the_band():
         return float(len(calls) % 3 == 0)  # a third right: inside [0.25, 0.5]
 
     summary = _run(scorer)
-    assert summary["sft_stopped"] == "in_band" and summary["sft_steps"] == 2
+    assert summary["sft_stopped"] == "in_band" and summary["sft_steps"] == 2 and summary["sft_kept_step"] == 2
+    check = summary["sft_probe"][0]
+    assert set(check["confirm_accuracy"]) == {"arithmetic", "reverse"}
+    assert summary["sft_kept_accuracy"] == check["pooled_accuracy"]
     assert set(summary["sft_probe"][0]["accuracy"]) == {"arithmetic", "reverse"}
     assert summary["sft_examples"] == 80 - 2 * 4
 
@@ -68,6 +71,34 @@ def test_the_warm_start_runs_on_below_the_band_and_stops_above_it():
     assert below["sft_probe"][0]["weights"] == {"arithmetic": 2.0, "reverse": 2.0}
     above = _run(lambda p, c: 1.0)
     assert above["sft_stopped"] == "above_band" and above["sft_steps"] == 2
+
+
+def test_an_overshoot_keeps_the_check_closest_to_the_band():
+    calls = []
+
+    def scorer(problem, completion):
+        calls.append(1)
+        return float(len(calls) > 16)  # step 2: nothing right (below); step 4: everything right (above)
+
+    summary = _run(scorer)
+    assert summary["sft_stopped"] == "above_band" and summary["sft_steps"] == 4
+    assert summary["sft_kept_step"] == 2 and summary["sft_kept_accuracy"] == {"arithmetic": 0.0, "reverse": 0.0}
+    assert "kept step 2" in summary["sft_kept_because"]
+
+
+def test_a_lucky_probe_in_the_band_is_not_confirmed():
+    calls = []
+
+    def scorer(problem, completion):
+        calls.append(1)
+        # the first probe (16 samples) lands in the band; its confirmation samples and later checks are all wrong
+        return float(len(calls) <= 16 and len(calls) % 3 == 0)
+
+    summary = _run(scorer)
+    first = summary["sft_probe"][0]
+    assert first["accuracy"] == {"arithmetic": 0.25, "reverse": 0.375} and "pooled_accuracy" in first
+    assert summary["sft_stopped"] == "max_steps" and summary["sft_steps"] == 8
+    assert summary["sft_kept_step"] == 2  # still the closest check: pooled, then 0 right at every later one
 
 
 def test_without_a_check_in_band_the_closest_weights_are_restored():
@@ -83,7 +114,7 @@ def test_without_a_check_in_band_the_closest_weights_are_restored():
     tok = build_char_tokenizer([p.prompt for p in train] + [p.solution for p in train])
     model = build_tiny_model(config, len(tok))
     summary = warm_start(model, tok, train, config, scorer)
-    assert summary["sft_stopped"] == "closest_to_band" and summary["sft_kept_step"] == 2
+    assert summary["sft_stopped"] == "max_steps" and summary["sft_kept_step"] == 2
     # step 2: arithmetic 1/8 right (0.125 below the band), reverse 2/8 (inside); later checks 0 right
     assert [round(h["band_distance"], 3) for h in summary["sft_probe"]] == [0.125, 0.5, 0.5, 0.5]
 

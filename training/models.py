@@ -48,6 +48,10 @@ class TinyModelConfig(BaseModel):
         48, ge=0, description="Training problems per domain held out of the warm start to check the band (0: no check)."
     )
     probe_samples: int = Field(4, ge=1, description="Samples per probe problem at temperature 1.")
+    confirm_samples: int = Field(
+        12, ge=0, description="More samples per probe problem drawn at a check that lands in the band: the warm start "
+        "stops only when the pooled estimate is in the band too (0: one probe decides), so probe noise cannot stop it.",
+    )
     seed: int = Field(0, description="Initialization and batch-order seed.")
     threads: int | None = Field(
         None, ge=1, description="Torch CPU threads for the warm start (None: torch's default; restored afterwards)."

@@ -11,9 +11,12 @@ the model samples ``probe_samples`` completions at temperature 1 for
   the top of the band): the quick domains wait while the slow ones catch up.
   A floor, not zero: a domain that gets no examples is forgotten within a few
   dozen steps and relearned, and its accuracy swings across the whole band;
-- the warm start stops at the first check where every domain is inside the band;
-  if none is by ``sft_steps``, the weights of the check closest to the band
-  (least total accuracy outside it) are restored.
+- a check where every domain is inside the band is confirmed by ``confirm_samples`` more samples per probe
+  problem (a new seed); the warm start stops there only when the pooled estimate is inside the band too, so a
+  lucky probe (about 3.5 points of standard error at 48 x 4) does not decide;
+- every other exit (``sft_steps`` spent, or every domain above the band: an overshoot) restores the weights
+  of the check closest to the band (least total accuracy outside it, pooled where confirmed). The summary
+  records the step kept, its accuracies and why.
 
 Batches mix the domains at random: batches sorted into length buckets ran
 1.9x faster per step but learned far slower per step (a bucket is nearly one
@@ -76,6 +79,11 @@ def band_distance(accuracy: dict[str, float], band: tuple[float, float]) -> floa
     """Total accuracy outside the band, summed over domains (0: every domain inside)."""
     low, high = band
     return sum(max(0.0, low - a) + max(0.0, a - high) for a in accuracy.values())
+
+
+def pooled(first: dict[str, float], n_first: int, second: dict[str, float], n_second: int) -> dict[str, float]:
+    """Per-domain accuracy of two probes of the same problems, weighted by their samples per problem."""
+    return {d: (first[d] * n_first + second[d] * n_second) / (n_first + n_second) for d in first}
 
 
 def in_band(accuracy: dict[str, float], band: tuple[float, float]) -> bool:
@@ -227,13 +235,19 @@ def _loop(model, tokenizer, problems, cfg, scorer, progress, sampler) -> dict:
             p0 = time.perf_counter()
             accuracy = probe_accuracy(model, tokenizer, probe, cfg.probe_samples, longest + 8, scorer,
                                       cfg.seed + step, sampler)
+            record = {"step": step, "loss": sum(losses[-20:]) / len(losses[-20:]), "accuracy": accuracy}
+            if in_band(accuracy, cfg.band) and cfg.confirm_samples:
+                more = probe_accuracy(model, tokenizer, probe, cfg.confirm_samples, longest + 8, scorer,
+                                      cfg.seed + step + 1_000_003, sampler)
+                record["confirm_accuracy"] = more
+                accuracy = pooled(accuracy, cfg.probe_samples, more, cfg.confirm_samples)
+                record["pooled_accuracy"] = accuracy
             probe_seconds += time.perf_counter() - p0
             weights = domain_weights(accuracy, cfg.band)
             distance = band_distance(accuracy, cfg.band)
-            history.append({"step": step, "loss": sum(losses[-20:]) / len(losses[-20:]),
-                            "accuracy": accuracy, "weights": weights, "band_distance": distance})
+            history.append({**record, "weights": weights, "band_distance": distance})
             if best is None or distance <= best[0]:  # ties: the later, longer-trained check
-                best = (distance, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                best = (distance, step, {k: v.detach().clone() for k, v in model.state_dict().items()}, accuracy)
             if in_band(accuracy, cfg.band):
                 stopped = "in_band"
                 break
@@ -241,17 +255,26 @@ def _loop(model, tokenizer, problems, cfg, scorer, progress, sampler) -> dict:
                 stopped = "above_band"
                 break
             batches.set_weights(weights)
-    kept = step
-    if stopped == "max_steps" and best is not None and best[1] != step:
-        model.load_state_dict(best[2])
-        stopped, kept = "closest_to_band", best[1]
+    kept, kept_accuracy = step, (accuracy if stopped == "in_band" else None)
+    if stopped != "in_band" and best is not None:
+        if best[1] != step:
+            model.load_state_dict(best[2])
+        kept, kept_accuracy = best[1], best[3]
+    because = {
+        "in_band": "every domain inside the band at this check, pooled with its confirmation samples",
+        "above_band": f"every domain above the band at step {step}: kept step {kept}, the check closest to the band",
+        "max_steps": f"no check in the band within {cfg.sft_steps} steps: kept step {kept}, the check closest to "
+                     "the band",
+    }[stopped]
     model.eval()
     tail = losses[-20:]
     return {
         "sft_steps": step,
         "sft_kept_step": kept,
+        "sft_kept_accuracy": kept_accuracy,
         "sft_max_steps": cfg.sft_steps,
         "sft_stopped": stopped,
+        "sft_kept_because": because if history else "no band check (probe_problems 0): the last step",
         "sft_seconds": round(time.perf_counter() - t0, 2),
         "sft_probe_seconds": round(probe_seconds, 2),
         "sft_final_loss": sum(tail) / len(tail),
