@@ -63,6 +63,16 @@ def _literal_check(value: object) -> None:
         )
 
 
+# Read-only connections see the results database and nothing else: no files (read_csv, COPY TO, ATTACH), no
+# extensions, and no SET that could undo it. `polymath sql` runs whatever a user types through these.
+READ_ONLY = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
+
+
 class Store:
     """One DuckDB results file (``workspace/polymath.duckdb``).
 
@@ -91,7 +101,7 @@ class Store:
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(self.path), read_only=read_only, config=READ_ONLY if read_only else {})
             except duckdb.Error as err:
                 if not _is_lock_error(err):
                     raise StoreError(f"cannot open the results database {self.path}: {err}") from err
@@ -323,7 +333,14 @@ class Store:
             if "read-only mode" in str(err):
                 raise StoreError(
                     f"queries open {self.path} read-only, so this statement was refused: {err}. "
-                    "Results are written by `polymath run`; use SELECT (or COPY (SELECT ...) TO 'file') here"
+                    "Results are written by `polymath run`; use SELECT here (--format csv or json exports)"
+                ) from err
+            if isinstance(err, (duckdb.PermissionException, duckdb.InvalidInputException)) and (
+                    "disabled" in str(err) or "locked" in str(err)):
+                raise StoreError(
+                    f"queries read only the results database {self.path}: files, other databases, extensions and "
+                    f"settings are out of reach ({str(err).splitlines()[0]}). Use SELECT on its tables and views "
+                    "(polymath tables lists them); --format csv or json exports the result"
                 ) from err
             raise StoreError(f"query failed: {err}\nSQL: {sql.strip()}") from err
         finally:

@@ -243,9 +243,7 @@ def tables(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w")) 
     from evaluation.store import Store
 
     try:
-        store = Store(_workspace(workspace).db_path)
-        store.ensure_schema()
-        frame = store.tables()
+        frame = Store(_workspace(workspace).db_path).tables()  # read-only: the database is not changed
     except PolymathError as exc:
         _fail(exc)
     console.print(_frame_table(frame))
@@ -259,9 +257,7 @@ def report(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w")) 
 
     try:
         ws = _workspace(workspace)
-        store = Store(ws.db_path)
-        store.ensure_schema()
-        path = write_report(store, ws.reports_dir)
+        path = write_report(Store(ws.db_path), ws.reports_dir)  # reads the database only
     except PolymathError as exc:
         _fail(exc)
     console.print(str(path))

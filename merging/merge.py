@@ -10,8 +10,22 @@ from merging.adapters import atomic_folder, read_adapter, resolve_save_dtype, va
 from merging.config import MergeConfig
 from merging.methods import get_method
 from merging.report import MergeReport, module_stats
+from polymath.errors import MergeError
 
 REPORT_NAME = "merge_report.json"
+
+
+def _check_overwrite(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
+    """``overwrite`` replaces only a folder that a merge wrote and that no input lives in."""
+    if not overwrite or not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    out = out_dir.resolve()
+    for d in inputs:
+        if d.resolve() == out or out in d.resolve().parents:
+            raise MergeError(f"{out_dir}: --overwrite would delete the input adapter {d}; choose another --out")
+    if not (out_dir / REPORT_NAME).exists():
+        raise MergeError(f"{out_dir}: --overwrite replaces only a folder a merge wrote (one with {REPORT_NAME}); "
+                         "this one is not: choose another --out, or remove it yourself")
 
 
 def merge_adapters(
@@ -23,6 +37,7 @@ def merge_adapters(
     renamed); it also holds ``merge_report.json``. An existing non-empty ``out_dir``
     is a MergeError unless ``overwrite`` is set.
     """
+    _check_overwrite(Path(out_dir), [Path(d) for d in adapter_dirs], overwrite)
     method = get_method(config.method)
     start = time.perf_counter()
     experts = [read_adapter(Path(d)) for d in adapter_dirs]

@@ -48,6 +48,41 @@ def test_sql_is_read_only_and_bad_sql_fails_clearly(workspace):
     assert out.exit_code == 2 and "error" in out.output.lower()
 
 
+@pytest.mark.parametrize("statement", [
+    "SELECT count(*) FROM read_csv('{outside}')",
+    "SELECT * FROM glob('{outside_dir}/*')",
+    "COPY (SELECT 42) TO '{outside_dir}/written.csv'",
+    "ATTACH '{outside_dir}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "SELECT 1; SELECT count(*) FROM read_csv('{outside}')",
+])
+def test_sql_reads_the_results_database_and_nothing_else(workspace, tmp_path, statement):
+    outside_dir = tmp_path / "outside"
+    outside_dir.mkdir()
+    outside = outside_dir / "secret.csv"
+    outside.write_text("a,b\n1,2\n")
+    before = sorted(p.name for p in outside_dir.iterdir())
+    db_bytes = (workspace / "polymath.duckdb").read_bytes()
+    sql = statement.format(outside=outside, outside_dir=outside_dir)
+    out = runner.invoke(app, ["sql", sql, "-w", str(workspace)])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith("error:") and "Traceback" not in out.output
+    assert len(out.output.strip().splitlines()) <= 10  # one message (wrapped at the terminal's width)
+    assert "COPY (SELECT" not in out.output  # no advice to write files
+    assert sorted(p.name for p in outside_dir.iterdir()) == before
+    assert (workspace / "polymath.duckdb").read_bytes() == db_bytes
+
+
+def test_tables_and_report_leave_the_database_untouched(workspace):
+    db = workspace / "polymath.duckdb"
+    stamp = (db.stat().st_mtime_ns, db.read_bytes())
+    assert runner.invoke(app, ["tables", "-w", str(workspace)]).exit_code == 0
+    assert runner.invoke(app, ["report", "-w", str(workspace)]).exit_code == 0
+    assert (db.stat().st_mtime_ns, db.read_bytes()) == stamp
+
+
 def test_sql_without_database_says_what_to_do(tmp_path):
     out = runner.invoke(app, ["sql", "SELECT 1", "-w", str(tmp_path / "empty")])
     assert out.exit_code == 2 and "polymath run" in out.output

@@ -213,6 +213,22 @@ def test_existing_output_needs_overwrite(experts, tmp_path):
     assert report.rank == 2 and read_adapter(tmp_path / "m").config.r == 2
 
 
+def test_overwrite_replaces_only_a_merge_output_that_holds_no_input(experts, tmp_path):
+    import shutil
+
+    copies = [shutil.copytree(e, tmp_path / "inputs" / f"e{i}") for i, e in enumerate(experts)]
+    for out in (copies[0], tmp_path / "inputs"):
+        with pytest.raises(MergeError, match="would delete the input adapter"):
+            merge_adapters(copies, out, MergeConfig(), overwrite=True)
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    with pytest.raises(MergeError, match="replaces only a folder a merge wrote"):
+        merge_adapters(copies, stranger, MergeConfig(), overwrite=True)
+    assert (stranger / "keep.txt").read_text() == "mine"
+    assert all((c / "adapter_model.safetensors").exists() for c in copies)
+
+
 def test_bfloat16_output_and_forward_pass(base, experts, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
