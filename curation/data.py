@@ -84,26 +84,38 @@ def normalize_prompt(text: str, prefixes: list[str], suffixes: list[str]) -> str
 # ---------------------------------------------------------------- readers
 
 
-def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "fix or remove that line (JSONL holds one JSON object per line)"
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path} line {lineno}", row
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path} line {lineno}: not UTF-8 (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); re-encode the file as UTF-8") from None
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                "fix or remove that line (JSONL holds one JSON object per line)"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path} line {lineno}", row
 
 
 def _rows_table(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
     import pandas as pd
 
+    if kind == "csv":
+        for _ in _utf8_lines(path):  # a bad byte names its line, as in JSONL
+            pass
     try:
         if kind == "csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -196,10 +208,16 @@ def _records(cfg: SourceConfig, path: str, split: str, verifier: str) -> tuple[l
         if not prompt:
             raise DataError(f"{where}: empty prompt in field {fmap.prompt!r}; remove the row or fix the text")
         answer = parse_answer(values["answer"], cfg.answer_format, where)
+        if not answer:
+            raise DataError(f"{where}: empty or null answer in field {fmap.answer!r}; every problem needs the answer "
+                            "its completions are scored against: fix the row or remove it")
         raw_answer = "" if values["answer"] is None else str(values["answer"]).strip()
         # GSM8K's and boxed answers come with their worked solution: keep it (it sizes evaluation's token cap).
         solution = raw_answer if cfg.answer_format != "plain" and raw_answer != answer else None
-        domain = str(values["domain"]) if fmap.domain else cfg.domain
+        domain = _text(values["domain"]).strip() if fmap.domain else cfg.domain
+        if not domain:
+            raise DataError(f"{where}: empty or null domain in field {fmap.domain!r}; give the row a domain name, or "
+                            "drop data.fields.domain to put every row in data.domain")
         pid = str(values["id"]) if fmap.id else f"{Path(path).stem}-{rows - 1}"
         top = {c.split(".")[0] for c in (fmap.prompt, fmap.answer)}
         extra = {k: v for k, v in row.items() if k not in top}

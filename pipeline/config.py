@@ -9,6 +9,9 @@ errors that name the key and suggest the closest valid one.
 from __future__ import annotations
 
 import difflib
+import math
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,35 @@ def resolve_profile(config: str | Path | None) -> Path:
     return named
 
 
+def leaf_types(annotation: Any) -> list[Any]:
+    """The scalar types a field accepts, through Optional, unions and lists."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in leaf_types(arg)]
+    if origin in (list, tuple, set, frozenset):
+        return [t for arg in typing.get_args(annotation) if arg is not Ellipsis for t in leaf_types(arg)]
+    return [annotation]
+
+
+def field_annotation(dotted: str) -> Any:
+    """The annotation of ``dotted`` in PolymathConfig, or None when no such field exists."""
+    current: Any = PolymathConfig
+    for part in dotted.split("."):
+        models = [t for t in leaf_types(current) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not models or part not in models[0].model_fields:
+            return None
+        current = models[0].model_fields[part].annotation
+    return current
+
+
+def _takes_a_list(annotation: Any) -> bool:
+    """A list field (``list[str]``, ``list[str] | None``), not a scalar one."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    return any(typing.get_origin(a) is list for a in options) and not any(
+        a in (str, int, float, bool) for a in options)
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
     """Set ``dotted`` in ``tree``; a number indexes a list (``data.sources.0.path``)."""
     parts = dotted.split(".")
@@ -245,6 +277,26 @@ def _explain(exc: ValidationError, origin: str) -> str:
     return f"{origin}: invalid config:\n  " + "\n  ".join(lines)
 
 
+def _non_finite(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``tree`` holding inf or NaN."""
+    if isinstance(tree, dict):
+        return [k for key, v in tree.items() for k in _non_finite(v, f"{prefix}{key}.")]
+    if isinstance(tree, (list, tuple)):
+        return [k for i, v in enumerate(tree) for k in _non_finite(v, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if isinstance(tree, float) and not math.isfinite(tree) else []
+
+
+def _validated(tree: dict, origin: str) -> PolymathConfig:
+    try:
+        cfg = PolymathConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin)) from None
+    # pydantic's bounds let inf and NaN through (NaN compares false with every bound)
+    if bad := _non_finite(cfg.model_dump(mode="python")):
+        raise ConfigError(f"{origin}: invalid config:\n  " + "\n  ".join(f"{k}: must be a finite number" for k in bad))
+    return cfg
+
+
 def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> PolymathConfig:
     """Read a profile or YAML file, apply ``--set`` overrides, validate."""
     path = resolve_profile(config)
@@ -258,12 +310,11 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         raise ConfigError(f"{path}: expected a mapping of sections (data, model, curate, ...) at the top")
     for item in overrides or []:
         key, value = parse_override(item)
+        if value is not None and not isinstance(value, list) and _takes_a_list(field_annotation(key)):
+            value = [value]  # --set train.report_to=tensorboard: a one-element list
         _set_dotted(tree, key, value, origin=f"--set {item}")
     origin = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
-    try:
-        return PolymathConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, origin)) from None
+    return _validated(tree, origin)
 
 
 def option_errors(exc: ValidationError) -> str:
@@ -276,10 +327,7 @@ def with_changes(cfg: PolymathConfig, changes: dict[str, Any], origin: str = "ch
     tree = cfg.model_dump(mode="json")
     for key, value in changes.items():
         _set_dotted(tree, key, value, origin=f"{origin}: {key}")
-    try:
-        return PolymathConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, origin)) from None
+    return _validated(tree, origin)
 
 
 def stage_section(cfg: PolymathConfig, stage: str) -> dict:

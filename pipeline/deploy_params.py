@@ -12,16 +12,13 @@ environment variables; nothing a run parameter says can change them.
 from __future__ import annotations
 
 import os
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
 from polymath.errors import ConfigError
 
-from .config import CONFIG_DIR, PolymathConfig, load_config, parse_override
+from .config import CONFIG_DIR, field_annotation, leaf_types, load_config, parse_override
 
 PROFILES_ENV = "POLYMATH_PROFILES"
 ROOT_ENV = "POLYMATH_DEPLOY_ROOT"
@@ -44,29 +41,8 @@ def deploy_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or "workspace").resolve()
 
 
-def _leaf_types(annotation: Any) -> list[Any]:
-    """The scalar types a field accepts, through Optional, unions and lists."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return [t for arg in typing.get_args(annotation) for t in _leaf_types(arg)]
-    if origin in (list, tuple, set, frozenset):
-        return [t for arg in typing.get_args(annotation) if arg is not Ellipsis for t in _leaf_types(arg)]
-    return [annotation]
-
-
-def _field_annotation(dotted: str) -> Any:
-    """The annotation of ``dotted`` in PolymathConfig, or None when no such field exists."""
-    current: Any = PolymathConfig
-    for part in dotted.split("."):
-        models = [t for t in _leaf_types(current) if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not models or part not in models[0].model_fields:
-            return None
-        current = models[0].model_fields[part].annotation
-    return current
-
-
 def _is_safe_value_type(annotation: Any) -> bool:
-    for leaf in _leaf_types(annotation):
+    for leaf in leaf_types(annotation):
         if leaf is type(None) or leaf in (bool, int, float) or typing.get_origin(leaf) is Literal:
             continue
         return False
@@ -79,7 +55,7 @@ def allowed_override(key: str) -> bool:
         return False
     if key in REGISTRY_KEYS:
         return True
-    annotation = _field_annotation(key)
+    annotation = field_annotation(key)
     return annotation is not None and _is_safe_value_type(annotation)
 
 

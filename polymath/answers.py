@@ -54,7 +54,7 @@ def extract_answer(completion: str) -> str | None:
         return boxed.strip()
     hashes = _HASHES.findall(completion)
     if hashes:
-        return hashes[-1].strip().splitlines()[0].strip()
+        return (hashes[-1].strip().splitlines() or [""])[0].strip()  # "#### " alone: an empty answer
     lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
     for line in reversed(lines):
         m = _ANSWER_LINE.search(line)

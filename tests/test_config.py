@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,17 @@ def test_merge_seeds_multiply_only_the_random_methods():
     assert stage.seeds_of("knots") == [None]  # KnOTS-TIES draws nothing
     assert MergeStage(seeds=[0, 1], knots_merge="dare").seeds_of("knots") == [0, 1]
     assert MergeStage().seeds_of("dare") == [None]
+
+
+@pytest.mark.parametrize("item, key", [("train.lr=.inf", "train.lr"), ("train.lr=nan", "train.lr"),
+                                       ("model.tiny.sft_lr=.inf", "model.tiny.sft_lr"),
+                                       ("merge.scales=[1.0, .nan]", "merge.scales.1")])
+def test_non_finite_numbers_are_refused_naming_the_key(item, key):
+    # pydantic refuses some (a bound NaN fails); the rest are caught after validation
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: (must be a finite number|Input should be)"):
+        load_config("demo", [item])
+
+
+def test_a_list_key_given_one_value_takes_it_as_a_one_element_list():
+    cfg = load_config("demo", ["train.report_to=tensorboard", "train.domains=gcd", "merge.leave_out=[]"])
+    assert cfg.train.report_to == ["tensorboard"] and cfg.train.domains == ["gcd"] and cfg.merge.leave_out == []

@@ -40,6 +40,30 @@ def test_malformed_line_names_file_and_line(tmp_path):
         load_problems(cfg)
 
 
+@pytest.mark.parametrize("row, message", [
+    ({"question": "q?", "answer": None, "topic": "t"}, r"line 2: empty or null answer in field 'answer'"),
+    ({"question": "q?", "answer": "  ", "topic": "t"}, r"line 2: empty or null answer in field 'answer'"),
+    ({"question": "q?", "answer": "3", "topic": None}, r"line 2: empty or null domain in field 'topic'"),
+    ({"question": "q?", "answer": "3", "topic": ""}, r"line 2: empty or null domain in field 'topic'"),
+])
+def test_null_or_empty_answers_and_domains_name_their_line(tmp_path, row, message):
+    path = _jsonl(tmp_path / "rows.jsonl", [{"question": "p?", "answer": "1", "topic": "t"}, row])
+    cfg = DataConfig(format="jsonl", path=str(path), fields={"prompt": "question", "domain": "topic"})
+    with pytest.raises(DataError, match=message):
+        load_problems(cfg)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path, fmt):
+    path = tmp_path / f"latin.{fmt}"
+    good, bad = ('{"prompt": "a", "answer": "1"}\n', '{"prompt": "caf\xe9", "answer": "2"}\n') if fmt == "jsonl" \
+        else ("prompt,answer\n", "caf\xe9,2\n")
+    path.write_bytes(good.encode() + bad.encode("latin-1"))
+    column = bad.index("\xe9") + 1
+    with pytest.raises(DataError, match=rf"latin\.{fmt} line 2: not UTF-8 \(byte 0xe9 at column {column}\)"):
+        load_problems(DataConfig(format=fmt, path=str(path)))
+
+
 def test_missing_field_lists_present_fields(tmp_path):
     path = _jsonl(tmp_path / "gsm.jsonl", GSM)
     cfg = DataConfig(format="jsonl", path=str(path))

@@ -125,3 +125,12 @@ def test_embedded_problems_default_to_the_marker_verifier():
     for p in problems.train:
         assert score(p, p.solution)[1] == 1.0
         assert score(p, p.answer)[1] == 0.0  # a bare answer without the marker is malformed
+
+
+@pytest.mark.parametrize("name", ["exact", "marker", "numeric", "math"])
+def test_an_empty_extracted_answer_never_scores(name):
+    # a reference that normalizes to nothing must not turn an empty answer into a match
+    for reference in ("", "  "):
+        p = Problem("e", "d", "q", reference, {"verifier": name})
+        for completion in ("Answer: ", "The answer is \\boxed{}", "#### ", ""):
+            assert get_verifier(name).score(p, completion) == 0.0, (reference, completion)

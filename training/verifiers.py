@@ -51,9 +51,10 @@ class ExactVerifier:
         return " ".join(answer.split()).lower()
 
     def score(self, problem: Problem, completion: str) -> float:
-        """The reward of ``completion``: 0 without an answer the verifier can read, else ``grade``'s."""
+        """The reward of ``completion``: 0 without an answer the verifier can read (an empty one included: it
+        never matches, whatever the reference), else ``grade``'s."""
         answer = self.extract(completion)
-        return 0.0 if answer is None else self.grade(problem, answer)
+        return 0.0 if answer is None or not answer.strip() else self.grade(problem, answer)
 
     def grade(self, problem: Problem, answer: str) -> float:
         return float(self.normalize(answer) == self.normalize(problem.answer))
