@@ -223,7 +223,7 @@ def status(
     table = Table(title=f"plan of {cfg.name} in {_workspace(workspace).root}")
     for col in ("stage", "label", "state", "what changed"):
         table.add_column(col, overflow="fold")
-    colors = {"finished": "green", "stale": "yellow", "missing": "red"}
+    colors = {"finished": "green", "partial": "yellow", "stale": "yellow", "missing": "red"}
     for r in rows:
         table.add_row(r.stage, r.label, f"[{colors[r.state]}]{r.state}[/]", r.why)
     console.print(table)
@@ -231,10 +231,11 @@ def status(
 
 
 def _plan_line(rows) -> str:
-    counts = {state: sum(r.state == state for r in rows) for state in ("finished", "stale", "missing")}
-    if counts["stale"] == counts["missing"] == 0:
+    counts = {state: sum(r.state == state for r in rows) for state in ("finished", "partial", "stale", "missing")}
+    if counts["finished"] == len(rows):
         return f"plan: all {len(rows)} stage runs are up to date"
-    return f"plan: {counts['finished']} finished, {counts['stale']} stale, {counts['missing']} missing of {len(rows)}"
+    return "plan: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n or state != "partial") + \
+        f" of {len(rows)}"
 
 
 @app.command()

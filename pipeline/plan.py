@@ -11,7 +11,6 @@ server starts and nothing is written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from pipeline.config import PolymathConfig
@@ -27,7 +26,7 @@ class PlannedRun:
     label: str
     key: str
     state: str
-    """finished | stale | missing"""
+    """finished | partial | stale | missing"""
     why: str = ""
 
 
@@ -53,7 +52,9 @@ def _earlier_runs(ws: Workspace) -> dict[tuple[str, str], dict]:
     """The latest finished manifest per (stage, label)."""
     latest: dict[tuple[str, str], dict] = {}
     for path in sorted((ws.root / "artifacts").glob(f"*/*/{MANIFEST}")):
-        manifest = json.loads(path.read_text())
+        manifest = ws.manifest(path.parent.parent.name, path.parent.name)
+        if manifest is None:
+            continue
         if manifest.get("status") != "finished":
             continue
         slot = (manifest["stage"], _manifest_label(manifest["stage"], manifest))
@@ -79,6 +80,7 @@ class _Recorder:
     """Collects each planned ref with what its key was computed from."""
 
     def __init__(self, ws: Workspace):
+        self.ws = ws
         self.earlier = _earlier_runs(ws)
         self.computed: dict[str, tuple[object, dict[str, str]]] = {}
         self.rows: list[PlannedRun] = []
@@ -86,6 +88,8 @@ class _Recorder:
     def add(self, ref: StageRef) -> StageRef:
         if ref.skipped:
             state, why = "finished", ""
+        elif self.ws.partial_dir(ref.stage, ref.key).exists():
+            state, why = "partial", "an interrupted attempt left its folder: polymath run resumes it"
         elif (earlier := self.earlier.get((ref.stage, ref.label))) is not None:
             config, inputs = self.computed.get(ref.key, (None, {}))
             state, why = "stale", _differences(earlier, config, inputs)

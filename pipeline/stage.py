@@ -14,6 +14,7 @@ declarations form the ``STAGES`` registry that the Prefect wrapper (:mod:`pipeli
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 from polymath.errors import PolymathError, StageError
 from polymath.registry import Registry
-from polymath.workspace import Workspace, source_digest, stage_key
+from polymath.workspace import FinishedMeanwhile, Workspace, source_digest, stage_key
 
 log = logging.getLogger("polymath")
 
@@ -57,10 +58,26 @@ def stage(name: str, upstream: tuple[str, ...] = (), code: tuple[str, ...] = (),
     """Declare ``run`` as the stage ``name`` (registered in ``STAGES``)."""
 
     def declare(run: Callable[..., StageRef]) -> Callable[..., StageRef]:
+        run = reuse_when_finished_meanwhile(run)
         STAGES.add(name, Stage(name, upstream, (*code, *SHARED_CODE), run, heavy))
         return run
 
     return declare
+
+
+def reuse_when_finished_meanwhile(run: Callable[..., StageRef]) -> Callable[..., StageRef]:
+    """``run`` once more when another process finished its key while it waited for the key's lock: the second
+    call finds that run finished and returns it (reused), so the work is never done twice."""
+
+    @functools.wraps(run)
+    def once_per_key(*args, **kwargs) -> StageRef:
+        try:
+            return run(*args, **kwargs)
+        except FinishedMeanwhile as done:
+            log.info("%s %s: finished by another process while this one waited; reusing it", done.stage, done.key)
+            return run(*args, **kwargs)
+
+    return once_per_key
 
 
 @dataclass(frozen=True)

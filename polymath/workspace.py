@@ -8,19 +8,24 @@ config reruns that stage and what depends on it, nothing upstream.
 A stage writes into an in-progress sibling folder, ``.partial-<key>``, and renames it into place only
 when it finished: a crash never leaves a folder that looks complete. The in-progress folder is the same
 for every attempt at one key, so a stage that checkpoints (training) resumes from what a killed attempt
-wrote; a lock file beside it (``.partial-<key>.lock``, holding the writer's pid and host) keeps two
-processes from writing one key at once, and a lock whose process is gone is taken over. A stage that
-fails with an error discards its in-progress folder; one that is interrupted or killed keeps it.
+wrote; an OS lock on a file beside it (``.partial-<key>.lock``) keeps two processes from writing one key
+at once: a second one waits, then reuses the run if the first finished it. The kernel releases the lock
+with its holder, so a killed writer leaves nothing to clean up. Files and folders are synced before the
+final rename. A stage that checkpoints (``resume``) keeps its in-progress folder whatever stops it; any
+other stage discards it on an error and keeps it when interrupted or killed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -34,6 +39,7 @@ from . import __version__
 from .errors import StageError
 
 MANIFEST = "manifest.json"
+log = logging.getLogger("polymath")
 _TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "sentence-transformers", "scikit-learn", "duckdb")
 
 
@@ -79,51 +85,84 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class FinishedMeanwhile(Exception):
+    """Another process finished this stage key while this one waited for its lock: reuse that run."""
+
+    def __init__(self, stage: str, key: str):
+        super().__init__(f"{stage} {key} was finished by another process")
+        self.stage, self.key = stage, key
 
 
 class _KeyLock:
-    """An exclusive lock file for one stage key: pid and host of the writer."""
+    """An exclusive OS lock (``flock``) on one stage key's lock file, which is never removed.
+
+    The kernel drops the lock with its holder, so a crashed, killed or restarted writer (pid 1 in a new
+    container included) leaves nothing to take over, and two waiters can never both hold it. Another
+    process's lock is waited for; the holder's pid and host are written into the file only to say who
+    is being waited for. One thread asking twice for a key it holds is a bug, refused at once.
+    """
+
+    _held: set[tuple[str, int]] = set()
 
     def __init__(self, path: Path, what: str):
         self.path, self.what = path, what
-        self.token = f"{os.getpid()} {socket.gethostname()}"
-
-    def _holder(self) -> tuple[int, str] | None:
-        try:
-            pid, host = self.path.read_text().split(" ", 1)
-            return int(pid), host.strip()
-        except (FileNotFoundError, ValueError):
-            return None
+        self.fd: int | None = None
+        self.slot = (str(path.resolve()), threading.get_ident())
 
     def acquire(self) -> None:
-        for _ in range(2):
+        if self.slot in _KeyLock._held:
+            raise StageError(f"{self.what} is already being written by this thread ({self.path})")
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and (holder[1] != socket.gethostname() or _process_alive(holder[0])):
-                    raise StageError(
-                        f"{self.what} is being written by process {holder[0]} on {holder[1]}; wait for it to finish, "
-                        f"or delete {self.path} if that process is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # its writer died: take the key over
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.token)
-            return
-        raise StageError(f"could not take the lock {self.path} for {self.what}; another run took it first")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                log.info("%s is being written by %s: waiting for it", self.what, holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        _KeyLock._held.add(self.slot)
 
     def release(self) -> None:
-        if self._holder() is not None and self.path.read_text() == self.token:
-            self.path.unlink(missing_ok=True)
+        if self.fd is not None:
+            _KeyLock._held.discard(self.slot)
+            os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file under ``folder``, then every folder, on disk: a rename after it never exposes lost writes."""
+    for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)) + [folder]:
+        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree_root(folder: Path) -> None:
+    """The folder's own entry list on disk (a rename inside it is durable once this returns)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a synced temporary sibling and a rename: old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
 
 
 def _remove_dead_leftovers(folder: Path) -> None:
@@ -165,11 +204,19 @@ class Workspace:
         return self.root / "artifacts" / stage / key
 
     def manifest(self, stage: str, key: str) -> dict[str, Any] | None:
+        """The run's manifest; None when there is none, or when it cannot be read (an unfinished run, rerun)."""
         path = self.stage_dir(stage, key) / MANIFEST
-        if not path.exists():
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
             return None
-        with path.open() as fh:
-            return json.load(fh)
+        except (ValueError, OSError) as exc:
+            log.warning("%s: unreadable manifest (%s): the run counts as unfinished and runs again", path, exc)
+            return None
+
+    def partial_dir(self, stage: str, key: str) -> Path:
+        """Where a run of ``key`` is being written (and where an interrupted attempt's checkpoints stay)."""
+        return self.stage_dir(stage, key).parent / f".partial-{key}"
 
     def is_finished(self, stage: str, key: str) -> bool:
         m = self.manifest(stage, key)
@@ -184,8 +231,12 @@ class Workspace:
         final = self.stage_dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         lock = _KeyLock(final.parent / f".partial-{key}.lock", f"stage run {stage} {key}")
+        asked = time.time()
         lock.acquire()
         try:
+            done = final / MANIFEST
+            if self.is_finished(stage, key) and done.stat().st_mtime >= asked:
+                raise FinishedMeanwhile(stage, key)  # written while this process waited for the lock
             yield from self._write(stage, key, config, inputs, final, resume)
         finally:
             lock.release()
@@ -193,7 +244,7 @@ class Workspace:
     def _write(self, stage: str, key: str, config: Any, inputs: dict[str, str], final: Path, resume: bool
                ) -> Iterator[StageRun]:
         _remove_dead_leftovers(final.parent)
-        tmp = final.parent / f".partial-{key}"
+        tmp = self.partial_dir(stage, key)
         if tmp.exists() and not resume:
             shutil.rmtree(tmp)
         tmp.mkdir(exist_ok=True)
@@ -217,6 +268,7 @@ class Workspace:
             }
             with (tmp / MANIFEST).open("w") as fh:
                 json.dump(manifest, fh, indent=2, default=str)
+            _fsync_tree(tmp)
             if final.exists():
                 # --force: move the old run aside first so the swap is two renames, never a half state.
                 trash = final.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
@@ -225,7 +277,11 @@ class Workspace:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 tmp.rename(final)
+            _fsync_tree_root(final.parent)
         except Exception:
-            shutil.rmtree(tmp, ignore_errors=True)
+            # A stage that checkpoints keeps what it wrote (out of memory, a failed rank, a full disk): the next
+            # attempt resumes; `polymath status` shows the partial run. Any other stage starts clean next time.
+            if not resume:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         # KeyboardInterrupt, SystemExit: the in-progress folder stays for the next attempt to resume.

@@ -163,8 +163,11 @@ class Controllers:
         self.par.load_state_dict(state["par"])
 
     def save(self, folder: Path) -> Path:
+        """Write the state atomically (a checkpoint is complete once this file exists: it is written last)."""
+        from polymath.workspace import write_atomic
+
         path = Path(folder) / STATE_FILE
-        path.write_text(json.dumps(self.state_dict(), indent=1))
+        write_atomic(path, json.dumps(self.state_dict(), indent=1))
         return path
 
     def load(self, folder: Path) -> None:
