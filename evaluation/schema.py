@@ -233,6 +233,15 @@ TABLES: dict[str, TableSpec] = {
         ),
         derived=True,
     ),
+    "comparisons_state": TableSpec(
+        "derived: which evaluations the comparison tables (eval_comparisons, merge_summary) were last computed from; "
+        "when a newer evaluation is in runs, the next ingest or run recomputes them",
+        (
+            _c("newest_evaluation", "TIMESTAMP", "finished_at of the newest evaluate run the tables cover"),
+            _c("evaluations", "INTEGER", "evaluate runs in runs at that refresh"),
+        ),
+        derived=True,
+    ),
 }
 
 VIEW_DESCRIPTIONS: dict[str, str] = {

@@ -289,8 +289,29 @@ class Store:
                 params.append(value)
         return " AND ".join(parts), params
 
+    def comparisons_stale(self) -> bool:
+        """Whether an evaluation finished after the comparison tables were last computed (or they never were):
+        a refresh cut off by a busy database is redone by the next ingest or run."""
+        if not self.path.exists():
+            return False
+        try:
+            now = self.query("SELECT max(finished_at) AS newest, count(*) AS n FROM runs WHERE stage = 'evaluate'")
+            done = self.query("SELECT newest_evaluation AS newest, evaluations AS n FROM comparisons_state")
+        except StoreError:  # tables not there yet: nothing evaluated, or a database from before the state table
+            return bool(self._has_evaluations())
+        if not int(now.n[0]):
+            return False
+        return done.empty or (now.newest[0], int(now.n[0])) != (done.newest[0], int(done.n[0]))
+
+    def _has_evaluations(self) -> bool:
+        try:
+            return int(self.query("SELECT count(*) AS n FROM runs WHERE stage = 'evaluate'").n[0]) > 0
+        except StoreError:
+            return False
+
     def refresh_comparisons(self) -> int:
-        """Recompute ``eval_comparisons`` and ``merge_summary`` from the evaluations, in one transaction."""
+        """Recompute ``eval_comparisons`` and ``merge_summary`` from the evaluations, in one transaction, and note
+        which evaluations they cover (``comparisons_state``)."""
         from evaluation import compare
 
         runs = self.query("SELECT run_key, config, inputs, finished_at FROM runs WHERE stage = 'evaluate'")
@@ -317,6 +338,9 @@ class Store:
                 cols = ", ".join(schema.quote_ident(c) for c in columns)
                 con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {_INCOMING}")
                 con.unregister(_INCOMING)
+            con.execute("DELETE FROM comparisons_state")
+            con.execute("INSERT INTO comparisons_state SELECT max(finished_at), count(*) FROM runs "
+                        "WHERE stage = 'evaluate'")
         return sum(len(t) for t, _ in tables.values())
 
     # -- reads -------------------------------------------------------------

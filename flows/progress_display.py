@@ -46,5 +46,9 @@ def all_in_database(ws: Workspace, planned) -> list | None:
     if not planned or any(r.state != "finished" for r in planned):
         return None
     refs = [StageRef(r.stage, r.key, ws.stage_dir(r.stage, r.key), r.label, skipped=True) for r in planned]
+    from evaluation.store import Store
+
     ingested = already_ingested(ws, refs)
-    return refs if all((r.stage, r.key) in ingested for r in refs) else None
+    if not all((r.stage, r.key) in ingested for r in refs) or Store(ws.db_path).comparisons_stale():
+        return None
+    return refs

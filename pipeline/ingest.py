@@ -79,7 +79,8 @@ def already_ingested(ws: Workspace, refs: list[StageRef]) -> set[tuple[str, str]
 
 def ingest_all(ws: Workspace, refs: list[StageRef]) -> dict[str, int]:
     """Ingest finished runs one by one (a reused run already in DuckDB is skipped), then refresh the derived
-    comparisons once if an evaluation was ingested."""
+    comparisons once when they are older than the newest evaluation (one was ingested now, or an earlier
+    refresh failed)."""
     from evaluation.store import Store
 
     done = already_ingested(ws, refs)
@@ -88,6 +89,7 @@ def ingest_all(ws: Workspace, refs: list[StageRef]) -> dict[str, int]:
     for ref in fresh:
         for table, n in ingest(ws, ref).items():
             totals[table] = totals.get(table, 0) + n
-    if any(ref.stage == "evaluate" for ref in fresh):
-        totals["eval_comparisons"] = Store(ws.db_path).refresh_comparisons()
+    store = Store(ws.db_path)
+    if any(ref.stage == "evaluate" for ref in fresh) or store.comparisons_stale():
+        totals["eval_comparisons"] = store.refresh_comparisons()
     return totals

@@ -114,7 +114,9 @@ def test_store_refreshes_eval_comparisons(tmp_path):
                              "started_at": pd.Timestamp("2026-01-01"), "finished_at": pd.Timestamp("2026-01-01"),
                              "seconds": 1.0, "artifact_dir": "x"}])
         store.replace("runs", row, {"stage": "evaluate", "run_key": run})
+    assert store.comparisons_stale()
     assert store.refresh_comparisons() == 4  # avg@k and pass@4 per benchmark
+    assert not store.comparisons_stale()
     assert sorted(store.query("SELECT DISTINCT metric FROM eval_comparisons").metric) == ["avg@k", "pass@4"]
     got = store.query("SELECT * FROM eval_comparisons WHERE metric = 'avg@k' ORDER BY benchmark")
     assert list(got.benchmark) == ["b1", "b2"] and (got.model_label == "expert:x").all()

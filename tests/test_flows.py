@@ -322,3 +322,26 @@ def test_status_says_when_the_installed_versions_differ_from_a_finished_runs(fir
     assert line == (f"transformers 0.0.1 is installed; {len(rows)} finished runs used {installed['transformers']}")
     out = CliRunner().invoke(app, ["status", "-c", str(micro_config_path), "-w", str(ws.root)])
     assert out.exit_code == 0 and "versions differ: transformers 0.0.1 is installed" in out.output
+
+
+def test_a_comparison_refresh_that_failed_is_redone_by_the_next_ingest(first_run, monkeypatch):
+    import duckdb
+
+    from evaluation.store import Store
+    from pipeline.ingest import ingest_all
+
+    cfg, ws, result = first_run
+    store = Store(ws.db_path)
+    refs = [result["data"], result["curate"], result["model"], *result["experts"], *result["merges"],
+            *result["evals"]]
+    before = store.query("SELECT * FROM eval_comparisons ORDER BY ALL")
+    merged = len(store.query("SELECT * FROM merge_summary"))
+    con = duckdb.connect(str(ws.db_path))  # what a refresh cut off by a busy database leaves behind
+    con.execute("DELETE FROM eval_comparisons")
+    con.execute("DELETE FROM comparisons_state")
+    con.close()
+    assert store.comparisons_stale()
+    totals = ingest_all(ws, [r.__class__(r.stage, r.key, r.dir, r.label, skipped=True) for r in refs])
+    assert totals == {"eval_comparisons": len(before) + merged}  # nothing re-ingested, both tables recomputed
+    pandas.testing.assert_frame_equal(store.query("SELECT * FROM eval_comparisons ORDER BY ALL"), before)
+    assert not store.comparisons_stale()
