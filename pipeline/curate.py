@@ -26,6 +26,9 @@ def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False,
     from curation.curate import curate
 
     section = key_section(cfg.curate)
+    if cfg.curate.probe_k is not None:
+        # the probe samples at the training temperature with the evaluation's other settings
+        section["probe_sampling"] = {"temperature": cfg.train.temperature, "evaluate": key_section(cfg.evaluate)}
     inputs = {"data": data.key}
     if needs_model(cfg):
         if model is None:

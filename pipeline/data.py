@@ -13,7 +13,7 @@ from polymath.records import Problem
 from polymath.keys import key_section
 from polymath.workspace import Workspace
 
-from .stage import StageRef, finished, key_of, ref, stage
+from .stage import StageRef, file_inputs, finished, key_of, ref, stage
 
 
 @stage("data", code=("curation/data.py", "curation/data_config.py", "curation/domains.py", "curation/traces.py"))
@@ -21,10 +21,12 @@ def run(cfg: PolymathConfig, ws: Workspace, force: bool = False) -> StageRef:
     from curation.data import load_problems
 
     section = key_section(cfg.data)
-    key = key_of("data", section, {})
+    files = [p for src in cfg.data.resolved_sources() if src.format != "reasoning-gym" for p in (src.path, src.test_path)]
+    inputs = file_inputs(ws, files)
+    key = key_of("data", section, inputs)
     if done := finished(ws, "data", key, "data", force):
         return done
-    with ws.stage_run("data", key, section, {}) as out:
+    with ws.stage_run("data", key, section, inputs) as out:
         problems = load_problems(cfg.data)
         write_problems(problems.train, out.tmp / "train.parquet")
         write_problems(problems.test, out.tmp / "test.parquet")

@@ -91,8 +91,10 @@ def run(
     merge_cfg = MergeConfig.model_validate(params)
     section = {k: v for k, v in params.items() if k not in {"base_model", "device", "trust_remote_code"}}
     if sweep["scales"]:
-        section["sweep"] = {**sweep, "evaluate": cfg.evaluate.model_dump(mode="json", include={"temperature",
-                                                                                             "top_p", "seed"})}
+        # the sweep samples with every evaluate setting but these three (its own k, its own problems)
+        sampling = {k: v for k, v in key_section(cfg.evaluate).items()
+                    if k not in {"k", "max_problems_per_benchmark", "domains"}}
+        section["sweep"] = {**sweep, "evaluate": sampling}
     inputs = {"model": model.key, **{e.label: e.key for e in experts}}
     if sweep["scales"]:
         inputs.update(data=data.key, curate=curate.key if curate else "")

@@ -9,7 +9,7 @@ from polymath.keys import key_section
 from polymath.workspace import Workspace
 
 from .data import train_problems
-from .stage import StageRef, finished, key_of, progress, ref, stage
+from .stage import StageRef, file_inputs, finished, key_of, progress, ref, stage
 
 
 @stage("model", upstream=("data",), code=("training/models.py", "training/warm_start.py", "training/verifiers.py",
@@ -22,6 +22,10 @@ def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False)
     inputs = {"data": data.key} if cfg.model.source == "tiny" else {}
     if cfg.model.source != "tiny":
         section.pop("tiny")
+    if cfg.model.source == "path":
+        inputs.update(file_inputs(ws, [cfg.model.path]))  # new weights at the same path: a new base model
+    elif cfg.model.source == "smollm":
+        inputs.update(file_inputs(ws, [smollm_gguf_path()]))
     key = key_of("model", section, inputs)
     if done := finished(ws, "model", key, "base", force):
         return done
