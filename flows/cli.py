@@ -73,14 +73,6 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=USER_ERROR)
 
 
-def _preflight(cfg) -> None:
-    """Check a file-based data source before any server starts, so a bad file costs one message."""
-    if any(src.format != "reasoning-gym" for src in cfg.data.resolved_sources()):
-        from curation.data import load_problems
-
-        load_problems(cfg.data)
-
-
 def _workspace(workspace: Optional[Path]) -> Workspace:
     return Workspace(workspace)
 
@@ -112,10 +104,11 @@ def run(
     """Run the pipeline (or one stage) and print the accuracy table and the report's path."""
     quiet_console(debug)
     from pipeline.config import load_config
+    from pipeline.preflight import preflight
 
     try:
         cfg = load_config(config, overrides)
-        _preflight(cfg)
+        preflight(cfg)
         ws = _workspace(workspace)
         planned = None
         if stage is None and not force:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from polymath.errors import ConfigError
 
-from .config import CONFIG_DIR, field_annotation, leaf_types, load_config, parse_override
+from .config import CONFIG_DIR, PolymathConfig, field_annotation, leaf_types, load_config, parse_override
 
 PROFILES_ENV = "POLYMATH_PROFILES"
 ROOT_ENV = "POLYMATH_DEPLOY_ROOT"
@@ -92,5 +92,9 @@ def resolve_workspace(workspace: str | None) -> Path:
 
 
 def deployment_config(config: str, overrides: list[str] | None) -> PolymathConfig:
-    """The validated config a deployment run asked for, or a ConfigError before anything runs."""
-    return load_config(resolve_profile_name(config), check_overrides(overrides))
+    """The validated, preflighted config a deployment run asked for, or an error before anything runs."""
+    from .preflight import preflight
+
+    cfg = load_config(resolve_profile_name(config), check_overrides(overrides))
+    preflight(cfg)
+    return cfg

@@ -140,3 +140,19 @@ def test_a_bad_jsonl_costs_one_short_message_and_exit_2(tmp_path, content, says)
     assert out.returncode == 2 and says in text and str(path) in text
     assert len(text.strip().splitlines()) <= 5 and "Traceback" not in text
     assert not (tmp_path / "ws" / "artifacts").exists()  # nothing started
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt": f"{i}+{i}", "answer": str(2 * i)} for i in range(30)], "have no worked solution"),
+    ([{"prompt": "a long word problem " * 20 + str(i), "answer": f"{'step ' * 10}\n#### {i}"} for i in range(30)],
+     "do not fit its 256 positions"),
+])
+def test_the_tiny_model_on_data_it_cannot_learn_is_refused_before_anything_runs(tmp_path, rows, message):
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gsm = ["--set", "data.answer_format=gsm8k"] if "####" in rows[0]["answer"] else []
+    out = runner.invoke(app, ["run", "--set", "data.format=jsonl", "--set", f"data.path={source}", *gsm,
+                              "-w", str(tmp_path / "ws")])
+    text = " ".join(out.output.split())  # unwrapped from the terminal's width
+    assert out.exit_code == 2 and message in text and "model.source: smollm" in text
+    assert "Traceback" not in text and not (tmp_path / "ws").exists()
