@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,12 +30,27 @@ def _is_user_error(exc: BaseException | None) -> bool:
     return False
 
 
+def _user_error_names() -> re.Pattern:
+    names = set()
+    todo = [PolymathError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return re.compile(r"\b(" + "|".join(sorted(names)) + r")\b[(:]")
+
+
 class _DropUserTracebacks(logging.Filter):
-    """Keep the record, drop its traceback when the exception is (or was caused by) a PolymathError."""
+    """Drop the traceback when the exception is (or was caused by) a PolymathError, and Prefect's own records
+    of a run failing with one (each failed task and flow repeats the message): the command prints it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and _is_user_error(record.exc_info[1]):
             record.exc_info, record.exc_text = None, None
+            if record.name.startswith("prefect"):
+                return False
+        if record.name.startswith("prefect") and _user_error_names().search(record.getMessage()):
+            return False
         return True
 
 

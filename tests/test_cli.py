@@ -156,3 +156,18 @@ def test_the_tiny_model_on_data_it_cannot_learn_is_refused_before_anything_runs(
     text = " ".join(out.output.split())  # unwrapped from the terminal's width
     assert out.exit_code == 2 and message in text and "model.source: smollm" in text
     assert "Traceback" not in text and not (tmp_path / "ws").exists()
+
+
+def test_a_user_error_inside_a_stage_is_printed_once(micro_config_path, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    polymath = str(Path(sys.executable).with_name("polymath"))
+    done = subprocess.run([polymath, "run", "-c", str(micro_config_path), "--set", "curate.k=100000",
+                           "-w", str(tmp_path / "ws")], capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-3000:]
+    assert out.count("exceeds the n=") == 1 and "Traceback" not in out, out[-3000:]
+    error = out[out.index("error:"):].split("\n")
+    assert len([line for line in error if line.strip() and "prefect" not in line]) <= 5
