@@ -20,20 +20,15 @@ signatures); tests/test_training_trainer.py checks our loss equals TRL's own
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import os
-from pathlib import Path
 
-import numpy
 import torch
 from accelerate.utils import is_peft_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from polymath.errors import TrainingError
-from polymath.workspace import write_atomic
 from training.controllers import Controllers
 from training.objective import (
     TOKEN_FILTERS,
@@ -42,9 +37,8 @@ from training.objective import (
     signed_advantages,
     zero_variance_groups,
 )
+from training.run_state import load_run_state, save_run_state
 from training.step_record import StepWindow, covariance
-
-RUN_STATE_FILE = "polymath_run_state.json"
 
 # A completion counts as correct when its reward reaches 1 (the verifiers give 1.0 for a correct answer and
 # partial credit below it); the tolerance absorbs float noise from weighted reward sums.
@@ -395,26 +389,12 @@ class PolymathGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            folder = os.path.join(self._get_output_dir(trial=trial), name)
-            write_atomic(Path(folder) / RUN_STATE_FILE, json.dumps(self._run_state()))
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_run_state(self, folder)
             self.controllers.save(folder)  # last: it marks the checkpoint complete
-
-    def _run_state(self) -> dict:
-        """What a resumed run needs beside the weights, optimizer and controllers to continue this one: the
-        rollout-batch count and clip-cov's random stream (the main process's; every rank starts from it)."""
-        return {"rollout_batches": self._rollout_batches,
-                "cov_generator": base64.b64encode(self._cov_generator.get_state().numpy().tobytes()).decode()}
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self.controllers.load(checkpoint)
-            path = Path(checkpoint) / RUN_STATE_FILE
-            if not path.exists():
-                raise TrainingError(f"{path} is missing: the checkpoint predates polymath's run state; delete the "
-                                    "checkpoint folder to start over")
-            state = json.loads(path.read_text())
-            self._rollout_batches = int(state["rollout_batches"])
-            raw = numpy.frombuffer(base64.b64decode(state["cov_generator"]), dtype=numpy.uint8).copy()
-            self._cov_generator.set_state(torch.from_numpy(raw))
+            load_run_state(self, checkpoint)
