@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from polymath.keys import NOT_IN_KEY
+
 #: Density a baseline uses when ``MergeConfig.density`` is None. TIES keeps the
 #: top 20% of each task vector (the TIES paper's k); DARE drops half of the
 #: entries, a rate at which the DARE paper found rescaled LoRA/SFT deltas intact.
@@ -83,15 +85,15 @@ class MergeConfig(BaseModel):
     """TIES: elect each entry's sign by the sum of the values (``total``, the TIES paper)
     or by counting signs (``frequency``)."""
 
-    base_model: Path | None = None
+    base_model: Path | None = Field(None, json_schema_extra=NOT_IN_KEY)
     """Local folder of the base model, loaded by the peft baselines (TIES, DARE, task
     arithmetic). None: the experts' ``base_model_name_or_path``, which must then be a
     local folder."""
 
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, json_schema_extra=NOT_IN_KEY)
     """Allow custom modeling code in ``base_model`` (the pipeline sets it from ``model.trust_remote_code``)."""
 
-    device: str = "cpu"
+    device: str = Field("cpu", json_schema_extra=NOT_IN_KEY)
     """Torch device the merge computes on (``cuda`` speeds up the dense SVDs of the
     TIES/DARE baselines); the adapter is always written from CPU."""
 

@@ -81,19 +81,20 @@ def run(
     the random method's seed, in place of ``merge.seed``)."""
     from merging.config import MergeConfig
 
+    # the base model, its trust_remote_code and the compute device come from the model stage and the machine
+    # (declared outside the key); everything else the method reads is in the section
     params = key_section(cfg.merge)
     sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k")}
     params["method"] = method
     if seed is not None:
         params["seed"] = seed
-    params["base_model"] = str(model_dir(model))
-    params["trust_remote_code"] = cfg.model.trust_remote_code
-    merge_cfg = MergeConfig.model_validate(params)
-    section = {k: v for k, v in params.items() if k not in {"base_model", "device", "trust_remote_code"}}
+    merge_cfg = MergeConfig.model_validate({**params, "base_model": str(model_dir(model)), "device": cfg.merge.device,
+                                            "trust_remote_code": cfg.model.trust_remote_code})
+    section = dict(params)
     if sweep["scales"]:
         # the sweep samples with every evaluate setting but these three (its own k, its own problems)
-        sampling = {k: v for k, v in key_section(cfg.evaluate).items()
-                    if k not in {"k", "max_problems_per_benchmark", "domains"}}
+        sampling = key_section(cfg.evaluate.model_copy(update={"k": 1, "max_problems_per_benchmark": None,
+                                                               "domains": None}))
         section["sweep"] = {**sweep, "evaluate": sampling}
     inputs = {"model": model.key, **{e.label: e.key for e in experts}}
     if sweep["scales"]:
