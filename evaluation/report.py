@@ -136,14 +136,15 @@ def _evaluation_section(summary: pd.DataFrame, store: Store, out_dir: Path) -> l
          "SELECT model_label, benchmark, reference, metric, n_problems, accuracy, reference_accuracy, diff, ci_low, "
          "ci_high FROM eval_comparisons ORDER BY model_label, benchmark, metric")
 def _comparison_section(rows: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
+    return _with_verdicts(rows, "Difference from the reference evaluated with the same settings (avg@k; pass@k at the "
+                          "smaller k of the two; greedy runs against base@greedy), and the percentile interval of the "
+                          "paired bootstrap over problems (2,000 resamples); an interval that contains 0 is level.")
+
+
+def _with_verdicts(rows: pd.DataFrame, intro: str) -> list[str]:
+    """``intro``, then the rows with a verdict column: above or below when the interval excludes 0, else level."""
     rows["verdict"] = ["above" if lo > 0 else "below" if hi < 0 else "level" for lo, hi in zip(rows.ci_low, rows.ci_high)]
-    return [
-        "Difference from the reference evaluated with the same settings (avg@k; pass@k at the smaller k of the "
-        "two; greedy runs against base@greedy), and the percentile interval of the paired bootstrap over problems "
-        "(2,000 resamples); an interval that contains 0 is reported as level.",
-        "",
-        markdown_table(rows),
-    ]
+    return [intro, "", markdown_table(rows)]
 
 
 @section("Learned or sharpened: each expert on its own domain, like for like", "evaluate",
@@ -152,14 +153,10 @@ def _comparison_section(rows: pd.DataFrame, store: Store, out_dir: Path) -> list
          "accuracy, reference_accuracy AS base, diff, ci_low, ci_high FROM eval_comparisons "
          "WHERE regexp_replace(model_label, '@greedy$', '') = 'expert:' || benchmark ORDER BY ALL")
 def _learned_section(rows: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
-    rows["verdict"] = ["above" if lo > 0 else "below" if hi < 0 else "level" for lo, hi in zip(rows.ci_low, rows.ci_high)]
-    return [
-        "Sampling at temperature 1 against the sampled base (avg@k) shows what RL gained; a sharper distribution "
-        "alone also raises it. Greedy against greedy, and pass@k against pass@k at one k, do not reward "
-        "sharpening: an expert above the base there learned what the base could not do.",
-        "",
-        markdown_table(rows),
-    ]
+    return _with_verdicts(rows, "Sampling at temperature 1 against the sampled base (avg@k) shows what RL gained; a "
+                          "sharper distribution alone also raises it. Greedy against greedy, and pass@k against pass@k "
+                          "at one k, do not reward sharpening: an expert above the base there learned what the base "
+                          "could not do.")
 
 
 @section("Entropy against accuracy (per prompt)", "evaluate",
