@@ -130,13 +130,19 @@ def key_of(name: str, section: Any, inputs: dict[str, str]) -> str:
     return key
 
 
+@functools.cache
+def _fingerprints(cache_file: Path):
+    """One digest cache per workspace and process: the plan and every stage reuse it instead of rereading it."""
+    from polymath.fingerprint import Fingerprints
+
+    return Fingerprints(cache_file)
+
+
 def file_inputs(ws: Workspace, paths: list[str | Path]) -> dict[str, str]:
     """``{"file:<path>": content digest}`` for the local files and folders a stage reads (paths that do not
     exist, such as a dataset name on a hub, are left to the stage to report): a changed file changes the key,
     and ``polymath status`` names it."""
-    from polymath.fingerprint import Fingerprints
-
-    prints = Fingerprints(ws.cache_dir / "fingerprints.json")
+    prints = _fingerprints(ws.cache_dir / "fingerprints.json")
     return {f"file:{Path(p).resolve()}": prints.of(p) for p in paths if p and Path(p).exists()}
 
 

@@ -3,6 +3,7 @@ console (``--debug`` keeps them all; Prefect's own run logs keep the tracebacks 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -30,7 +31,9 @@ def _is_user_error(exc: BaseException | None) -> bool:
     return False
 
 
+@functools.cache
 def _user_error_names() -> re.Pattern:
+    """Built once, on the first record a console handler sees (every error class is defined by then)."""
     names = set()
     todo = [PolymathError]
     while todo:
