@@ -8,7 +8,9 @@ up to 24 tokens per step, LoRA r=16 on all projections, one CPU thread.
     trl          trl.GRPOTrainer, loss_type="dapo" (the peer)
     polymath     PolymathGRPOTrainer, entropy none, lambda 1 (same objective as the peer)
     polymath+    PolymathGRPOTrainer, AER entropy bonus and entropy-guided PAR
-    polymath-m   polymath with the adapter merged while sampling (the TrainConfig default)
+    polymath-m   polymath with the adapter merged while sampling
+    polymath-kv  polymath-m sampling with polymath's KV-cached loop (the TrainConfig default): rows leave
+                 the batch at their EOS; it draws other completions than generate after the first row ends
 
 Reported per trainer: median CPU and wall seconds per optimizer step
 (generation, reward, loss, backward, optimizer, logging), steps/s and the
@@ -53,11 +55,13 @@ CONTROLS = {
     "entropy": {"mode": "aer", "coef": 0.005, "delta": 0.001, "c_max": 0.05},
     "par": {"schedule": "entropy-guided", "lambda0": 0.5, "step": 0.05, "delta": 0.2},
 }
+GENERATE = {"merge_lora_for_rollouts": False, "rollout_engine": "generate"}
 VARIANTS = {
-    "trl": {"merge_lora_for_rollouts": False},
-    "polymath": {"merge_lora_for_rollouts": False},
-    "polymath+": {"merge_lora_for_rollouts": False, **CONTROLS},
-    "polymath-m": {"merge_lora_for_rollouts": True},
+    "trl": GENERATE,
+    "polymath": GENERATE,
+    "polymath+": {**GENERATE, **CONTROLS},
+    "polymath-m": {"merge_lora_for_rollouts": True, "rollout_engine": "generate"},
+    "polymath-kv": {"merge_lora_for_rollouts": True, "rollout_engine": "kv-cache"},
 }
 
 
@@ -100,6 +104,7 @@ def run_once(variant: str, model_dir: Path, problems, steps: int, workdir: Path)
             controllers=Controllers(config.entropy, config.par, steps),
             max_prompt_length=512,
             merge_adapter_for_generation=config.merge_lora_for_rollouts,
+            rollout_engine=config.rollout_engine,
         )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

@@ -32,7 +32,7 @@ log = logging.getLogger("polymath")
 
 #: The ground floor every stage reads through (records, prompts, answers, text, loading): in every key.
 SHARED_CODE = ("polymath/records.py", "polymath/prompting.py", "polymath/answers.py", "polymath/text.py",
-               "polymath/loading.py")
+               "polymath/loading.py", "polymath/decoding.py")
 #: The code that samples and scores completions (evaluate, the curate probe, the merge scale sweep): generation,
 #: scoring and the sample files, not the store or the report, which read the samples and change no run.
 SAMPLING_CODE = (*(f"evaluation/{m}.py" for m in ("sampling", "config", "hf_engine", "vllm_engine", "metrics",

@@ -306,6 +306,30 @@ def test_merged_adapter_sampling_matches_unmerged_and_restores_weights(model_dir
     assert not any(getattr(m, "merged", False) for m in model.modules())
 
 
+def test_kv_cache_rollouts_draw_what_trl_generate_draws_until_a_row_ends(model_dir, problems, tmp_path):
+    # Both draw one multinomial per active row from the global RNG; generate keeps finished rows in its draws,
+    # so the two agree token for token up to the step where the first row ends, and then only in form.
+    trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path, max_new_tokens=64)
+    prompts = [inputs["prompt_ids"][i].tolist() for i in range(8)]
+    eos = set(trainer.eos_token_ids)
+    outputs = {}
+    for engine in ("generate", "kv-cache"):
+        trainer.rollout_engine = engine
+        torch.manual_seed(11)
+        outputs[engine] = trainer._generate_single_turn(prompts, None, {}, 1)[0]
+    ours, theirs = outputs["kv-cache"], outputs["generate"]
+    cap = trainer.args.max_completion_length
+    first_end = min(len(c) for c in ours + theirs)
+    assert 1 <= first_end < cap, first_end  # a row ended early: the form check below sees both endings
+    assert [c[:first_end] for c in ours] == [c[:first_end] for c in theirs]
+    for completion in ours:  # up to and including the first EOS, or cut at the cap, as TRL's own path returns
+        ends = [i for i, t in enumerate(completion) if t in eos]
+        assert (ends == [len(completion) - 1]) or (not ends and len(completion) == cap)
+    torch.manual_seed(11)
+    trainer.rollout_engine = "kv-cache"
+    assert trainer._generate_single_turn(prompts, None, {}, 1)[0] == ours  # reproducible from the global seed
+
+
 def test_high_entropy_tokens_match_trl_top_entropy_quantile_and_the_step_records_the_covariance(
         model_dir, problems, tmp_path):
     from training.objective import PolicyOptions, logp_adv_cov

@@ -170,8 +170,12 @@ class TrainConfig(BaseModel):
     from the loss and from its token count (their advantage is 0 anyway; the share is recorded every step as
     ``zero_std_group_frac``)."""
     merge_lora_for_rollouts: bool = True
-    """Merge the adapter into the (float32) base weights while HF generate samples rollouts, unmerged right
+    """Merge the adapter into the (float32) base weights while rollouts are sampled without vLLM, unmerged right
     after: one matmul per projection instead of three, about a quarter faster sampling for small models."""
+    rollout_engine: Literal["kv-cache", "generate"] = "kv-cache"
+    """Without vLLM: ``kv-cache`` samples rollouts with polymath's KV-cached loop, which drops each completion
+    at its EOS (the loop evaluation samples with); ``generate``: TRL's call of transformers' ``generate``.
+    Both sample the same distribution; their random draws differ."""
     use_vllm: bool | Literal["auto"] = False
     """Generate rollouts with vLLM colocated on the training GPU (needs vllm and CUDA); ``auto``: vLLM when it is
     installed and a GPU is present, HF generate otherwise."""

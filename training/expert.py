@@ -294,6 +294,7 @@ def _trainer(model, tokenizer, problems, reward_fn: RewardFn, config: TrainConfi
             policy=config.policy_options,
             max_prompt_length=max_prompt_length,
             merge_adapter_for_generation=config.merge_lora_for_rollouts and not config.lora.full_finetune,
+            rollout_engine=config.rollout_engine,
         )
     except ValueError as exc:
         # TRL rejects some combinations (e.g. target modules missing from the model) with ValueError.

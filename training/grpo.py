@@ -6,6 +6,8 @@ advantages, batching, accelerate and checkpointing. We override:
 - ``_compute_loss``: the per-token loss is training/objective.py's
   ``grpo_loss`` (clip-higher, PAR, token filter, per-sequence entropy bonus,
   KL), fed by TRL's own fused log-prob/entropy forward;
+- ``_generate_single_turn``: without vLLM, rollouts come from polymath's
+  KV-cached sampling loop (training/rollouts.py) unless ``rollout_engine="generate"``;
 - ``_generate_and_score_completions``: adds each completion's entropy weight
   (AER difficulty scaling from its group's accuracy) to the batch and keeps
   the rollout's reward, accuracy and length for the step record;
@@ -24,7 +26,6 @@ import math
 import os
 
 import torch
-from accelerate.utils import is_peft_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
@@ -37,6 +38,7 @@ from training.objective import (
     signed_advantages,
     zero_variance_groups,
 )
+from training.rollouts import ROLLOUT_ENGINES, kv_cache_rollouts, merged_adapter
 from training.run_state import load_run_state, save_run_state
 from training.step_record import StepWindow, covariance
 
@@ -91,9 +93,10 @@ class PolymathGRPOTrainer(GRPOTrainer):
     Extra arguments: ``controllers`` (entropy coefficient and PAR lambda,
     advanced once per optimizer step), ``token_filter`` ("all", "nonneg",
     "nonpos"), ``policy`` (the policy term's variant and its advantages, a
-    :class:`PolicyOptions`), ``max_prompt_length`` (prompts keep their last tokens) and
-    ``merge_adapter_for_generation`` (sample HF-generate rollouts from the
-    adapter merged into float32 base weights, unmerged right after).
+    :class:`PolicyOptions`), ``max_prompt_length`` (prompts keep their last tokens),
+    ``merge_adapter_for_generation`` (sample non-vLLM rollouts from the
+    adapter merged into float32 base weights, unmerged right after) and
+    ``rollout_engine`` (without vLLM: "kv-cache", training/rollouts.py, or TRL's "generate").
     The GRPOConfig must use ``loss_type="dapo"`` (token-mean) and leave TRL's
     own entropy options off: the controllers replace them.
     """
@@ -106,10 +109,14 @@ class PolymathGRPOTrainer(GRPOTrainer):
         policy: PolicyOptions | None = None,
         max_prompt_length: int | None = None,
         merge_adapter_for_generation: bool = False,
+        rollout_engine: str = "kv-cache",
         **kwargs,
     ):
         if token_filter not in TOKEN_FILTERS:
             raise TrainingError(f"token_filter must be one of {TOKEN_FILTERS}, got {token_filter!r}")
+        if rollout_engine not in ROLLOUT_ENGINES:
+            raise TrainingError(f"rollout_engine must be one of {ROLLOUT_ENGINES}, got {rollout_engine!r}")
+        self.rollout_engine = rollout_engine
         self.controllers = controllers
         self.token_filter = token_filter
         self.policy = policy or PolicyOptions()
@@ -157,26 +164,15 @@ class PolymathGRPOTrainer(GRPOTrainer):
         return prompt_ids, images, multimodal_fields
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        own = (self.rollout_engine == "kv-cache" and not self.use_vllm and images is None and not multimodal_fields
+               and not self.use_transformers_continuous_batching)
         model = self.accelerator.unwrap_model(self.model)
-        merge = (
-            self.merge_adapter_for_generation
-            and not self.use_vllm
-            and is_peft_model(model)
-            # Merging then unmerging rounds the base weights; in float32 that is ~1e-7 relative, in bf16 it is not.
-            and all(p.dtype == torch.float32 for p in model.get_base_model().parameters())
-        )
-        if not merge:
+        with merged_adapter(model, self.merge_adapter_for_generation and not self.use_vllm):
+            if own:
+                return kv_cache_rollouts(self, prompt_ids, num_generations), None
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-        # One matmul per projection instead of three: small models sample about a quarter faster.
-        model.merge_adapter()
-        try:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-        finally:
-            model.unmerge_adapter()
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
