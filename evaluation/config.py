@@ -51,7 +51,15 @@ class EvalConfig(BaseModel):
     """A sample counts as correct when the verifier's score reaches this (partial credit stays below 1)."""
 
     vllm_logprobs: int = Field(20, ge=1)
-    """vLLM only: log-probs returned per token; the entropy is estimated over these top tokens."""
+    """vLLM only: log-probs returned per token; the entropy is estimated over these top tokens (exact when the
+    sampling distribution after top-p has no more tokens than this)."""
+
+    vllm_chunk_prompts: int = Field(64, ge=1)
+    """vLLM only: prompts per ``generate`` call; each chunk's outputs are reduced to samples before the next."""
+
+    vllm_memory_share: float = Field(0.85, gt=0.0, le=1.0)
+    """vLLM only: the share of GPU memory the engine reserves (``gpu_memory_utilization``). One engine per
+    process serves every evaluation and sweep scale it runs."""
 
     @property
     def cap(self) -> int:

@@ -22,14 +22,15 @@ from evaluation.metrics import bigram_novelty
 from evaluation.samples import Sample
 from evaluation.vllm_engine import (
     adapter_rank,
-    load_engine,
     lora_request,
     max_lora_rank,
+    require_vllm,
+    shared_engine,
     vllm_available,
     vllm_generate,
 )
 from polymath.errors import ConfigError, DataError, ModelError
-from polymath.loading import LoadOptions, load_model
+from polymath.loading import LoadOptions, default_device, load_model
 from polymath.prompting import format_prompt
 
 Scorer = Callable[[Problem, str], tuple[str | None, float]]
@@ -56,11 +57,8 @@ def resolve_backend(requested: str, model) -> str:
                 "evaluate.backend is 'vllm' but the model was given as an in-memory transformers model; "
                 "pass the saved model folder (vLLM loads by path) or set evaluate.backend: hf"
             )
-        if not _is_engine(model) and not vllm_available():
-            raise ConfigError(
-                "evaluate.backend is 'vllm' but vllm is not installed; install the extra "
-                "(pip install 'polymath[vllm]') on a CUDA machine, or set evaluate.backend: hf"
-            )
+        if not _is_engine(model):
+            require_vllm()
         return "vllm"
     if requested != "auto":
         raise ConfigError(f"evaluate.backend must be hf, vllm or auto, got {requested!r}")
@@ -162,11 +160,12 @@ def evaluate_model(
         def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
             return hf_generate(model, tokenizer, prompts, cfg, seed=cfg.seed)
     else:
-        lora_rank = max_lora_rank(adapter_rank(adapter_dir)) if adapter_dir is not None else 64
+        lora_rank = max_lora_rank(adapter_rank(adapter_dir)) if adapter_dir is not None else None
         load = load or LoadOptions()
-        engine = model if _is_engine(model) else load_engine(
-            model, enable_lora=adapter_dir is not None, max_lora_rank=lora_rank, seed=config.seed,
-            max_logprobs=config.vllm_logprobs, dtype=load.dtype, trust_remote_code=load.trust_remote_code,
+        # samples are seeded per request (vllm_generate), so a reused engine samples what a fresh one would
+        engine = model if _is_engine(model) else shared_engine(
+            model, lora_rank=lora_rank, max_logprobs=config.vllm_logprobs, dtype=load.dtype,
+            trust_remote_code=load.trust_remote_code, gpu_memory_utilization=config.vllm_memory_share,
         )
         lora = lora_request(adapter_dir, model_label) if adapter_dir is not None else None
         if tokenizer is None:
@@ -208,7 +207,7 @@ def samples_frame(rows: list[tuple]) -> pd.DataFrame:
 
 def _hf_model(model, tokenizer, adapter_dir, load: LoadOptions | None):
     if isinstance(model, (str, Path)):
-        model, loaded_tokenizer = load_model(model, load)
+        model, loaded_tokenizer = load_model(model, load, device=default_device())  # HF sampling on the GPU
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     if tokenizer is None:
         raise ConfigError("evaluate_model needs the model's tokenizer for the HF backend; pass tokenizer=")

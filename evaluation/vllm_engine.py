@@ -1,4 +1,4 @@
-"""Sampling with vLLM, an optional extra (``pip install polymath[vllm]``, CUDA).
+"""Sampling with vLLM, an optional extra (the ``gpu`` extra: ``make install-gpu``, CUDA).
 
 vLLM returns only the top ``config.vllm_logprobs`` log-probs per token, so the
 entropy is estimated over those tokens: exact when the sampling distribution
@@ -30,11 +30,16 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _require_vllm() -> None:
+#: The optional dependency group (pyproject.toml) that brings vLLM, and the command that installs it locked.
+GPU_EXTRA = "gpu"
+INSTALL_HINT = f"make install-gpu (the locked '.[{GPU_EXTRA}]' stack)"
+
+
+def require_vllm() -> None:
     if not vllm_available():
         raise ConfigError(
-            "evaluate.backend is 'vllm' but vllm is not installed; install the extra "
-            "(pip install 'polymath[vllm]') on a CUDA machine, or set evaluate.backend: hf"
+            f"evaluate.backend is 'vllm' but vllm is not installed; install it on a CUDA machine with "
+            f"{INSTALL_HINT}, or set evaluate.backend: hf"
         )
 
 
@@ -77,7 +82,7 @@ def _folder_with(path: Path | str, marker: str, what: str, fix: str) -> Path:
 def load_engine(model_path: Path | str, *, enable_lora: bool = False, max_lora_rank: int = 64,
                 seed: int = 0, max_logprobs: int = 20, **engine_kwargs: Any):
     """A ``vllm.LLM`` for a local model folder (``save_pretrained`` output)."""
-    _require_vllm()
+    require_vllm()
     from vllm import LLM
 
     folder = _folder_with(model_path, "config.json", "a Hugging Face model folder",
@@ -92,10 +97,53 @@ def load_engine(model_path: Path | str, *, enable_lora: bool = False, max_lora_r
         return LLM(**kwargs)
 
 
+# The process's one engine: vLLM reserves a share of the GPU when an engine starts, so a second engine in the
+# same process fails to start (or starves) while the first holds its share. Evaluations and the scale points of a
+# merge sweep run in one process reuse it: same base model, a LoRA request per adapter.
+_SHARED: dict[str, Any] = {}
+
+
+def shared_engine(model_path: Path | str, *, lora_rank: int | None, **options: Any):
+    """The process's engine for ``model_path``: the one already running when it serves this model with these
+    ``options`` (load_engine's) and LoRA adapters up to ``lora_rank`` (None: no adapter); else the running one
+    is released and a new one started (LoRA on, ``max_lora_rank`` the largest rank asked for so far)."""
+    key = (str(Path(model_path).resolve()), tuple(sorted((k, repr(v)) for k, v in options.items())))
+    rank = _SHARED.get("rank", 0) if _SHARED.get("key") == key else 0
+    needed = max(rank, lora_rank or 0)
+    if _SHARED.get("key") == key and (lora_rank is None or lora_rank <= rank):
+        return _SHARED["engine"]
+    release_engine()
+    engine = load_engine(model_path, enable_lora=needed > 0, max_lora_rank=needed or 64, **options)
+    _SHARED.update(key=key, engine=engine, rank=needed)
+    return engine
+
+
+def release_engine() -> None:
+    """Stop the process's engine and give its GPU memory back (a no-op when none is running)."""
+    engine = _SHARED.pop("engine", None)
+    _SHARED.clear()
+    if engine is None:
+        return
+    shutdown = getattr(getattr(engine, "llm_engine", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    del engine
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def lora_request(adapter_dir: Path | str, name: str, request_cls=None):
     """A ``LoRARequest`` for a peft adapter folder; the id is stable per folder."""
     if request_cls is None:
-        _require_vllm()
+        require_vllm()
         from vllm.lora.request import LoRARequest as request_cls
     folder = _folder_with(adapter_dir, "adapter_config.json", "a peft adapter folder",
                           "pass the folder written by the train or merge stage")
@@ -107,7 +155,7 @@ def vllm_generate(engine, prompts: Sequence[str], config: EvalConfig, seed: int,
                   lora=None, params_cls=None) -> list[list[Sample]]:
     """k samples for each prompt, in prompt order, from ``engine.generate``."""
     if params_cls is None:
-        _require_vllm()
+        require_vllm()
         from vllm import SamplingParams as params_cls
     params = params_cls(
         n=config.k,
@@ -118,13 +166,16 @@ def vllm_generate(engine, prompts: Sequence[str], config: EvalConfig, seed: int,
         seed=seed,
     )
     kwargs = {"lora_request": lora} if lora is not None else {}
-    results = engine.generate(list(prompts), params, **kwargs)
-    if len(results) != len(prompts):
-        raise ModelError(f"vLLM returned {len(results)} results for {len(prompts)} prompts")
     out = []
-    for result in results:
-        completions = sorted(result.outputs, key=lambda c: getattr(c, "index", 0))
-        out.append([_to_sample(c) for c in completions])
+    # In chunks: each chunk's outputs become samples (and their logprob dicts are freed) before the next is sent.
+    for start in range(0, len(prompts), config.vllm_chunk_prompts):
+        chunk = list(prompts[start : start + config.vllm_chunk_prompts])
+        results = engine.generate(chunk, params, **kwargs)
+        if len(results) != len(chunk):
+            raise ModelError(f"vLLM returned {len(results)} results for {len(chunk)} prompts")
+        for result in results:
+            completions = sorted(result.outputs, key=lambda c: getattr(c, "index", 0))
+            out.append([_to_sample(c) for c in completions])
     return out
 
 

@@ -202,10 +202,11 @@ def status(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or profile name (default: demo)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default ./workspace or $POLYMATH_HOME."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
+    gpu_gib: float = typer.Option(80.0, help="GPU memory the training estimate plans for when no GPU is visible."),
 ) -> None:
     """Each stage run of the pipeline's plan: finished, stale (and what changed) or missing; runs nothing."""
     from pipeline.config import load_config
-    from pipeline.plan import plan_runs, version_changes
+    from pipeline.plan import memory_lines, plan_runs, version_changes
 
     try:
         cfg = load_config(config, overrides)
@@ -220,7 +221,8 @@ def status(
     for r in rows:
         table.add_row(r.stage, r.label, f"[{colors[r.state]}]{r.state}[/]", r.why)
     console.print(table)
-    console.print("\n".join([_plan_line(rows), *(f"[yellow]versions differ:[/] {line}" for line in drift)]))
+    console.print("\n".join([_plan_line(rows), *(f"[yellow]versions differ:[/] {line}" for line in drift),
+                             *memory_lines(cfg, gpu_gib)]), highlight=False)
 
 
 def _plan_line(rows) -> str:

@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pipeline.config import PolymathConfig
 from pipeline.curate import needs_model
 from pipeline.data import require_domains
+from pipeline.devices import plan_devices
 from pipeline.evaluate import eval_label, evaluation_jobs
 from pipeline.merge import merged_label
 from pipeline.stage import StageRef
@@ -67,7 +68,7 @@ def train_flow(
     domains = expert_domains(cfg, data)
     progress = create_progress_artifact(0.0, description=f"experts trained of {len(domains)}")
     jobs = [(expert_label(d), (cfg, ws, model, data, curate, d, "train" in force)) for d in domains]
-    gpus = 1.0 if cfg.train.use_vllm or cfg.train.bf16 else 0.0
+    gpus = plan_devices(cfg).gpus_for("train")
     experts: list[StageRef] = []
     for i, ref in enumerate(_fan_out("train", jobs, parallel or cfg.workers > 1, gpus), 1):
         experts.append(ref)
@@ -115,7 +116,7 @@ def merge_flow(
         for m in cfg.merge.methods
         for seed in cfg.merge.seeds_of(m)
     ]
-    gpus = 1.0 if cfg.merge.scales and cfg.evaluate.backend == "vllm" else 0.0
+    gpus = plan_devices(cfg).gpus_for("merge") if cfg.merge.scales else 0.0  # only a scale sweep samples
     merges = list(_fan_out("merge", jobs, parallel or cfg.workers > 1, gpus))
     ingest_task(ws, merges)
     # A merged adapter is evaluated whenever its merge reran, so its scores never go stale.
@@ -128,7 +129,7 @@ def merge_flow(
 
 def _evaluate_all(cfg, ws, up, jobs: list[tuple[StageRef | None, bool]], force, parallel) -> list[StageRef]:
     calls = [(eval_label(t, greedy), (cfg, ws, up["model"], up["data"], t, force, greedy)) for t, greedy in jobs]
-    gpus = 1.0 if cfg.evaluate.backend == "vllm" else 0.0
+    gpus = plan_devices(cfg).gpus_for("evaluate")
     evals = list(_fan_out("evaluate", calls, parallel or cfg.workers > 1, gpus))
     ingest_task(ws, evals)
     artifacts.accuracy(evals, key="evaluation-accuracy")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import queue
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from threading import Lock
@@ -54,15 +56,45 @@ def shutdown() -> None:
         _POOLS.clear()
 
 
-def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, workers: int = 1, **kwargs: Any) -> Any:
+def _see_devices(visible: str) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible  # before the stage's first import of torch
+
+
+_SLOTS: dict[tuple[str, ...], queue.Queue] = {}
+
+
+@contextmanager
+def _device_slot(slots: list[str]):
+    """A free slot of ``slots`` (``CUDA_VISIBLE_DEVICES`` values) for the duration; waits while all are taken."""
+    if not slots:
+        yield None
+        return
+    with _LOCK:
+        free = _SLOTS.setdefault(tuple(slots), queue.Queue())
+        if free.empty() and not getattr(free, "filled", False):
+            for slot in slots:
+                free.put(slot)
+            free.filled = True
+    slot = free.get()
+    try:
+        yield slot
+    finally:
+        free.put(slot)
+
+
+def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, workers: int = 1,
+         device_slots: list[str] | None = None, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``: in a fresh spawned process when isolating (default: when CUDA is present), else in
     the shared pool when ``workers > 1``, else in-process (a spawned interpreter would re-import torch and
-    transformers for nothing)."""
+    transformers for nothing). An isolated run takes one of ``device_slots`` (pipeline/devices.py), so parallel
+    GPU runs each see devices of their own."""
     if isolate is None:
         isolate = cuda_available()
     if isolate:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(fn, *args, **kwargs).result()
+        with _device_slot(device_slots or []) as slot:
+            init = dict(initializer=_see_devices, initargs=(slot,)) if slot is not None else {}
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), **init) as pool:
+                return pool.submit(fn, *args, **kwargs).result()
     if workers <= 1:
         return fn(*args, **kwargs)
     try:

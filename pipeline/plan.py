@@ -158,3 +158,24 @@ def _domains(cfg: PolymathConfig, data_run: StageRef) -> list[str] | None:
     if cfg.train.domains is not None:
         return list(cfg.train.domains)
     return cfg.data.static_domains()
+
+
+def memory_lines(cfg: PolymathConfig, card_gib: float | None = None) -> list[str]:
+    """The training memory estimate of a GPU run (training/memory.py) against its card: this machine's first GPU,
+    else ``card_gib`` (80: an H100); nothing for a CPU run or a model whose shape is not on disk here."""
+    from .devices import plan_devices
+
+    if not plan_devices(cfg).gpu or cfg.model.source != "path":
+        return []
+    from polymath.errors import ModelError
+    from training.memory import GIB, Shape, estimate
+
+    try:
+        shape = Shape.from_folder(cfg.model.path)
+    except ModelError as exc:
+        return [f"no memory estimate: {exc}"]
+    import torch
+
+    card = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else (card_gib or 80) * GIB
+    dtype_bytes = 4 if cfg.model.dtype == "float32" else 2
+    return estimate(shape, cfg.train, dtype_bytes, card, cfg.train.use_vllm is not False).lines()

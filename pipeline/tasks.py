@@ -20,6 +20,7 @@ from prefect.runtime import task_run
 from polymath.workspace import Workspace
 
 from . import isolation, progress, stages
+from .devices import cuda_devices, device_slots, plan_devices
 from .ingest import ingest_all
 from .stage import StageRef, reused, run_guarded
 
@@ -31,10 +32,12 @@ def _run_name() -> str:
 
 def _call(fn, *args, workers: int):
     """A finished run is found here, in the flow's process; only a run that has to execute goes to a worker
-    process (which would import torch just to find it)."""
+    process (which would import torch just to find it), on devices of its own when several run side by side."""
     if (done := reused(fn, *args)) is not None:
         return done
-    return isolation.call(fn, *args, workers=workers)
+    visible = cuda_devices()
+    slots = device_slots(plan_devices(args[0], visible), visible)
+    return isolation.call(fn, *args, workers=workers, device_slots=slots)
 
 
 def _stage(name: str, label: str, args: tuple) -> StageRef:

@@ -23,6 +23,13 @@ class LoadOptions:
     trust_remote_code: bool = False
 
 
+def default_device() -> str | None:
+    """Where a stage that samples puts a model it loads: the (first visible) GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def load_model(path: Path | str, options: LoadOptions | None = None, device: str | None = None):
     """(model, tokenizer) from a local folder with config.json and safetensors weights, as ``options`` say."""
     options = options or LoadOptions()

@@ -204,3 +204,20 @@ def test_a_cap_below_the_longest_solution_names_benchmark_length_and_key(model, 
                        "base", "run1")
     message = str(err.value)
     assert "'arith'" in message and "21 tokens" in message and "evaluate.max_new_tokens" in message
+
+
+def test_a_model_folder_is_sampled_on_the_gpu_when_there_is_one(monkeypatch, tmp_path: Path):
+    from evaluation import sampling
+
+    devices = []
+
+    def fake_load(path, options=None, device=None):
+        devices.append(device)
+        raise RuntimeError("loaded")
+
+    monkeypatch.setattr(sampling, "load_model", fake_load)
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        with pytest.raises(RuntimeError, match="loaded"):
+            evaluate_model(str(tmp_path), None, PROBLEMS, EvalConfig(k=1, backend="hf"), first_char_scorer, "m", "r")
+    assert devices == [None, "cuda"]

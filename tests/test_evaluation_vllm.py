@@ -125,8 +125,20 @@ def test_backend_resolution(model):
         resolve_backend("tpu", model)
     if not _vllm_installed():
         assert resolve_backend("auto", "/some/model") == "hf"
-        with pytest.raises(ConfigError, match="pip install"):
+        with pytest.raises(ConfigError, match="make install-gpu"):
             resolve_backend("vllm", "/some/model")
+
+
+def test_the_install_hint_names_an_extra_and_a_target_that_exist():
+    import tomllib
+
+    from evaluation.vllm_engine import GPU_EXTRA, INSTALL_HINT
+
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("vllm") for dep in extras[GPU_EXTRA])
+    target = INSTALL_HINT.split()[1]
+    assert f"\n{target}:" in (root / "Makefile").read_text()
 
 
 def _vllm_installed() -> bool:
@@ -171,9 +183,59 @@ def test_vllm_max_lora_rank_follows_the_adapter(tmp_path: Path, monkeypatch):
         seen.update(kwargs)
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(sampling, "load_engine", fake_engine)
+    monkeypatch.setattr(vllm_engine, "load_engine", fake_engine)
+    vllm_engine.release_engine()
     monkeypatch.setattr(sampling, "vllm_available", lambda: True)
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
     with pytest.raises(RuntimeError, match="stop"):
         evaluate_model(str(tmp_path), None, PROBLEMS, EvalConfig(k=1, backend="vllm"), first_char_scorer, "m", "r",
                        adapter_dir=tmp_path)
     assert seen["max_lora_rank"] == 128 and seen["enable_lora"]
+
+
+def test_one_engine_per_process_serves_every_adapter_and_is_rebuilt_only_for_a_larger_rank(
+        tokenizer, tmp_path: Path, monkeypatch):
+    import json
+
+    from evaluation import sampling, vllm_engine
+
+    built, released = [], []
+
+    class CountedLLM(FakeLLM):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.kwargs = kwargs
+            self.llm_engine = type("E", (), {"shutdown": lambda _: released.append(self)})()
+
+    monkeypatch.setattr(vllm_engine, "load_engine", lambda model, **kw: built.append(CountedLLM(**kw)) or built[-1])
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    real = vllm_engine.vllm_generate
+    monkeypatch.setattr(sampling, "vllm_generate", lambda *a, **kw: real(*a, **kw, params_cls=FakeParams))
+    monkeypatch.setattr(vllm_engine, "lora_request", lambda folder, name: str(folder))
+    monkeypatch.setattr(sampling, "lora_request", lambda folder, name: str(folder))
+    vllm_engine.release_engine()
+    (tmp_path / "base").mkdir()
+    adapters = {}
+    for name, rank in (("scale-0.5", 16), ("scale-1", 16), ("expert", 16), ("merged-r80", 80)):
+        adapters[name] = tmp_path / name
+        adapters[name].mkdir()
+        (adapters[name] / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    config = EvalConfig(k=1, max_new_tokens=4, backend="vllm", vllm_chunk_prompts=3)
+
+    def evaluate(adapter):
+        evaluate_model(str(tmp_path / "base"), tokenizer, PROBLEMS, config, first_char_scorer, "m", "r",
+                       adapter_dir=adapters[adapter] if adapter else None)
+
+    for adapter in ("scale-0.5", "scale-1", None, "expert"):
+        evaluate(adapter)
+    assert len(built) == 1 and not released  # the sweep's scales, the base and an expert: one engine
+    assert built[0].kwargs["max_lora_rank"] == 16 and built[0].kwargs["gpu_memory_utilization"] == 0.85
+    prompts_per_call = [len(prompts) for prompts, _, _ in built[0].calls]
+    assert max(prompts_per_call) == 3 and sum(prompts_per_call) == 4 * 7  # sent in chunks of 3 prompts
+    assert [lora for _, _, lora in built[0].calls[-3:]] == [str(adapters["expert"])] * 3
+    evaluate("merged-r80")  # a rank the engine cannot serve: released, and one built for rank 128
+    assert len(built) == 2 and released == [built[0]] and built[1].kwargs["max_lora_rank"] == 128
+    evaluate("scale-1")  # the larger engine serves the smaller adapters too
+    assert len(built) == 2
+    vllm_engine.release_engine()
+    assert released == built

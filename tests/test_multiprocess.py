@@ -62,3 +62,18 @@ def test_two_processes_see_the_same_entropy_and_coefficient_at_every_step(tiny_m
         assert wide[0][metric].tolist() == pytest.approx(wide[1][metric].tolist(), abs=1e-9), metric
     assert wide[0]["entropy_coef"].iloc[-1] > 0  # the controller acted (entropy below its target of 5 nats)
     assert sorted(result.steps.step.unique()) == [1, 2, 3, 4]
+
+
+def test_a_failed_launch_names_its_log_file_and_quotes_its_end(tmp_path, monkeypatch):
+    import sys
+
+    from polymath.errors import TrainingError
+    from training import launch
+    from training.config import TrainConfig
+
+    script = "import sys\nfor i in range(100): print('rank output line', i)\nsys.exit(3)"
+    monkeypatch.setattr(launch, "launch_command", lambda *a, **k: [sys.executable, "-c", script])
+    with pytest.raises(TrainingError, match=r"(?s)exit 3.*ranks\.log.*rank output line 99") as failure:
+        launch.train_on_processes(tmp_path / "model", [], TrainConfig(processes=2), tmp_path / "out", "toy")
+    assert "rank output line 59" not in str(failure.value)  # the end, not all of it
+    assert (tmp_path / "out" / launch.LOG_FILE).read_text().count("rank output line") == 100

@@ -209,7 +209,7 @@ def test_loss_matches_trl_dapo_loss_and_its_entropy_bonus(model_dir, problems, t
 
 def test_a_micro_batch_is_cut_to_its_longest_completion_with_the_same_loss_and_step_record(
         model_dir, problems, tmp_path):
-    from training.grpo import trim_completions
+    from training.batches import trim_completions
 
     trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path)
     ours, ours_g = _loss_and_grads(trainer._compute_loss, trainer, inputs)
@@ -412,3 +412,32 @@ def test_training_logs_reach_tensorboard_and_a_missing_tracker_is_named(model_di
     assert len(events) == 1 and events[0].stat().st_size > 0 and result.adapter_dir.exists()
     with pytest.raises(TrainingError, match=r"train.report_to names mlflow, which is not installed; pip install mlflow"):
         train_expert(model_dir, problems, digit_reward, small_config(report_to=["mlflow"]), tmp_path / "m", "toy")
+
+
+def test_activation_checkpointing_is_on_with_cuda_and_off_on_cpu(monkeypatch, tmp_path):
+    assert small_config().checkpointing_on() is False  # this machine has no CUDA
+    assert grpo_config(small_config(), tmp_path).gradient_checkpointing is False
+    assert grpo_config(small_config(gradient_checkpointing=True), tmp_path).gradient_checkpointing is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert small_config().checkpointing_on() is True
+    assert small_config(gradient_checkpointing=False).checkpointing_on() is False
+
+
+def test_the_importance_sampling_mode_reaches_trl_and_its_corrections_are_counted(tmp_path):
+    from types import SimpleNamespace
+
+    from training.batches import is_corrected
+
+    default = grpo_config(small_config(), tmp_path)
+    assert default.vllm_importance_sampling_correction
+    assert (default.vllm_importance_sampling_mode, default.vllm_importance_sampling_clip_max) == ("token_truncate", 3.0)
+    masked = grpo_config(small_config(vllm_is_mode="sequence_mask", vllm_is_cap=2.0), tmp_path)
+    assert (masked.vllm_importance_sampling_mode, masked.vllm_importance_sampling_clip_max) == ("sequence_mask", 2.0)
+    assert not grpo_config(small_config(vllm_is_mode="off"), tmp_path).vllm_importance_sampling_correction
+
+    ratios = torch.tensor([[0.5, 1.0, 3.0], [0.0, 1.2, 2.9]])  # TRL's output: capped at 3 (truncate), 0 (mask)
+    truncate = SimpleNamespace(vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_max=3.0,
+                               vllm_importance_sampling_clip_min=None)
+    mask = SimpleNamespace(**{**vars(truncate), "vllm_importance_sampling_mode": "token_mask"})
+    assert is_corrected(ratios, truncate).tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert is_corrected(ratios, mask).tolist() == [[0, 0, 1], [1, 0, 0]]

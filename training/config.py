@@ -189,6 +189,30 @@ class TrainConfig(BaseModel):
         import torch
 
         return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    vllm_is_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = \
+        "token_truncate"
+    """vLLM rollouts only: how the gap between vLLM's sampling log-probs and the trainer's is corrected (TRL's
+    ``vllm_importance_sampling_mode``). ``token_truncate``: each token's ratio capped at ``vllm_is_cap`` (truncated
+    importance sampling, as verl applies it). TRL's default ``sequence_mask`` gives weight 0 to a whole completion
+    whose summed per-token gap exceeds log(cap), which drops long completions. ``off``: no correction. The share
+    of tokens capped or masked is recorded every step (``is_corrected_frac``)."""
+    vllm_memory_share: float = Field(0.3, gt=0, lt=1)
+    """vLLM rollouts only: the share of the training GPU the colocated engine reserves (TRL's
+    ``vllm_gpu_memory_utilization``); the trainer gets the rest."""
+    vllm_is_cap: float = Field(3.0, gt=1)
+    """The ratio cap (truncate modes) or the bound above which a ratio is masked (mask modes)."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute activations in the backward pass instead of keeping them. ``auto``: on with CUDA, where a
+    micro-batch of long completions of a billion-parameter model holds tens of GB of activations; off on CPU,
+    where the tiny models' activations are small and recomputing only costs time."""
+
+    def checkpointing_on(self) -> bool:
+        """Whether this run checkpoints activations (``auto`` resolved on this machine)."""
+        if self.gradient_checkpointing != "auto":
+            return bool(self.gradient_checkpointing)
+        import torch
+
+        return torch.cuda.is_available()
     save_steps: int = Field(0, ge=0)
     """Checkpoint every this many steps (resumable, controller state included); 0 saves none."""
     show_progress: bool = Field(False, json_schema_extra=NOT_IN_KEY)

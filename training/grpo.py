@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from polymath.errors import TrainingError
+from training.batches import FORWARD_KEYS, is_corrected, trim_completions
 from training.controllers import Controllers
 from training.objective import (
     TOKEN_FILTERS,
@@ -45,47 +46,6 @@ from training.step_record import StepWindow, covariance
 # A completion counts as correct when its reward reaches 1 (the verifiers give 1.0 for a correct answer and
 # partial credit below it); the tolerance absorbs float noise from weighted reward sums.
 ACCURACY_THRESHOLD = 1.0 - 1e-6
-
-# Inputs forwarded to the model as TRL forwards them (multimodal batches); absent keys are None.
-_FORWARD_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "num_images",
-    "pixel_attention_mask",
-    "spatial_shapes",
-    "num_tiles",
-    "image_sizes",
-    "token_type_ids",
-    "mm_token_type_ids",
-    "image_position_ids",
-)
-
-
-# Per-token tensors of a batch, aligned with its completion columns.
-_COMPLETION_KEYS = ("completion_ids", "completion_mask", "advantages", "old_per_token_logps", "ref_per_token_logps",
-                    "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask")
-
-
-def trim_completions(inputs: dict) -> dict:
-    """``inputs`` cut to the last completion column any row's loss reads (at least one column).
-
-    TRL pads every completion to the longest of the whole rollout batch; a micro-batch of it (several updates per
-    batch) rarely holds that longest one, so its forward and backward would run over columns of padding only. A
-    causal model's log-probabilities of the columns kept do not depend on the ones cut, so the loss is the same.
-    The trainer calls it for micro-batches only (several per rollout batch); a whole batch is left as TRL made it.
-    """
-    mask = inputs["completion_mask"]
-    used = mask.bool().any(dim=0).nonzero()
-    width = int(used.max().item()) + 1 if used.numel() else 1
-    if width >= mask.size(1):
-        return inputs
-    out = dict(inputs)
-    for key in _COMPLETION_KEYS:
-        value = out.get(key)
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.size(1) == mask.size(1):
-            out[key] = value[:, :width]
-    return out
-
 
 class PolymathGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose loss and per-step record are polymath's.
@@ -267,7 +227,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
             logits_to_keep,
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
-            **{key: inputs.get(key) for key in _FORWARD_KEYS},
+            **{key: inputs.get(key) for key in FORWARD_KEYS},
         )
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
@@ -328,6 +288,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
                 selected=None if out.cov_selected is None else (out.cov_selected * fmask).sum(),
                 logp=logps.detach()[out.gradient_mask],
                 adv=adv.to(logps.dtype).expand_as(logps)[out.gradient_mask],
+                is_corrected=None if not use_is else (is_corrected(inputs["importance_sampling_ratio"], self)
+                                                      .expand_as(fmask) * fmask).sum(),
             )
             if self.accelerator.sync_gradients:
                 self._close_step()
@@ -338,7 +300,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
         w = self._window
         moments = torch.stack([w.n, w.sum_logp, w.sum_adv, w.sum_logp_adv, w.selected]).to(w.clipped_low.device)
         counts = torch.stack([w.clipped_low, w.clipped_high, w.positive]).double()
-        local = torch.cat([counts, moments] + ([w.kl.reshape(1).double()] if w.kl is not None else []))
+        extra = [x.reshape(1).double().to(counts.device) for x in (w.kl, w.is_corrected) if x is not None]
+        local = torch.cat([counts, moments] + extra)
         totals = self.accelerator.reduce(local, reduction="sum")
         tokens = max(w.tokens, 1.0)
         entropy = w.entropy_sum / tokens
@@ -369,6 +332,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
         }
         if w.kl is not None:
             record["kl"] = totals[8].item() / tokens
+        # without vLLM (or with the correction off) no ratio is corrected
+        record["is_corrected_frac"] = totals[-1].item() / tokens if w.is_corrected is not None else 0.0
         self._step_record = record
         self._window = StepWindow()
 

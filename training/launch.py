@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .expert import TrainResult, train_expert
 
 JOB_FILE = "job.json"
+LOG_FILE = "ranks.log"
 
 
 def launch_command(processes: int, job_dir: Path, accelerate_config: str | None = None,
@@ -62,12 +63,16 @@ def train_on_processes(model_dir: Path, problems: list[Problem], config: TrainCo
     }))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
                                                          os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(launch_command(config.processes, job, config.accelerate_config), env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-        raise TrainingError(f"expert {expert!r}: the {config.processes}-process training failed "
-                            f"(exit {done.returncode}):\n{tail}")
+    # Every rank's output streams to a file as it runs (hours of GPU logs do not sit in memory); a failure
+    # quotes its end and names the file.
+    log = out_dir / LOG_FILE
+    with log.open("w") as sink:
+        code = subprocess.run(launch_command(config.processes, job, config.accelerate_config), env=env,
+                              stdout=sink, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-40:])
+        raise TrainingError(f"expert {expert!r}: the {config.processes}-process training failed (exit {code}); "
+                            f"the ranks' output is in {log}, which ends:\n{tail}")
     result = json.loads((out_dir / "result.json").read_text())
     return TrainResult(
         adapter_dir=Path(result["adapter_dir"]),

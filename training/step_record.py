@@ -26,6 +26,7 @@ STEP_METRICS = (
     "cov_token_frac",
     "logp_adv_cov",
     "zero_std_group_frac",
+    "is_corrected_frac",
     "rollout_batches",
     "response_length",
     "grad_norm",
@@ -46,6 +47,7 @@ class StepWindow:
         self.clipped_high = torch.zeros(())
         self.positive = torch.zeros(())
         self.kl: torch.Tensor | None = None
+        self.is_corrected: torch.Tensor | None = None  # tokens whose vLLM importance ratio was capped or masked
         self.coefs: list[float] = []
         # Moments of (logp, advantage) over the tokens that carry policy gradient, for their covariance.
         self.n = torch.zeros((), dtype=torch.float64)
@@ -55,7 +57,7 @@ class StepWindow:
         self.selected = torch.zeros((), dtype=torch.float64)
 
     def add(self, *, entropies, entropy_sum, tokens, clipped_low, clipped_high, positive, coef, kl,
-            selected=None, logp=None, adv=None) -> None:
+            selected=None, logp=None, adv=None, is_corrected=None) -> None:
         self.entropies.append(entropies.float())
         # entropy_sum and tokens are already reduced across processes.
         self.entropy_sum += entropy_sum.item()
@@ -66,6 +68,8 @@ class StepWindow:
         self.positive = self.positive.to(device) + positive
         if kl is not None:
             self.kl = kl if self.kl is None else self.kl + kl
+        if is_corrected is not None:
+            self.is_corrected = is_corrected if self.is_corrected is None else self.is_corrected + is_corrected
         self.coefs.append(coef)
         if selected is not None:
             self.selected = self.selected + selected.detach().double().cpu()
