@@ -21,6 +21,7 @@ import argparse
 import time
 from pathlib import Path
 
+import flows  # noqa: F401  (first: it pins the CPU kernel set before torch loads, as the CLI does)
 from evaluation.store import Store
 from flows.runners import with_workers
 from flows.stage_flows import evaluate_flow

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import PolymathConfig
-from polymath.workspace import MANIFEST, Workspace, package_versions
+from polymath.workspace import CPU_KERNELS, MANIFEST, Workspace, package_versions
 
 from . import curate, data, evaluate, merge, model, train
 from .stage import PLANNED, PLANNING, StageRef
@@ -112,8 +112,9 @@ def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
 
 
 def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
-    """Tracked packages whose installed version differs from the one a finished run of ``rows`` used: its
-    results may not reproduce on this install (requirements.lock holds the versions the README's came from)."""
+    """Tracked packages whose installed version differs from the one a finished run of ``rows`` used, and the CPU
+    kernels if they differ: its results may not reproduce here (requirements.lock holds the versions the README's
+    came from; the same versions on another kernel set, AVX2 against AVX512, give other float results too)."""
     installed = package_versions()
     used: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -123,7 +124,12 @@ def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
             if installed.get(name) != version:
                 used.setdefault(name, {}).setdefault(version, 0)
                 used[name][version] += 1
-    return [f"{name} {installed.get(name, 'not installed')} is installed; "
+    def here(name: str) -> str:
+        if name == CPU_KERNELS:
+            return f"this machine's {name} are {installed.get(name, 'unknown')}"
+        return f"{name} {installed.get(name, 'not installed')} is installed"
+
+    return [f"{here(name)}; "
             + ", ".join(f"{n} finished run{'s' if n > 1 else ''} used {v}" for v, n in sorted(versions.items()))
             for name, versions in sorted(used.items())]
 

@@ -75,6 +75,11 @@ def stage_key(stage: str, config: Any, inputs: dict[str, str], code: str) -> str
     return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
 
 
+#: The pseudo-package under which a run records the CPU kernels torch dispatched to (AVX2, AVX512, ...): float
+#: results, and so a chaotic run such as the tiny model's warm start, differ between kernel sets.
+CPU_KERNELS = "torch CPU kernels"
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for name in _TRACKED_PACKAGES:
@@ -82,6 +87,12 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    try:
+        import torch
+
+        out[CPU_KERNELS] = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        pass
     return out
 
 

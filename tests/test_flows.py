@@ -322,6 +322,12 @@ def test_status_says_when_the_installed_versions_differ_from_a_finished_runs(fir
     assert line == (f"transformers 0.0.1 is installed; {len(rows)} finished runs used {installed['transformers']}")
     out = CliRunner().invoke(app, ["status", "-c", str(micro_config_path), "-w", str(ws.root)])
     assert out.exit_code == 0 and "versions differ: transformers 0.0.1 is installed" in out.output
+    from polymath.workspace import CPU_KERNELS
+
+    kernels = installed[CPU_KERNELS]  # recorded by every run: another kernel set gives other float results
+    monkeypatch.setattr(pipeline.plan, "package_versions", lambda: {**installed, CPU_KERNELS: "OTHER"})
+    assert version_changes(ws, rows) == [f"this machine's torch CPU kernels are OTHER; {len(rows)} finished runs "
+                                         f"used {kernels}"]
 
 
 def test_a_comparison_refresh_that_failed_is_redone_by_the_next_ingest(first_run, monkeypatch):
