@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
-from bench.gpu_train_check import build_tiny_model, toy_problems, toy_reward  # noqa: E402
+from bench.toy_task import build_tiny_model, toy_problems, toy_reward  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.controllers import Controllers  # noqa: E402
 from training.expert import _load, _lora_config, build_dataset, grpo_config, make_reward_func  # noqa: E402
