@@ -49,10 +49,12 @@ install-gpu:
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
-# The CPU test suite under the GPU stack's versions of the packages both stacks share (transformers, numpy):
-# the CPU lock with those replaced, in its own venv, so the code runs on what a GPU install resolves to.
+# The CPU test suite under the GPU stack's versions of every package both locks hold (transformers 5.17,
+# huggingface-hub, numpy, ...; torch stays the CPU wheel of the same version), in its own venv: the code runs
+# on what a GPU install resolves to.
 GPU_STACK_VENV := .venv-gpu-stack
-GPU_SHARED := $(shell grep -E '^(transformers|numpy)==' $(GPU_LOCK) 2>/dev/null)
+GPU_SHARED := $(shell awk -F== '{ n = tolower($$1); gsub(/[_.]/, "-", n) } NR == FNR { if (/==/) cpu[n] = 1; next } \
+	/==/ && (n in cpu) && n != "torch"' requirements.lock $(GPU_LOCK) 2>/dev/null)
 test-gpu-stack:
 	test -x $(GPU_STACK_VENV)/bin/python || $(PYTHON) -m venv $(GPU_STACK_VENV)
 	$(GPU_STACK_VENV)/bin/python -m pip install -q uv==$(UV_VERSION)

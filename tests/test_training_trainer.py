@@ -441,3 +441,27 @@ def test_the_importance_sampling_mode_reaches_trl_and_its_corrections_are_counte
     mask = SimpleNamespace(**{**vars(truncate), "vllm_importance_sampling_mode": "token_mask"})
     assert is_corrected(ratios, truncate).tolist() == [[0, 0, 1], [0, 0, 0]]
     assert is_corrected(ratios, mask).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_a_token_budget_sizes_the_micro_batches(tmp_path):
+    lengths = dict(prompts_per_step=32, num_generations=8, max_prompt_length=1024, max_new_tokens=2048)
+    assert TrainConfig(**lengths, micro_batch_tokens=12288).micro_batch(256) == 4  # 4 x 3,072 tokens
+    assert TrainConfig(**lengths, micro_batch_tokens=10000).micro_batch(256) == 2  # 3 fits, but must divide 256
+    assert TrainConfig(**lengths, micro_batch_tokens=100).micro_batch(256) == 1  # never below one completion
+    assert TrainConfig(**lengths, micro_batch_tokens=12288, micro_batch_size=8).micro_batch(256) == 8
+    args = grpo_config(small_config(prompts_per_step=4, num_generations=4, max_prompt_length=24, max_new_tokens=8,
+                                    micro_batch_tokens=64), tmp_path)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 8)
+
+
+def test_completions_end_at_the_generation_configs_and_the_tokenizers_eos():
+    from types import SimpleNamespace
+
+    from polymath.decoding import eos_ids
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7, 9]))
+    assert eos_ids(model, SimpleNamespace(eos_token_id=3)) == [7, 9, 3]  # as vLLM and TRL stop
+    assert eos_ids(model, SimpleNamespace(eos_token_id=9)) == [7, 9]
+    with pytest.raises(ModelError, match="no EOS token"):
+        eos_ids(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None)),
+                SimpleNamespace(eos_token_id=None))

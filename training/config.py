@@ -113,7 +113,13 @@ class TrainConfig(BaseModel):
     num_generations: int = Field(8, ge=2)
     """Completions per prompt (the GRPO group size)."""
     micro_batch_size: int | None = Field(None, ge=1)
-    """Completions per forward/backward pass; must divide the step's batch. None: the whole batch at once."""
+    """Completions per forward/backward pass; must divide the step's batch. None: the whole batch at once (or
+    as ``micro_batch_tokens`` sizes it)."""
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    """A token budget per forward/backward pass instead of a count: each process's micro-batch is the most
+    completions (a divisor of its share of the update) whose prompt plus completion caps
+    (``max_prompt_length + max_new_tokens``) fit the budget, at least one. Activation memory grows with tokens,
+    not completions: one budget fits a profile whose lengths change. Ignored when ``micro_batch_size`` is set."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of the rollouts (log-probabilities are computed at the same temperature)."""
     max_new_tokens: int = Field(32, ge=1)
@@ -281,11 +287,19 @@ class TrainConfig(BaseModel):
     def optimizer_steps(self) -> int:
         return self.steps * self.updates_per_batch * self.num_iterations
 
+    def micro_batch(self, per_process: int) -> int:
+        """Completions per forward/backward pass of a process that takes ``per_process`` of each update."""
+        if self.micro_batch_size is not None:
+            return min(self.micro_batch_size, per_process)
+        if self.micro_batch_tokens is None:
+            return per_process
+        length = (self.max_prompt_length or 1024) + self.max_new_tokens
+        fits = [d for d in range(1, per_process + 1) if per_process % d == 0 and d * length <= self.micro_batch_tokens]
+        return max(fits, default=1)
+
     @property
     def gradient_accumulation_steps(self) -> int:
-        if self.micro_batch_size is None:
-            return 1
-        return self.completions_per_update // self.micro_batch_size
+        return self.completions_per_update // self.micro_batch(self.completions_per_update)
 
 
 def parse_train_config(data: dict, source: str = "train") -> TrainConfig:

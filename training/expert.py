@@ -67,7 +67,7 @@ def grpo_config(config: TrainConfig, output_dir: Path, processes: int = 1) -> GR
     if rest:
         raise ConfigError(f"train.processes ({processes}) must divide the {config.completions_per_update} "
                           "completions of one update; change train.processes or train.prompts_per_step")
-    micro = min(config.micro_batch_size or per_process, per_process)
+    micro = config.micro_batch(per_process)
     if per_process % micro:
         raise ConfigError(f"train.micro_batch_size ({micro}) must divide each process's {per_process} completions "
                           "per update; change train.micro_batch_size or train.processes")

@@ -82,7 +82,7 @@ class MemoryEstimate:
         g = lambda x: f"{x / GIB:.1f} GiB"  # noqa: E731
         on, off = ((self.activations, self.activations_other) if self.checkpointing
                    else (self.activations_other, self.activations))
-        verdict = "fits" if self.fits() else "WILL NOT FIT: lower train.micro_batch_size or max_new_tokens, " \
+        verdict = "fits" if self.fits() else "WILL NOT FIT: lower train.micro_batch_tokens (or micro_batch_size) or max_new_tokens, " \
             "turn train.gradient_checkpointing on, or lower train.vllm_memory_share"
         return [
             f"training memory per GPU (estimate, {g(self.card)} card): weights {g(self.weights)}, optimizer "
@@ -95,7 +95,7 @@ class MemoryEstimate:
 
 def estimate(shape: Shape, train, dtype_bytes: int, card_bytes: float, vllm: bool) -> MemoryEstimate:
     """The estimate for a :class:`training.config.TrainConfig` ``train`` on a card of ``card_bytes``."""
-    micro = train.micro_batch_size or train.completions_per_update // train.processes
+    micro = train.micro_batch(train.completions_per_update // train.processes)
     prompt = train.max_prompt_length or 1024
     tokens = micro * (prompt + train.max_new_tokens)
     h, i = shape.hidden, shape.intermediate
