@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-# Offline by default: models load by local path, nothing is fetched from a hub at run time.
-for _name, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "polymath",
-}.items():
-    os.environ.setdefault(_name, _value)
-
+import flows  # noqa: F401  (its import sets the process defaults: offline, no analytics, the CPU kernel set)
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
