@@ -52,20 +52,12 @@ def build_model(folder: Path, shape: str, dtype: str):
     import string
 
     import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from training.models import build_char_tokenizer
 
     dims = SHAPES[shape]
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
-    while len(vocab) < dims["vocab_size"]:
-        vocab[f"<t{len(vocab)}>"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
-                                        unk_token="<unk>", model_max_length=dims["max_position_embeddings"])
+    tokenizer = build_char_tokenizer([string.printable], size=dims["vocab_size"])
     torch.manual_seed(0)
     config = Qwen2Config(**dims, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=1,
                          torch_dtype=dtype)

@@ -108,10 +108,10 @@ def shared_engine(model_path: Path | str, *, lora_rank: int | None, **options: A
     ``options`` (load_engine's) and LoRA adapters up to ``lora_rank`` (None: no adapter); else the running one
     is released and a new one started (LoRA on, ``max_lora_rank`` the largest rank asked for so far)."""
     key = (str(Path(model_path).resolve()), tuple(sorted((k, repr(v)) for k, v in options.items())))
-    rank = _SHARED.get("rank", 0) if _SHARED.get("key") == key else 0
-    needed = max(rank, lora_rank or 0)
-    if _SHARED.get("key") == key and (lora_rank is None or lora_rank <= rank):
+    rank = _SHARED["rank"] if _SHARED.get("key") == key else 0
+    if _SHARED.get("key") == key and (lora_rank or 0) <= rank:
         return _SHARED["engine"]
+    needed = max(rank, lora_rank or 0)
     release_engine()
     engine = load_engine(model_path, enable_lora=needed > 0, max_lora_rank=needed or 64, **options)
     _SHARED.update(key=key, engine=engine, rank=needed)

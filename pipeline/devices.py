@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from pipeline.config import PolymathConfig
 from polymath.errors import ConfigError
 
-
-def cuda_devices() -> int:
-    """GPUs visible to this process (0 without torch or CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+from .isolation import cuda_devices
 
 
 @dataclass(frozen=True)

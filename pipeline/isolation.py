@@ -22,12 +22,13 @@ _POOLS: dict[int, ProcessPoolExecutor] = {}
 _LOCK = Lock()
 
 
-def cuda_available() -> bool:
+def cuda_devices() -> int:
+    """GPUs visible to this process (0 without torch or CUDA)."""
     try:
         import torch
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _set_threads(n: int) -> None:
@@ -70,11 +71,11 @@ def _device_slot(slots: list[str]):
         yield None
         return
     with _LOCK:
-        free = _SLOTS.setdefault(tuple(slots), queue.Queue())
-        if free.empty() and not getattr(free, "filled", False):
+        free = _SLOTS.get(tuple(slots))
+        if free is None:  # first use of these slots: every one is free
+            free = _SLOTS[tuple(slots)] = queue.Queue()
             for slot in slots:
                 free.put(slot)
-            free.filled = True
     slot = free.get()
     try:
         yield slot
@@ -89,7 +90,7 @@ def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, worker
     transformers for nothing). An isolated run takes one of ``device_slots`` (pipeline/devices.py), so parallel
     GPU runs each see devices of their own."""
     if isolate is None:
-        isolate = cuda_available()
+        isolate = cuda_devices() > 0
     if isolate:
         with _device_slot(device_slots or []) as slot:
             init = dict(initializer=_see_devices, initargs=(slot,)) if slot is not None else {}

@@ -20,7 +20,7 @@ from prefect.runtime import task_run
 from polymath.workspace import Workspace
 
 from . import isolation, progress, stages
-from .devices import cuda_devices, device_slots, plan_devices
+from .devices import device_slots, plan_devices
 from .ingest import ingest_all
 from .stage import StageRef, reused, run_guarded
 
@@ -35,7 +35,7 @@ def _call(fn, *args, workers: int):
     process (which would import torch just to find it), on devices of its own when several run side by side."""
     if (done := reused(fn, *args)) is not None:
         return done
-    visible = cuda_devices()
+    visible = isolation.cuda_devices()
     slots = device_slots(plan_devices(args[0], visible), visible)
     return isolation.call(fn, *args, workers=workers, device_slots=slots)
 

@@ -15,7 +15,7 @@ distribution it takes the argmax of.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, TopPLogitsWarper
@@ -40,7 +40,7 @@ class Decoded:
     tokens: list[list[int]]
     entropies: list[list[float]]
     logprobs: list[list[float]]
-    ended: list[bool] = field(default_factory=list)
+    ended: list[bool]
     """Whether the row ended at an EOS (False: it reached the cap)."""
 
 
@@ -69,11 +69,16 @@ def warp(logits: torch.Tensor, decoding: Decoding) -> torch.Tensor:
     return torch.log_softmax(scores, dim=-1)
 
 
-def _forward(model, ids, mask, positions, cache, **kwargs) -> torch.Tensor:
-    """Last-position logits of one cached forward pass (the cache argument is ``cache`` from transformers 5.25)."""
+def _cache_argument(model) -> str:
+    """The name the model's forward takes its KV cache under (``cache`` from transformers 5.25)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it on
-    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}, **kwargs)
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _forward(model, ids, mask, positions, cache, cache_name: str, **kwargs) -> torch.Tensor:
+    """Last-position logits of one cached forward pass."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_name: cache},
+                **kwargs)
     return out.logits[:, -1]
 
 
@@ -88,9 +93,9 @@ def sample_tokens(model, ids: torch.Tensor, mask: torch.Tensor, decoding: Decodi
     eos_t = torch.tensor(eos, device=ids.device)
     out = Decoded([[] for _ in range(rows)], [[] for _ in range(rows)], [[] for _ in range(rows)], [False] * rows)
     active = torch.arange(rows, device=ids.device)
-    cache = DynamicCache(config=model.config)
+    cache, cache_name = DynamicCache(config=model.config), _cache_argument(model)  # once, not per token
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = _forward(model, ids, mask, positions, cache, logits_to_keep=1)
+    logits = _forward(model, ids, mask, positions, cache, cache_name, logits_to_keep=1)
     last = positions[:, -1]
     for step in range(cap):
         logp = warp(logits, decoding)
@@ -117,5 +122,5 @@ def sample_tokens(model, ids: torch.Tensor, mask: torch.Tensor, decoding: Decodi
             active, mask, last, nxt = active[index], mask[index], last[index], nxt[index]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         last = last + 1
-        logits = _forward(model, nxt[:, None], mask, last[:, None], cache)
+        logits = _forward(model, nxt[:, None], mask, last[:, None], cache, cache_name)
     return out

@@ -185,16 +185,9 @@ class TrainConfig(BaseModel):
     use_vllm: bool | Literal["auto"] = False
     """Generate rollouts with vLLM colocated on the training GPU (needs vllm and CUDA); ``auto``: vLLM when it is
     installed and a GPU is present, HF generate otherwise."""
-
-    def rollouts_on_vllm(self) -> bool:
-        """Whether this run's rollouts go through vLLM (``auto`` resolved on this machine)."""
-        if self.use_vllm != "auto":
-            return bool(self.use_vllm)
-        import importlib.util
-
-        import torch
-
-        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    vllm_memory_share: float = Field(0.3, gt=0, lt=1)
+    """vLLM rollouts only: the share of the training GPU the colocated engine reserves (TRL's
+    ``vllm_gpu_memory_utilization``); the trainer gets the rest."""
     vllm_is_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = \
         "token_truncate"
     """vLLM rollouts only: how the gap between vLLM's sampling log-probs and the trainer's is corrected (TRL's
@@ -202,23 +195,12 @@ class TrainConfig(BaseModel):
     importance sampling, as verl applies it). TRL's default ``sequence_mask`` gives weight 0 to a whole completion
     whose summed per-token gap exceeds log(cap), which drops long completions. ``off``: no correction. The share
     of tokens capped or masked is recorded every step (``is_corrected_frac``)."""
-    vllm_memory_share: float = Field(0.3, gt=0, lt=1)
-    """vLLM rollouts only: the share of the training GPU the colocated engine reserves (TRL's
-    ``vllm_gpu_memory_utilization``); the trainer gets the rest."""
     vllm_is_cap: float = Field(3.0, gt=1)
     """The ratio cap (truncate modes) or the bound above which a ratio is masked (mask modes)."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute activations in the backward pass instead of keeping them. ``auto``: on with CUDA, where a
     micro-batch of long completions of a billion-parameter model holds tens of GB of activations; off on CPU,
     where the tiny models' activations are small and recomputing only costs time."""
-
-    def checkpointing_on(self) -> bool:
-        """Whether this run checkpoints activations (``auto`` resolved on this machine)."""
-        if self.gradient_checkpointing != "auto":
-            return bool(self.gradient_checkpointing)
-        import torch
-
-        return torch.cuda.is_available()
     save_steps: int = Field(0, ge=0)
     """Checkpoint every this many steps (resumable, controller state included); 0 saves none."""
     show_progress: bool = Field(False, json_schema_extra=NOT_IN_KEY)
@@ -263,6 +245,24 @@ class TrainConfig(BaseModel):
             )
         return self
 
+    def rollouts_on_vllm(self) -> bool:
+        """Whether this run's rollouts go through vLLM (``auto`` resolved on this machine)."""
+        if self.use_vllm != "auto":
+            return bool(self.use_vllm)
+        import importlib.util
+
+        import torch
+
+        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+    def checkpointing_on(self) -> bool:
+        """Whether this run checkpoints activations (``auto`` resolved on this machine)."""
+        if self.gradient_checkpointing != "auto":
+            return bool(self.gradient_checkpointing)
+        import torch
+
+        return torch.cuda.is_available()
+
     @property
     def policy_options(self):
         """The policy-term settings as the trainer takes them (defaults resolved): a
@@ -293,9 +293,14 @@ class TrainConfig(BaseModel):
             return min(self.micro_batch_size, per_process)
         if self.micro_batch_tokens is None:
             return per_process
-        length = (self.max_prompt_length or 1024) + self.max_new_tokens
-        fits = [d for d in range(1, per_process + 1) if per_process % d == 0 and d * length <= self.micro_batch_tokens]
+        fits = [d for d in range(1, per_process + 1)
+                if per_process % d == 0 and d * self.sequence_cap <= self.micro_batch_tokens]
         return max(fits, default=1)
+
+    @property
+    def sequence_cap(self) -> int:
+        """The longest prompt plus completion one row holds (1,024 prompt tokens when prompts are not cut)."""
+        return (self.max_prompt_length or 1024) + self.max_new_tokens
 
     @property
     def gradient_accumulation_steps(self) -> int:

@@ -129,7 +129,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         with merged_adapter(model, self.merge_adapter_for_generation and not self.use_vllm):
             if own:
-                return kv_cache_rollouts(self, prompt_ids, num_generations), None
+                return kv_cache_rollouts(self, prompt_ids), None
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )

@@ -60,16 +60,26 @@ class Shape:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per GPU of each part; ``activations`` as configured, ``activations_other`` with checkpointing flipped."""
+    """Bytes per GPU of each part, the activations both with and without checkpointing."""
 
     weights: float
     optimizer: float
-    activations: float
-    activations_other: float
+    activations_checkpointed: float
+    activations_full: float
     logits: float
     vllm: float
     card: float
     checkpointing: bool
+
+    @property
+    def activations(self) -> float:
+        """The activations as configured."""
+        return self.activations_checkpointed if self.checkpointing else self.activations_full
+
+    @property
+    def activations_other(self) -> float:
+        """The activations with checkpointing flipped."""
+        return self.activations_full if self.checkpointing else self.activations_checkpointed
 
     @property
     def total(self) -> float:
@@ -80,14 +90,13 @@ class MemoryEstimate:
 
     def lines(self) -> list[str]:
         g = lambda x: f"{x / GIB:.1f} GiB"  # noqa: E731
-        on, off = ((self.activations, self.activations_other) if self.checkpointing
-                   else (self.activations_other, self.activations))
         verdict = "fits" if self.fits() else "WILL NOT FIT: lower train.micro_batch_tokens (or micro_batch_size) or max_new_tokens, " \
             "turn train.gradient_checkpointing on, or lower train.vllm_memory_share"
         return [
             f"training memory per GPU (estimate, {g(self.card)} card): weights {g(self.weights)}, optimizer "
             f"{g(self.optimizer)}, activations {g(self.activations)} (checkpointing "
-            f"{'on' if self.checkpointing else 'off'}; on {g(on)}, off {g(off)}), logits {g(self.logits)}, "
+            f"{'on' if self.checkpointing else 'off'}; on {g(self.activations_checkpointed)}, off "
+            f"{g(self.activations_full)}), logits {g(self.logits)}, "
             f"vLLM share {g(self.vllm)}",
             f"total {g(self.total)} of {g(self.card)}: {verdict}",
         ]
@@ -96,13 +105,11 @@ class MemoryEstimate:
 def estimate(shape: Shape, train, dtype_bytes: int, card_bytes: float, vllm: bool) -> MemoryEstimate:
     """The estimate for a :class:`training.config.TrainConfig` ``train`` on a card of ``card_bytes``."""
     micro = train.micro_batch(train.completions_per_update // train.processes)
-    prompt = train.max_prompt_length or 1024
-    tokens = micro * (prompt + train.max_new_tokens)
+    tokens = micro * train.sequence_cap
     h, i = shape.hidden, shape.intermediate
     per_token_layer = (15 + 19 * i / (4 * h)) * h * dtype_bytes / 2  # Korthikanti's 34 h, MLP scaled
     full = tokens * shape.layers * per_token_layer
     checkpointed = tokens * (shape.layers * h * dtype_bytes + per_token_layer)
-    on = train.gradient_checkpointing in ("auto", True)  # auto: on, on the GPU this estimate is for
     if train.lora.full_finetune:
         trained = shape.params
     else:
@@ -114,10 +121,10 @@ def estimate(shape: Shape, train, dtype_bytes: int, card_bytes: float, vllm: boo
     return MemoryEstimate(
         weights=shape.params * dtype_bytes,
         optimizer=16 * trained,
-        activations=checkpointed if on else full,
-        activations_other=full if on else checkpointed,
+        activations_checkpointed=checkpointed,
+        activations_full=full,
         logits=logits,
         vllm=train.vllm_memory_share * card_bytes if vllm else 0.0,
         card=card_bytes,
-        checkpointing=on,
+        checkpointing=train.gradient_checkpointing in ("auto", True),  # auto: on, on the GPU this estimate is for
     )

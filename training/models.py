@@ -150,8 +150,9 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
 # ---------------------------------------------------------------- tiny model
 
 
-def build_char_tokenizer(texts: list[str]):
-    """A character-level fast tokenizer (tokenizer.json) over the characters of ``texts``."""
+def build_char_tokenizer(texts: list[str], size: int | None = None):
+    """A character-level fast tokenizer (tokenizer.json) over the characters of ``texts``; ``size`` pads the
+    vocabulary with placeholder tokens to that many ids (a tokenizer that covers a large model's vocabulary)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -159,6 +160,8 @@ def build_char_tokenizer(texts: list[str]):
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for c in chars:
         vocab[c] = len(vocab)
+    while size is not None and len(vocab) < size:
+        vocab[f"<t{len(vocab)}>"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()

@@ -36,10 +36,9 @@ def merged_adapter(model, enabled: bool):
             model.unmerge_adapter()
 
 
-def kv_cache_rollouts(trainer, prompt_ids: list[list[int]], num_generations: int) -> list[list[int]]:
-    """Completion ids for each prompt of ``prompt_ids`` (TRL has already repeated each prompt
-    ``num_generations`` times), sampled as the trainer's generation config says."""
-    del num_generations  # the prompts arrive repeated
+def kv_cache_rollouts(trainer, prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Completion ids for each prompt of ``prompt_ids`` (TRL has already repeated each prompt once per
+    generation), sampled as the trainer's generation config says."""
     args, device = trainer.args, trainer.accelerator.device
     pad = trainer._tokenizer.pad_token_id
     width = max(len(ids) for ids in prompt_ids)
