@@ -11,15 +11,20 @@ Three paths compute the same RobustMerge update (same pruning and scales):
                    peft's ``*_svd`` combinations do, minus their full_matrices default.
 
 ``--method knots`` measures KnOTS instead: ours (QR of the stacked factors, the SVD of an R x R core, TIES
-on the R x k aligned blocks; rank R = N*r, never a d x k matrix) against the dense transcription (the
-d x N*k concatenation of the dense updates, its reduced SVD, TIES on the same blocks).
+on the R x k scaled aligned blocks; rank R = N*r, never a d x k matrix) against the dense transcription (the
+d x N*k concatenation of the dense updates, its reduced SVD, TIES on the same blocks), both trimmed per
+module here (the timing is per module).
+
+``--method core-space`` measures Core Space merging with TSV-M inside: ours (SVDs of the stacked factors, the
+merge on N*r x N*r cores) against TSV-M in full space (an SVD of each d x k update, top r triplets each, the
+stacked singular vectors orthogonalized), the comparison the Core Space paper makes.
 
 Each path runs in its own subprocess so that its peak resident memory (ru_maxrss
 above the RSS after inputs are built) is its own. Only ``--layers`` of the 28
 layers are measured (the layers are identical in shape); the full-model column
 multiplies the per-layer time by 28.
 
-Run:  python bench/merge.py [--method robustmerge|knots] [--layers 2] [--threads N] [--skip-dense] [--device cuda]
+Run:  python bench/merge.py [--method robustmerge|knots|core-space] [--layers 2] [--threads N] [--skip-dense] [--device cuda]
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from merging.knots import knots, ties_blocks  # noqa: E402
+from merging.core_space import core_space  # noqa: E402
+from merging.knots import elect_and_average, knots, trim_threshold  # noqa: E402
 from merging.lowrank import LoraFactors, truncate  # noqa: E402
 from merging.robustmerge import robustmerge  # noqa: E402
 
@@ -55,8 +61,9 @@ MODULES = {
     "up_proj": (INTERMEDIATE, HIDDEN),
     "down_proj": (HIDDEN, INTERMEDIATE),
 }
-PATHS = {"robustmerge": ("exact", "compressed", "dense"), "knots": ("knots", "knots-dense")}
-DENSE = {"robustmerge": "dense", "knots": "knots-dense"}
+PATHS = {"robustmerge": ("exact", "compressed", "dense"), "knots": ("knots", "knots-dense"),
+         "core-space": ("core-space", "tsv-m-dense")}
+DENSE = {"robustmerge": "dense", "knots": "knots-dense", "core-space": "tsv-m-dense"}
 
 
 def make_experts(d: int, k: int, n: int, r: int, seed: int, device: str) -> list[LoraFactors]:
@@ -73,20 +80,42 @@ def make_experts(d: int, k: int, n: int, r: int, seed: int, device: str) -> list
 
 
 def knots_dense(parts: list[LoraFactors], density: float) -> torch.Tensor:
-    """KnOTS as the paper writes it, on dense updates: SVD of [dW_1 .. dW_N], TIES on the V_n^T blocks."""
+    """KnOTS as the official code runs it, on dense updates: SVD of [dW_1 .. dW_N], TIES on the S V_n^T blocks."""
     dense = [p.dense() for p in parts]
     u, s, vh = torch.linalg.svd(torch.cat(dense, dim=1), full_matrices=False)
     rank = sum(p.rank for p in parts)
     k = dense[0].shape[1]
-    blocks = [vh[:rank, i * k : (i + 1) * k] for i in range(len(parts))]
-    return (u[:, :rank] * s[:rank]) @ ties_blocks(blocks, density, [1.0] * len(parts))
+    blocks = [s[:rank, None] * vh[:rank, i * k : (i + 1) * k] for i in range(len(parts))]
+    trimmed = []
+    for b in blocks:
+        threshold = trim_threshold(b, density)
+        trimmed.append(b if threshold is None else torch.where(b.abs() >= threshold, b, torch.zeros_like(b)))
+    majority = 1.0 if torch.sign(torch.stack(trimmed).sum(0)).sum() >= 0 else -1.0
+    return u[:, :rank] @ elect_and_average(trimmed, majority)
+
+
+def tsv_m_dense(parts: list[LoraFactors]) -> torch.Tensor:
+    """TSV-M in full space: an SVD of each dense update, its top r triplets, the stacked vectors orthogonalized."""
+    us, ss, vhs = [], [], []
+    for p in parts:
+        u, s, vh = torch.linalg.svd(p.dense(), full_matrices=False)
+        us.append(u[:, : p.rank])
+        ss.append(s[: p.rank])
+        vhs.append(vh[: p.rank])
+    pu, _, qu = torch.linalg.svd(torch.cat(us, dim=1), full_matrices=False)
+    pv, _, qv = torch.linalg.svd(torch.cat(vhs, dim=0), full_matrices=False)
+    return (pu @ qu) @ torch.diag(torch.cat(ss)) @ (pv @ qv)
 
 
 def run_path(path: str, parts: list[LoraFactors], args) -> LoraFactors | torch.Tensor:
     if path == "knots":
-        return knots(parts, density=args.density)
+        return knots(parts, density=args.density, trim="module")
     if path == "knots-dense":
         return knots_dense(parts, args.density)
+    if path == "core-space":
+        return core_space(parts, inner="tsv-m")
+    if path == "tsv-m-dense":
+        return tsv_m_dense(parts)
     merged = robustmerge(parts, keep=args.keep, lam=args.lam)
     if path == "exact":
         return merged
@@ -156,11 +185,12 @@ def worker(args) -> None:
 
 
 def accuracy(args) -> float:
-    """Relative error of our merge vs the dense path, on one k_proj (KnOTS) or gate_proj in float64."""
-    module = "k_proj" if args.method == "knots" else "gate_proj"
+    """Relative error of our merge vs the dense path, on one k_proj (KnOTS, Core Space) or gate_proj in float64."""
+    module = "gate_proj" if args.method == "robustmerge" else "k_proj"
     parts = make_experts(*MODULES[module], args.experts, args.rank, seed=7, device=args.device)
     parts = [LoraFactors(p.a.double(), p.b.double(), p.scaling) for p in parts]
-    ours, dense = ("knots", "knots-dense") if args.method == "knots" else ("compressed", "dense")
+    ours, dense = {"knots": ("knots", "knots-dense"), "core-space": ("core-space", "tsv-m-dense"),
+                   "robustmerge": ("compressed", "dense")}[args.method]
     reference = run_path(dense, parts, args)
     mine = run_path(ours, parts, args).dense()
     return (torch.linalg.norm(mine - reference) / torch.linalg.norm(reference)).item()
@@ -201,13 +231,13 @@ def main() -> None:
 
     err = accuracy(args)
     n_r = args.experts * args.rank
-    name = "KnOTS-TIES" if args.method == "knots" else "RobustMerge"
+    name = {"knots": "KnOTS-TIES", "core-space": "Core Space (TSV-M)", "robustmerge": "RobustMerge"}[args.method]
     print(
         f"{name}, {args.experts} experts of rank {args.rank}, Qwen2.5-1.5B shapes, "
         f"{args.layers} of {N_LAYERS} layers measured, device {args.device}, {args.threads} threads"
     )
-    what = "k_proj, float64): factor space vs dense" if args.method == "knots" else \
-        "gate_proj, float64): compressed vs dense truncated SVD"
+    what = "gate_proj, float64): compressed vs dense truncated SVD" if args.method == "robustmerge" else \
+        "k_proj, float64): factor space vs dense"
     print(f"accuracy (one {what}, relative error {err:.1e}")
     labels = {
         "exact": f"ours exact (rank {n_r})",
@@ -215,6 +245,8 @@ def main() -> None:
         "dense": f"dense delta + SVD (rank {args.target_rank})",
         "knots": f"ours, factor space (rank {n_r})",
         "knots-dense": f"dense concat + SVD (rank {n_r})",
+        "core-space": f"ours, core space (rank {n_r})",
+        "tsv-m-dense": f"TSV-M, full space (rank {n_r})",
     }
     layer_s = {p: sum(r["per_module_s"].values()) for p, r in results.items()}
     header = f"{'path':<30} {'s/layer':>10} {'28 layers (s)':>14} {'dense / this':>13} {'peak extra RSS MiB':>19}"

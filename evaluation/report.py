@@ -180,13 +180,19 @@ def _entropy_section(points: pd.DataFrame, store: Store, out_dir: Path) -> list[
         "left(run_key, 8) AS run FROM merge_runs ORDER BY ALL")
 def _merge_section(merges: pd.DataFrame, store: Store, out_dir: Path) -> list[str]:
     lines = [markdown_table(merges), ""]
-    sweep = store.query("SELECT label, scale, avg(accuracy) AS accuracy, bool_or(chosen) AS chosen "
-                        "FROM merge_sweep GROUP BY ALL ORDER BY ALL")
+    sweep = store.query("SELECT label || coalesce(' ' || param || '=' || param_value, '') AS label, "
+                        "coalesce(split, 'validation') AS split, scale, avg(accuracy) AS accuracy, "
+                        "bool_or(chosen) AS chosen FROM merge_sweep GROUP BY ALL ORDER BY ALL")
     if len(sweep):
+        validation, test = sweep[sweep.split == "validation"], sweep[sweep.split == "test"]
         lines += ["### Scale chosen on the validation split", "",
                   "Mean validation accuracy over the merged experts' domains at each multiple of the method's own "
-                  "scale; * marks the one kept, the only one the test split sees.", "",
-                  markdown_table(sweep_grid(sweep)), ""]
+                  "scale (and each value of a second parameter, where one is swept); * marks the point kept, the "
+                  "only one the test split sees.", "", markdown_table(sweep_grid(validation)), ""]
+        if len(test):
+            lines += ["Every point on the test split (`merge.test_points`, a diagnostic never used to pick): what "
+                      "the validation pick costs.", "", markdown_table(sweep_grid(test)), "",
+                      f"![validation and test accuracy against scale]({_sweep_plot(sweep, out_dir)})", ""]
     summary = store.query(
         "SELECT model_label, left_out, benchmark, seen, scale, accuracy, normalized, retained_gain, retained_low, "
         "retained_high, vs_task_arithmetic, vs_ta_low, vs_ta_high FROM merge_summary ORDER BY model_label, benchmark"
@@ -201,6 +207,21 @@ def _merge_section(merges: pd.DataFrame, store: Store, out_dir: Path) -> list[st
               markdown_table(summary.drop(columns=["left_out"])), ""]
     name = _retained_plot(summary, out_dir)
     return lines + [f"![retained gain per method and domain]({name})"]
+
+
+def _sweep_plot(sweep: pd.DataFrame, out_dir: Path) -> str:
+    """Per merge, validation (solid) and test (dashed) accuracy against the scale multiple."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for i, (label, part) in enumerate(sweep.groupby("label", sort=True)):
+        color = f"C{i % 10}"
+        for split, style in (("validation", "-"), ("test", "--")):
+            line = part[part.split == split].sort_values("scale")
+            ax.plot(line.scale, line.accuracy, style, color=color, marker="o", ms=3,
+                    label=label.removeprefix("merged:") if split == "validation" else None)
+    ax.set(xscale="log", xlabel="scale multiple", ylabel="mean accuracy (solid: validation, dashed: test)")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, "merge_sweep.png")
 
 
 def sweep_grid(sweep: pd.DataFrame) -> pd.DataFrame:

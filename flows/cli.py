@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import flows  # noqa: F401  (its import sets the process defaults: offline, no analytics, the CPU kernel set)
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from enum import Enum  # noqa: E402
@@ -18,6 +17,7 @@ from polymath.errors import PolymathError  # noqa: E402
 from polymath.quiet import quiet_console  # noqa: E402
 from polymath.workspace import Workspace  # noqa: E402
 
+from . import merge_command  # noqa: E402
 from .progress_display import all_in_database as _all_in_database, stage_progress as _stage_progress  # noqa: E402
 
 app = typer.Typer(
@@ -247,85 +247,7 @@ def report(workspace: Optional[Path] = typer.Option(None, "--workspace", "-w")) 
     console.print(str(path))
 
 
-def _method_help() -> str:
-    from merging.methods import method_names
-
-    return " | ".join(method_names())
-
-
-@app.command()
-def merge(
-    adapters: list[Path] = typer.Argument(..., help="peft LoRA adapter folders on one base model."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged adapter."),
-    method: str = typer.Option("robustmerge", "--method", "-m", help=_method_help()),
-    keep: Optional[float] = typer.Option(None, "--keep", help="RobustMerge keep ratio (default 0.2)."),
-    lam: Optional[float] = typer.Option(None, "--lam", help="RobustMerge lambda (default 2.0)."),
-    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="RobustMerge cross-task normalization (default on)."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="Target rank (default: exact)."),
-    density: Optional[float] = typer.Option(None, "--density", help="TIES/DARE/KnOTS density."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="One weight per adapter, comma-separated (task arithmetic, TIES, DARE, KnOTS)."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="KnOTS global scale (default 1.0)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="A scale grid, comma-separated: one adapter per value under OUT/scale-<value>, each multiplying the method's own scale (lambda, every weight, or KnOTS's scale)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of DARE's drop masks (default 0)."),
-    save_dtype: Optional[str] = typer.Option(None, "--save-dtype", help="auto | float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device of the merge (cpu, cuda)."),
-    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base model folder (TIES/DARE/task arithmetic)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Also record the merge in this workspace's DuckDB."),
-) -> None:
-    """Merge LoRA experts into one peft adapter (like mergekit, for adapters)."""
-    import pandas as pd
-    from pydantic import ValidationError
-
-    from merging.config import MergeConfig
-    from merging.merge import merge_adapters
-    from merging.methods import get_method, unread_options
-    from pipeline.config import option_errors
-    from polymath.errors import ConfigError
-    from pipeline.merge import merge_row
-
-    try:
-        weight_list = _floats(weights, "--weights")
-        grid = _floats(scales, "--scales")
-        params = {"method": method, "keep": keep, "lam": lam, "normalize": normalize, "rank": rank, "density": density,
-                  "weights": weight_list, "scale": scale, "seed": seed, "save_dtype": save_dtype, "device": device,
-                  "base_model": base_model}
-        if unread := unread_options(method, {k: f"--{k}" for k, v in params.items() if v is not None}):
-            raise ConfigError(unread)
-        try:
-            cfg = MergeConfig.model_validate({k: v for k, v in params.items() if v is not None})
-        except ValidationError as exc:
-            raise ConfigError(option_errors(exc)) from None
-        runs = [(out, cfg, None)]
-        if grid:
-            merger = get_method(cfg.method)
-            runs = [(out / f"scale-{v:g}", merger.scaled(cfg, v, len(adapters)), v) for v in grid]
-        for folder, run_cfg, value in runs:
-            report_ = merge_adapters(adapters, folder, run_cfg, overwrite=overwrite)
-            if workspace is not None:
-                from evaluation.store import Store
-
-                key = "cli-" + hashlib.sha256(
-                    json.dumps([str(a.resolve()) for a in adapters] + [run_cfg.model_dump_json()]).encode()
-                ).hexdigest()[:12]
-                store = Store(Workspace(workspace).db_path)
-                store.ensure_schema()
-                row = merge_row(report_, key, f"merged:{run_cfg.method}", value)
-                store.replace("merge_runs", pd.DataFrame([row]), {"run_key": key})
-            console.print(f"{report_.method}: rank {report_.rank}, {report_.seconds:.2f}s -> {folder}")
-    except PolymathError as exc:
-        _fail(exc)
-
-
-def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        from polymath.errors import ConfigError
-
-        raise ConfigError(f"{option} {text!r}: expected numbers separated by commas, e.g. 0.5,1,2") from None
+app.command(name="merge")(merge_command.merge)
 
 
 @experiment_app.command("entropy")

@@ -1,4 +1,4 @@
-"""Merging LoRA experts: RobustMerge (paper and official-code forms) and peft baselines.
+"""Merging LoRA experts: RobustMerge (paper and official-code forms), KnOTS, Core Space and peft baselines.
 
 Usable without any orchestrator::
 
@@ -13,6 +13,7 @@ import importlib
 _HOME = {
     "merging.adapters": ("LoraAdapter", "read_adapter", "validate_experts", "write_adapter"),
     "merging.config": ("MergeConfig",),
+    "merging.core_space": ("core_space",),
     "merging.lowrank": ("LoraFactors", "concat", "cosine", "frobenius_norm", "inner", "truncate"),
     "merging.merge": ("merge_adapters",),
     "merging.methods": ("MergeMethod", "get_method", "method_names"),
@@ -36,6 +37,7 @@ __all__ = [
     "MergeReport",
     "ModuleStats",
     "concat",
+    "core_space",
     "cosine",
     "frobenius_norm",
     "get_method",

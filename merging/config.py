@@ -12,7 +12,8 @@ from polymath.keys import NOT_IN_KEY
 #: Density a baseline uses when ``MergeConfig.density`` is None. TIES keeps the
 #: top 20% of each task vector (the TIES paper's k); DARE drops half of the
 #: entries, a rate at which the DARE paper found rescaled LoRA/SFT deltas intact.
-DEFAULT_DENSITY: dict[str, float] = {"ties": 0.2, "dare": 0.5, "knots": 0.2}
+#: KnOTS keeps everything, as the official LLM configuration does (sign election and disjoint mean only).
+DEFAULT_DENSITY: dict[str, float] = {"ties": 0.2, "dare": 0.5, "knots": 1.0}
 
 
 class MergeConfig(BaseModel):
@@ -28,8 +29,10 @@ class MergeConfig(BaseModel):
     method: str = "robustmerge"
     """Merge method, a name of merging/methods.py's registry: ``robustmerge`` (paper form, exact rank N*r sum),
     ``robustmerge-reference`` (the official code's product of sums),
-    ``task-arithmetic``, ``ties``, ``dare`` or ``knots`` (KnOTS: TIES or DARE on the experts' updates
-    aligned in one shared SVD basis, in the factor space)."""
+    ``task-arithmetic``, ``ties``, ``dare``, ``knots`` (KnOTS: TIES or DARE on the experts' updates
+    aligned in one shared SVD basis, in the factor space), ``core-space`` (the experts' cores in the shared
+    bases of their stacked factors, merged by ``core_merge``) or ``core-space-iso-cts`` (Core Space with
+    Iso-CTS inside)."""
 
     @field_validator("method")
     @classmethod
@@ -66,8 +69,8 @@ class MergeConfig(BaseModel):
     """Seed of the random drop masks (DARE)."""
 
     density: float | None = Field(default=None, gt=0.0, le=1.0)
-    """TIES/DARE/KnOTS: fraction of each task vector's entries kept. None: 0.2 for TIES and KnOTS,
-    0.5 for DARE."""
+    """TIES/DARE/KnOTS: fraction of each task vector's entries kept (KnOTS-DARE: the keep probability).
+    None: 0.2 for TIES, 0.5 for DARE, 1.0 for KnOTS (no trim, the official LLM configuration)."""
 
     weights: list[float] | None = None
     """Baselines: one weight per expert, in the order of the adapter folders.
@@ -75,11 +78,24 @@ class MergeConfig(BaseModel):
     signs for TIES)."""
 
     scale: float = 1.0
-    """KnOTS: global scale of the merged update (the baselines scale through ``weights``, RobustMerge through
-    ``lam``)."""
+    """KnOTS, Core Space and RobustMerge's reference form (on B* only): global scale of the merged update, 1
+    by default (the baselines scale through ``weights``, RobustMerge's paper form through ``lam``)."""
+
+    core_merge: Literal["tsv-m", "iso-cts", "iso-c", "task-arithmetic"] = "tsv-m"
+    """Core Space (``core-space``): how the experts' cores are merged: TSV-M (each task's top singular
+    directions, orthogonalized), Iso-CTS or Iso-C (isotropic spectra), or their plain sum."""
+
+    common_fraction: float = Field(default=0.8, gt=0.0, lt=1.0)
+    """Core Space with Iso-CTS: share of the core's directions given to the common subspace (the top
+    directions of the experts' sum); the rest is split evenly between the experts (0.8 in the Iso-CTS code)."""
 
     knots_merge: Literal["ties", "dare"] = "ties"
-    """KnOTS: how the aligned blocks are merged (the paper's best: TIES)."""
+    """KnOTS: how the aligned blocks are merged (the paper's best: TIES); ``dare`` drops entries at random
+    (keep probability ``density``), then elects signs and averages as TIES does."""
+
+    knots_trim: Literal["task", "module"] = "task"
+    """KnOTS: the scope of the magnitude trim and of the majority sign: each task over every module at once
+    (``task``, the official code) or module by module."""
 
     majority_sign_method: Literal["total", "frequency"] = "total"
     """TIES: elect each entry's sign by the sum of the values (``total``, the TIES paper)

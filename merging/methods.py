@@ -97,17 +97,21 @@ def get_method(name: str) -> MergeMethod:
 def _per_module(
     experts: Sequence[LoraAdapter], config: MergeConfig, merge_one: Callable[[list[LoraFactors]], LoraFactors]
 ) -> MergedModules:
+    return _truncated({module: merge_one([e.modules[module].to(device=config.device) for e in experts])
+                       for module in experts[0].modules}, config)
+
+
+def _truncated(merged: dict[str, LoraFactors], config: MergeConfig) -> MergedModules:
+    """Each merged module on CPU, truncated to ``config.rank`` when that is below its rank."""
     from merging.lowrank import truncate
 
     out: MergedModules = {}
-    for module in experts[0].modules:
-        parts = [e.modules[module].to(device=config.device) for e in experts]
-        merged = merge_one(parts)
-        if config.rank is not None and config.rank < merged.rank:
-            factors, error = truncate(merged, config.rank)
-            out[module] = (factors.to(device="cpu"), error)
+    for module, factors in merged.items():
+        if config.rank is not None and config.rank < factors.rank:
+            small, error = truncate(factors, config.rank)
+            out[module] = (small.to(device="cpu"), error)
         else:
-            out[module] = (merged.folded().to(device="cpu"), None)
+            out[module] = (factors.folded().to(device="cpu"), None)
     return out
 
 
@@ -146,9 +150,12 @@ class RobustMergeReference(_RobustMergeForm):
 
     name = "robustmerge-reference"
     function = "robustmerge_reference"
+    # lam enters both factors (squared); the sweep scales B alone, linearly like every other method's scale.
+    scale_parameter = "scale"
 
     class Params(_RobustMergeForm.Params):
         clamp_ratio: float
+        scale: float
 
 
 def expert_weights(config: MergeConfig, n_experts: int) -> list[float]:
@@ -232,6 +239,7 @@ class Knots(MergeMethod):
 
     class Params(MethodParams):
         knots_merge: str
+        knots_trim: str
         density: float
         scale: float
         weights: list[float]
@@ -242,14 +250,58 @@ class Knots(MergeMethod):
         return config.knots_merge == "dare"
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
-        from merging.knots import knots
+        from merging.knots import knots_merge
 
         p = self.params(config, len(experts))
+        # The trim ranks a task's entries over every module at once: the modules are merged together.
+        modules = {m: [e.modules[m].to(device=config.device) for e in experts] for m in experts[0].modules}
+        return _truncated(knots_merge(modules, merge=p.knots_merge, density=p.density, scale=p.scale,
+                                      weights=p.weights, seed=p.seed, trim=p.knots_trim), config)
+
+
+@register
+class CoreSpace(MergeMethod):
+    """Core Space: the experts' cores in the shared bases of their stacked factors, merged by ``core_merge``
+    (TSV-M by default), mapped back as a LoRA of rank <= sum of the ranks."""
+
+    name = "core-space"
+    scale_parameter = "scale"
+
+    class Params(MethodParams):
+        core_merge: str
+        common_fraction: float
+        """Read by ``core_merge: iso-cts`` only."""
+        scale: float
+        weights: list[float]
+
+    def inner_merge(self, params: MethodParams) -> str:
+        return params.core_merge  # type: ignore[attr-defined]
+
+    def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
+        from merging.core_space import core_space
+
+        p = self.params(config, len(experts))
+        inner = self.inner_merge(p)
         return _per_module(
             experts, config,
-            lambda parts: knots(parts, merge=p.knots_merge, density=p.density, scale=p.scale, weights=p.weights,
-                                seed=p.seed),
+            lambda parts: core_space(parts, inner=inner, scale=p.scale, weights=p.weights,
+                                     common_fraction=getattr(p, "common_fraction", 0.8)),
         )
+
+
+@register
+class CoreSpaceIsoCts(CoreSpace):
+    """Core Space with Iso-CTS inside: common and task-specific directions, one singular value."""
+
+    name = "core-space-iso-cts"
+
+    class Params(MethodParams):
+        common_fraction: float
+        scale: float
+        weights: list[float]
+
+    def inner_merge(self, params: MethodParams) -> str:
+        return "iso-cts"
 
 
 #: MergeConfig fields that say where or how a merge runs, not what it computes: every method takes them.

@@ -8,8 +8,10 @@ Two forms, both from the same pruning and row scales:
 
 ``robustmerge_reference`` (the official code, ``load_and_merge_pretrained_model``)
     A* = lam * sum_n A~_n, B*[:, i] = lam * sum_n s_{n,i} B~_n[:, i] / sum_n s_{n,i},
-    scales clamped from below per expert, delta = c_1 B* A*: a rank r product of
-    sums, with cross-task terms B~_n A~_m and lambda applied twice.
+    scales clamped from below per expert, delta = scale * c_1 B* A*: a rank r product
+    of sums, with cross-task terms B~_n A~_m and lambda applied twice. ``scale`` (1 in
+    the official code) multiplies B* only, so that a sweep over it moves the update
+    linearly, as every other method's scale does (a sweep over lam would square it).
 
 One deliberate departure from the official code: a row of A with no L1 mass left
 after pruning (or none to begin with) gets scale 1 rather than inf / NaN. Its own
@@ -99,11 +101,12 @@ def clamp_scales(scales: torch.Tensor, clamp_ratio: float) -> torch.Tensor:
 
 
 def robustmerge_reference(
-    experts: Sequence[LoraFactors], keep: float = 0.2, lam: float = 2.0, clamp_ratio: float = 0.2
+    experts: Sequence[LoraFactors], keep: float = 0.2, lam: float = 2.0, clamp_ratio: float = 0.2,
+    scale: float = 1.0,
 ) -> LoraFactors:
-    """Official code form: rank r LoRA c_1 B* A* (product of sums; scaling of the first expert)."""
+    """Official code form: rank r LoRA scale * c_1 B* A* (product of sums; scaling of the first expert)."""
     a_pruned, b_pruned, scales = _pruned(experts, keep)
     scales = clamp_scales(scales, clamp_ratio)
     a_star = lam * a_pruned.sum(dim=0)
-    b_star = lam * (b_pruned * scales[:, None, :]).sum(dim=0) / scales.sum(dim=0)[None, :]
+    b_star = scale * lam * (b_pruned * scales[:, None, :]).sum(dim=0) / scales.sum(dim=0)[None, :]
     return LoraFactors(a_star, b_star, experts[0].scaling)

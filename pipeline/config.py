@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationInfo, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.config import CurateConfig
 from curation.data import DataConfig
@@ -86,6 +86,35 @@ class MergeStage(MergeConfig):
     configured scale (RobustMerge's ``lam``, the baselines' weight per expert, KnOTS's ``scale``); each method
     is merged at every value, evaluated on the validation split, and kept at the best; the test split sees
     only that one. None: each method at its configured scale, no sweep."""
+
+    sweep_params: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
+    """A second parameter swept per method beside the scale, one of the method's own parameters, for example
+    ``{robustmerge: {keep: [0.2, 0.5, 1.0]}, ties: {density: [0.2, 0.5, 1.0]}}``: every (scale, value) pair is
+    merged and scored on the same validation split, and the best pair is kept. Needs ``scales``. Only a
+    method's own entry is in its merge's key."""
+
+    @field_validator("sweep_params")
+    @classmethod
+    def _own_parameters(cls, grids: dict[str, dict[str, list[float]]], info: ValidationInfo
+                        ) -> dict[str, dict[str, list[float]]]:
+        if grids and not info.data.get("scales"):
+            raise ValueError("sweep_params adds a parameter to the scale sweep: set merge.scales too (e.g. [1.0])")
+        for method, grid in grids.items():
+            params = METHODS[METHODS.check(method)].Params.model_fields
+            if len(grid) != 1:
+                raise ValueError(f"{method}: sweep one parameter beside the scale, not {len(grid)}")
+            [(name, values)] = grid.items()
+            if name not in params or params[name].annotation not in (float, int):
+                numeric = [n for n, f in params.items() if f.annotation in (float, int) and n != "rank"]
+                raise ValueError(f"{method} has no numeric parameter {name!r} to sweep (it has: {', '.join(numeric)})")
+            if not values:
+                raise ValueError(f"{method}.{name}: give at least one value")
+        return grids
+
+    test_points: bool = False
+    """Diagnostics: also score every sweep point on the test split (the evaluate stage's problems,
+    ``validation_k`` samples each), written to ``merge_sweep`` with split ``test``; never used for picking.
+    Shows what a pick on validation costs on test."""
 
     validation_per_domain: int = Field(32, ge=1)
     """Validation problems per domain for the scale sweep: training-split problems outside the curated

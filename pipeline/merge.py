@@ -21,9 +21,9 @@ from polymath.records import Problem
 from polymath.workspace import Workspace
 
 from .curate import curated_problems
-from .data import train_problems
+from .data import test_problems, train_problems
 from .model import model_dir
-from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
+from .stage import SAMPLING_CODE, StageRef, finished, key_of, log, ref, stage
 from .train import adapter_dir
 
 
@@ -84,7 +84,9 @@ def run(
     # the base model, its trust_remote_code and the compute device come from the model stage and the machine
     # (declared outside the key); everything else the method reads is in the section
     params = key_section(cfg.merge)
-    sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k")}
+    sweep = {k: params.pop(k) for k in ("scales", "validation_per_domain", "validation_k", "sweep_params",
+                                        "test_points")}
+    sweep["sweep_params"] = sweep["sweep_params"].get(method)  # only this method's own entry is in its key
     params["method"] = method
     if seed is not None:
         params["seed"] = seed
@@ -95,7 +97,9 @@ def run(
         # the sweep samples with every evaluate setting but these three (its own k, its own problems)
         sampling = key_section(cfg.evaluate.model_copy(update={"k": 1, "max_problems_per_benchmark": None,
                                                                "domains": None}))
-        section["sweep"] = {**sweep, "evaluate": sampling}
+        if sweep["test_points"]:
+            sampling["max_problems_per_benchmark"] = cfg.evaluate.max_problems_per_benchmark
+        section["sweep"] = {**{k: v for k, v in sweep.items() if v or k == "scales"}, "evaluate": sampling}
     inputs = {"model": model.key, **{e.label: e.key for e in experts}}
     if sweep["scales"]:
         inputs.update(data=data.key, curate=curate.key if curate else "")
@@ -104,42 +108,92 @@ def run(
     if done := finished(ws, "merge", key, label, force):
         return done
     from merging.merge import merge_adapters
-    from merging.methods import get_method
     adapters = [adapter_dir(e) for e in experts]
     with ws.stage_run("merge", key, section, inputs) as out:
-        scale = None
+        point: tuple[float, float | None] | None = None
         if sweep["scales"]:
             domains = [e.manifest()["summary"]["expert"] for e in experts]
-            validation = validation_problems(data, curate, domains, sweep["validation_per_domain"])
-            points = []
-            for value in sweep["scales"]:
-                folder = out.tmp / "sweep" / f"scale-{value:g}"
-                scaled = get_method(method).scaled(merge_cfg, value, len(adapters))
-                merge_adapters(adapters, folder, scaled)
-                accuracy = _validate(cfg, model, folder, validation, sweep["validation_k"], f"{label}@{value:g}")
-                points += [{"run_key": key, "label": label, "method": method, "scale": value, "benchmark": b,
-                            "n_problems": len(validation[b]), "accuracy": a} for b, a in accuracy.items()]
-            frame = pd.DataFrame(points)
-            means = frame.groupby("scale", sort=False)["accuracy"].mean()
-            scale = float(means.idxmax())  # the first of equal bests, in grid order
-            frame["chosen"] = frame["scale"] == scale
+            frame = _sweep(cfg, model, data, curate, domains, adapters, merge_cfg, sweep, out.tmp / "sweep", label)
+            frame.insert(0, "run_key", key)
+            means = (frame[frame.split == "validation"]
+                     .groupby(["scale", "param_value"], sort=False, dropna=False)["accuracy"].mean())
+            point = means.idxmax()  # the first of equal bests, in grid order
+            frame["chosen"] = ((frame.split == "validation") & (frame.scale == point[0])
+                               & ((frame.param_value == point[1]) | frame.param_value.isna()))
             frame.to_parquet(out.tmp / "merge_sweep.parquet", index=False)
-            merge_cfg = get_method(method).scaled(merge_cfg, scale, len(adapters))
+            merge_cfg = _at(merge_cfg, method, point, sweep["sweep_params"], len(adapters))
+            if edges := _grid_edges(point, sweep):
+                log.warning("%s: the pick %s lies on the edge of its grid; widen the grid to see past it",
+                               label, ", ".join(edges))
+                out.summary["grid_edge"] = edges
         report = merge_adapters(adapters, out.tmp / "adapter", merge_cfg)
         shutil.rmtree(out.tmp / "sweep", ignore_errors=True)
+        scale = point[0] if point else None
         pd.DataFrame([merge_row(report, key, label, scale)]).to_parquet(out.tmp / "merge_runs.parquet", index=False)
         out.summary.update(method=method, label=label, left_out=left_out, seed=seed, scale=scale, rank=report.rank,
                            merge_seconds=round(report.seconds, 3))
+        if point and sweep["sweep_params"]:
+            out.summary["swept"] = {next(iter(sweep["sweep_params"])): point[1]}
     return ref(ws, "merge", key, label)
 
 
+def _at(merge_cfg, method: str, point: tuple[float, float | None], param: dict[str, list[float]] | None,
+        n_experts: int):
+    """``merge_cfg`` at one sweep point: the second parameter set, then the scale multiplied."""
+    from merging.methods import get_method
+
+    if param:
+        merge_cfg = merge_cfg.model_copy(update={next(iter(param)): point[1]})
+    return get_method(method).scaled(merge_cfg, point[0], n_experts)
+
+
+def _sweep(cfg: PolymathConfig, model: StageRef, data: StageRef, curate: StageRef | None, domains: list[str],
+           adapters: list[Path], merge_cfg, sweep: dict, folder: Path, label: str) -> pd.DataFrame:
+    """Every grid point merged and scored on validation (and on test, as a diagnostic, with ``test_points``)."""
+    from merging.merge import merge_adapters
+
+    method, param = merge_cfg.method, sweep["sweep_params"]
+    name, values = next(iter(param.items())) if param else (None, [None])
+    splits = {"validation": validation_problems(data, curate, domains, sweep["validation_per_domain"])}
+    if sweep["test_points"]:
+        splits["test"] = {d: [p for p in test_problems(data) if p.domain == d] for d in domains}
+    rows = []
+    for value in values:
+        for scale in sweep["scales"]:
+            where = folder / (f"{name}-{value:g}-" if name else "") / f"scale-{scale:g}"
+            merge_adapters(adapters, where, _at(merge_cfg, method, (scale, value), param, len(adapters)))
+            tag = f"{label}@{scale:g}" + (f",{name}={value:g}" if name else "")
+            for split, problems in splits.items():
+                accuracy = _validate(cfg, model, where, problems, sweep["validation_k"], tag, split == "test")
+                rows += [{"label": label, "method": method, "scale": scale, "param": name, "param_value": value,
+                          "split": split, "benchmark": b, "n_problems": n, "accuracy": a}
+                         for b, (a, n) in accuracy.items()]
+    return pd.DataFrame(rows).astype({"param_value": "float64", "param": "object"})
+
+
+def _grid_edges(point: tuple[float, float | None], sweep: dict) -> list[str]:
+    """Which coordinates of the pick sit at an end of a grid of more than two values."""
+    edges = []
+    scales = sweep["scales"]
+    if len(scales) > 2 and point[0] in (min(scales), max(scales)):
+        edges.append(f"scale x{point[0]:g}")
+    if sweep["sweep_params"]:
+        [(name, values)] = sweep["sweep_params"].items()
+        if len(values) > 2 and point[1] in (min(values), max(values)):
+            edges.append(f"{name} {point[1]:g}")
+    return edges
+
+
 def _validate(cfg: PolymathConfig, model: StageRef, adapter: Path, problems: dict[str, list[Problem]], k: int,
-              label: str) -> dict[str, float]:
-    """Mean validation accuracy per domain of the base model with ``adapter``."""
+              label: str, test: bool = False) -> dict[str, tuple[float, int]]:
+    """Mean accuracy and problem count per domain of the base model with ``adapter`` (on the test split, the
+    evaluate stage's problems: its ``max_problems_per_benchmark``)."""
     from evaluation.sampling import evaluate_model
     from training.verifiers import score
 
-    config = cfg.evaluate.model_copy(update={"k": k, "max_problems_per_benchmark": None})
+    limit = cfg.evaluate.max_problems_per_benchmark if test else None
+    config = cfg.evaluate.model_copy(update={"k": k, "max_problems_per_benchmark": limit})
     samples = evaluate_model(str(model_dir(model)), None, problems, config, score, label, "sweep",
                              adapter_dir=adapter, load=cfg.model.load_options())
-    return {b: float(a) for b, a in samples.groupby("benchmark")["correct"].mean().items()}
+    per_domain = samples.groupby("benchmark").agg(accuracy=("correct", "mean"), n=("problem_id", "nunique"))
+    return {b: (float(r.accuracy), int(r.n)) for b, r in per_domain.iterrows()}

@@ -120,6 +120,27 @@ def test_merge_command_writes_a_peft_adapter_and_records_it(tmp_path):
     assert not (tmp_path / "m3").exists()
 
 
+def test_merge_options_are_every_methods_parameters(tmp_path):
+    """One option per parameter a method declares: a new parameter cannot be missing from the command line."""
+    from merging.methods import SHARED_OPTIONS, METHODS
+
+    text = runner.invoke(app, ["merge", "--help"], env={"COLUMNS": "300"}).output
+    declared = {f for _, cls in METHODS.items() for f in cls.Params.model_fields} - set(SHARED_OPTIONS)
+    assert declared >= {"core_merge", "knots_merge", "knots_trim", "clamp_ratio", "majority_sign_method"}
+    for field in declared:
+        assert "--" + field.replace("_", "-") in text, field
+    base = build_base(tmp_path / "base")
+    experts = [build_expert(base, tmp_path / f"e{i}", seed=i) for i in range(2)]
+    ok = runner.invoke(app, ["merge", *map(str, experts), "--out", str(tmp_path / "c"), "--method", "core-space",
+                             "--core-merge", "iso-c", "--weights", "1,0.5"])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads((tmp_path / "c" / "merge_report.json").read_text())
+    assert report["parameters"]["core_merge"] == "iso-c" and report["parameters"]["weights"] == [1.0, 0.5]
+    bad = runner.invoke(app, ["merge", *map(str, experts), "--out", str(tmp_path / "d"), "--method", "core-space",
+                              "--core-merge", "mean"])
+    assert bad.exit_code == 2 and "core_merge" in bad.output and not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("content, says", [
     ("", "no training problems"),
     ('{"prompt": "1+1", "answer": "2"}\n{not json\n', "line 2: not valid JSON"),

@@ -46,9 +46,10 @@ def close(x: torch.Tensor, y: torch.Tensor, tol: float = 1e-5) -> bool:
 
 
 def test_registry_names():
-    assert method_names() == ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots"]
+    assert method_names() == ["robustmerge", "robustmerge-reference", "task-arithmetic", "ties", "dare", "knots", "core-space",
+                              "core-space-iso-cts"]
     assert get_method("ties").name == "ties"
-    with pytest.raises(ConfigError, match=r"merge.method: unknown 'copa' \(choose from: robustmerge, robustmerge-reference, task-arithmetic"):
+    with pytest.raises(ConfigError, match=r"merge.method: unknown 'copa'; did you mean 'core-space'\? \(choose from: robustmerge, robustmerge-reference, task-arithmetic"):
         get_method("copa")
 
 
@@ -315,12 +316,53 @@ def test_every_method_declares_the_field_its_scale_sweep_multiplies():
 
 
 def test_knots_end_to_end_through_peft(base, experts, tmp_path):
-    from merging.knots import knots
+    from merging.knots import knots_merge
 
     out = tmp_path / "knots"
-    report = merge_adapters(experts, out, MergeConfig(method="knots", scale=0.7))
+    report = merge_adapters(experts, out, MergeConfig(method="knots", scale=0.7, density=0.3))
     loaded = [read_adapter(p) for p in experts]
-    assert report.rank == 4 * N_EXPERTS and report.parameters["density"] == 0.2
+    assert report.rank == 4 * N_EXPERTS and report.parameters["knots_trim"] == "task"
+    assert MergeConfig(method="knots").resolved_density() == 1.0  # the official LLM configuration: no trim
+    # the trim ranks each expert's entries over every module at once
+    expected = knots_merge({m: [e.modules[m] for e in loaded] for m in loaded[0].modules}, density=0.3, scale=0.7)
     for module, delta in merged_deltas(base, out).items():
-        expected = knots([e.modules[module] for e in loaded], density=0.2, scale=0.7).dense()
+        assert close(delta, expected[module].dense(), 1e-4), module
+
+
+@pytest.mark.parametrize("inner", ["tsv-m", "iso-cts"])
+def test_core_space_end_to_end_through_peft(base, experts, tmp_path, inner):
+    from merging.core_space import core_space
+
+    method = "core-space" if inner == "tsv-m" else "core-space-iso-cts"
+    out = tmp_path / method
+    report = merge_adapters(experts, out, MergeConfig(method=method, scale=0.8))
+    loaded = [read_adapter(p) for p in experts]
+    assert report.rank <= 4 * N_EXPERTS
+    for module, delta in merged_deltas(base, out).items():
+        expected = core_space([e.modules[module] for e in loaded], inner=inner, scale=0.8).dense()
         assert close(delta, expected, 1e-4), module
+
+
+def test_every_methods_scale_moves_its_update_linearly(experts, tmp_path):
+    """A scale grid means the same for every method: doubling the scale doubles the merged update (the
+    reference form's lam enters both factors, so its sweep scales B alone)."""
+    for name in method_names():
+        method = get_method(name)
+        config = MergeConfig(method=name)
+        merge_adapters(experts, tmp_path / name / "1", config)
+        merge_adapters(experts, tmp_path / name / "2", method.scaled(config, 2.0, N_EXPERTS))
+        one, two = read_adapter(tmp_path / name / "1"), read_adapter(tmp_path / name / "2")
+        for module, factors in one.modules.items():
+            assert close(two.modules[module].dense(), 2 * factors.dense(), 1e-4), (name, module)
+
+
+def test_robustmerge_keeping_everything_is_task_arithmetic(base, experts, tmp_path):
+    """keep = 1 prunes nothing and every row scale is 1: the normalized paper form is task arithmetic / N,
+    so lam = N gives task arithmetic exactly (and lam = 1 without the normalization)."""
+    merge_adapters(experts, tmp_path / "ta", MergeConfig(method="task-arithmetic"))
+    ta = merged_deltas(base, tmp_path / "ta")
+    for name, config in {"normalized": MergeConfig(keep=1.0, lam=float(N_EXPERTS)),
+                         "plain": MergeConfig(keep=1.0, lam=1.0, normalize=False)}.items():
+        merge_adapters(experts, tmp_path / name, config)
+        for module, delta in merged_deltas(base, tmp_path / name).items():
+            assert close(delta, ta[module], 1e-4), (name, module)
