@@ -12,7 +12,7 @@ def test_default_is_the_demo_profile():
     assert cfg.name == "demo"
     assert cfg.data.format == "reasoning-gym"
     assert cfg.model.source == "tiny"
-    assert cfg.curate.k == 600
+    assert cfg.curate.k == 2400
 
 
 def test_profiles_by_name_and_path(micro_config_path):

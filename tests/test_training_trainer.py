@@ -240,6 +240,29 @@ def test_a_micro_batch_is_cut_to_its_longest_completion_with_the_same_loss_and_s
     assert trim_completions(silent)["completion_ids"].size(1) == 1
 
 
+def test_dropped_groups_leave_the_logged_entropy_and_lengths_alone(model_dir, problems, tmp_path):
+    """Dynamic sampling drops zero-variance groups from the loss only: the step's logged entropy (and its
+    quantiles) covers the same tokens whichever groups are dropped, while the loss equals TRL's on the kept rows."""
+    trainer, inputs = _trainer_and_inputs(model_dir, problems, tmp_path)
+    trainer._rollout_stats = {}
+    trainer._compute_loss(trainer.model, inputs)
+    whole = dict(trainer._step_record)
+    keep = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0], dtype=inputs["completion_mask"].dtype)
+    kept_tokens = (inputs["completion_mask"] * keep[:, None]).sum()
+    dropped = dict(inputs, group_keep=keep, num_items_in_batch=kept_tokens)
+    ours, ours_g = _loss_and_grads(trainer._compute_loss, trainer, dropped)
+    record = dict(trainer._step_record)
+    for name in ("entropy", "entropy_p10", "entropy_p90"):
+        assert record[name] == pytest.approx(whole[name], rel=1e-6), name
+    reference = dict(inputs, completion_mask=inputs["completion_mask"] * keep[:, None], num_items_in_batch=kept_tokens)
+    trl, trl_g = _loss_and_grads(lambda m, x: GRPOTrainer._compute_loss(trainer, m, x), trainer, reference)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5, abs=1e-7)
+    for a, b in zip(ours_g, trl_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # the covariance of log-prob and advantage splits exactly into its two advantage signs' shares
+    assert record["logp_adv_cov_pos"] + record["logp_adv_cov_neg"] == pytest.approx(record["logp_adv_cov"], abs=1e-9)
+
+
 def test_prompts_keep_their_last_tokens(model_dir, problems, tmp_path):
     trainer, _ = _trainer_and_inputs(model_dir, problems, tmp_path)
     tokenizer = trainer.processing_class
@@ -371,6 +394,7 @@ def test_policy_options_train_end_to_end_and_record_zero_variance_groups(model_d
     assert (wide["zero_std_group_frac"] * 2).round(6).isin([0.0, 1.0, 2.0]).all()  # 2 groups a step
     varied = wide["zero_std_group_frac"] < 1
     assert varied.any() and (wide.loc[varied, "cov_token_frac"] > 0).all()
+    assert (wide["response_length"] > 0).all()  # dropped groups leave the loss, not the logged lengths
     with pytest.raises(ValidationError, match="low < high"):
         small_config(clip_cov_bounds=(5.0, 1.0))
 

@@ -41,7 +41,7 @@ from training.objective import (
 )
 from training.rollouts import ROLLOUT_ENGINES, kv_cache_rollouts, merged_adapter
 from training.run_state import load_run_state, save_run_state
-from training.step_record import StepWindow, covariance
+from training.step_record import StepWindow, covariance_split
 
 # A completion counts as correct when its reward reaches 1 (the verifiers give 1.0 for a correct answer and
 # partial credit below it); the tolerance absorbs float noise from weighted reward sums.
@@ -156,9 +156,11 @@ class PolymathGRPOTrainer(GRPOTrainer):
             output["advantages"] = signed_advantages(correct[local]).to(output["advantages"].device)
         flat = zero_variance_groups(rewards, group)
         if self.policy.drop_zero_variance_groups and mode == "train":
+            # The loss skips these rows; completion_mask stays whole, so that what is logged of the policy
+            # (entropy, its quantiles, lengths) covers the same tokens as in every other arm.
             keep = (~flat[local]).to(output["completion_mask"].device)
-            output["completion_mask"] = output["completion_mask"] * keep.unsqueeze(1).to(output["completion_mask"].dtype)
-            loss_mask = output["completion_mask"]
+            output["group_keep"] = keep.to(output["completion_mask"].dtype)
+            loss_mask = output["completion_mask"] * keep.unsqueeze(1).to(output["completion_mask"].dtype)
             if output.get("tool_mask") is not None:
                 loss_mask = loss_mask * output["tool_mask"]
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
@@ -219,6 +221,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         logits_to_keep = completion_ids.size(1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        # The tokens the loss reads: all of them, less the rows of dropped zero-variance groups.
+        loss_mask = mask if "group_keep" not in inputs else mask * inputs["group_keep"].unsqueeze(1)
 
         logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
@@ -254,7 +258,7 @@ class PolymathGRPOTrainer(GRPOTrainer):
             logps,
             old_logps,
             inputs["advantages"],
-            mask,
+            loss_mask,
             eps_low=self.epsilon_low,
             eps_high=self.epsilon_high,
             par_lambda=self.controllers.par.value,
@@ -276,20 +280,22 @@ class PolymathGRPOTrainer(GRPOTrainer):
         if training:
             adv = inputs["advantages"]
             adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
+            lmask = loss_mask.float()
             self._window.add(
                 entropies=entropies.detach()[mask.bool()],
                 entropy_sum=ent_stats[0],
                 tokens=ent_stats[1],
-                clipped_low=(out.clipped_low * fmask).sum(),
-                clipped_high=(out.clipped_high * fmask).sum(),
-                positive=((adv > 0) * fmask).sum(),
+                loss_tokens=lmask.sum(),
+                clipped_low=(out.clipped_low * lmask).sum(),
+                clipped_high=(out.clipped_high * lmask).sum(),
+                positive=((adv > 0) * lmask).sum(),
                 coef=coef,
-                kl=None if out.kl is None else (out.kl * fmask).sum(),
-                selected=None if out.cov_selected is None else (out.cov_selected * fmask).sum(),
+                kl=None if out.kl is None else (out.kl * lmask).sum(),
+                selected=None if out.cov_selected is None else (out.cov_selected * lmask).sum(),
                 logp=logps.detach()[out.gradient_mask],
                 adv=adv.to(logps.dtype).expand_as(logps)[out.gradient_mask],
                 is_corrected=None if not use_is else (is_corrected(inputs["importance_sampling_ratio"], self)
-                                                      .expand_as(fmask) * fmask).sum(),
+                                                      .expand_as(lmask) * lmask).sum(),
             )
             if self.accelerator.sync_gradients:
                 self._close_step()
@@ -298,11 +304,10 @@ class PolymathGRPOTrainer(GRPOTrainer):
     def _close_step(self) -> None:
         """Optimizer-step boundary: build the step record, then advance the controllers."""
         w = self._window
-        moments = torch.stack([w.n, w.sum_logp, w.sum_adv, w.sum_logp_adv, w.selected]).to(w.clipped_low.device)
-        counts = torch.stack([w.clipped_low, w.clipped_high, w.positive]).double()
-        extra = [x.reshape(1).double().to(counts.device) for x in (w.kl, w.is_corrected) if x is not None]
-        local = torch.cat([counts, moments] + extra)
-        totals = self.accelerator.reduce(local, reduction="sum")
+        names = StepWindow.NAMES
+        reduced = self.accelerator.reduce(torch.stack([w.sums[n] for n in names]).to(self.accelerator.device),
+                                          reduction="sum")
+        totals = dict(zip(names, reduced.tolist(), strict=True))
         tokens = max(w.tokens, 1.0)
         entropy = w.entropy_sum / tokens
         values = torch.cat(w.entropies) if w.entropies else torch.zeros(0)
@@ -324,16 +329,15 @@ class PolymathGRPOTrainer(GRPOTrainer):
             "entropy_coef": sum(w.coefs) / len(w.coefs),
             "entropy_target": math.nan if target is None else target,
             "par_lambda": par_lambda,
-            "pos_adv_token_frac": totals[2].item() / tokens,
-            "clip_frac_low": totals[0].item() / tokens,
-            "clip_frac_high": totals[1].item() / tokens,
-            "cov_token_frac": totals[7].item() / tokens,
-            "logp_adv_cov": covariance(*totals[3:7].tolist()),
         }
-        if w.kl is not None:
-            record["kl"] = totals[8].item() / tokens
-        # without vLLM (or with the correction off) no ratio is corrected
-        record["is_corrected_frac"] = totals[-1].item() / tokens if w.is_corrected is not None else 0.0
+        # fractions of the tokens the loss reads (all of them but the rows of dropped zero-variance groups)
+        loss_tokens = max(totals["loss_tokens"], 1.0)
+        for name, total in (("pos_adv_token_frac", "positive"), ("clip_frac_low", "clipped_low"),
+                            ("clip_frac_high", "clipped_high"), ("cov_token_frac", "selected"), ("kl", "kl"),
+                            ("is_corrected_frac", "is_corrected")):
+            if total in w.measured or name != "kl":  # kl only where measured; 0 corrections without vLLM
+                record[name] = totals[total] / loss_tokens
+        record["logp_adv_cov"], record["logp_adv_cov_pos"], record["logp_adv_cov_neg"] = covariance_split(totals)
         self._step_record = record
         self._window = StepWindow()
 

@@ -25,6 +25,8 @@ STEP_METRICS = (
     "clip_frac_high",
     "cov_token_frac",
     "logp_adv_cov",
+    "logp_adv_cov_pos",
+    "logp_adv_cov_neg",
     "zero_std_group_frac",
     "is_corrected_frac",
     "rollout_batches",
@@ -37,55 +39,55 @@ STEP_METRICS = (
 TRAINER_LOG_NAMES = {"grad_norm": "grad_norm", "lr": "learning_rate", "step_time": "step_time"}
 
 class StepWindow:
-    """Running sums over the micro-batches of one optimizer step."""
+    """Running sums over the micro-batches of one optimizer step, by name (``sums``), so that the trainer reduces
+    them across processes in one call and reads them back by name."""
+
+    #: Token counts and moments summed over the step; ``kl`` and ``is_corrected`` stay 0 where not measured.
+    NAMES = ("loss_tokens", "clipped_low", "clipped_high", "positive", "kl", "is_corrected", "selected",
+             *(f"{m}_{sign}" for sign in ("pos", "neg") for m in ("n", "sum_logp", "sum_adv", "sum_logp_adv")))
 
     def __init__(self):
         self.entropies: list[torch.Tensor] = []
         self.entropy_sum = 0.0
         self.tokens = 0.0
-        self.clipped_low = torch.zeros(())
-        self.clipped_high = torch.zeros(())
-        self.positive = torch.zeros(())
-        self.kl: torch.Tensor | None = None
-        self.is_corrected: torch.Tensor | None = None  # tokens whose vLLM importance ratio was capped or masked
         self.coefs: list[float] = []
-        # Moments of (logp, advantage) over the tokens that carry policy gradient, for their covariance.
-        self.n = torch.zeros((), dtype=torch.float64)
-        self.sum_logp = torch.zeros((), dtype=torch.float64)
-        self.sum_adv = torch.zeros((), dtype=torch.float64)
-        self.sum_logp_adv = torch.zeros((), dtype=torch.float64)
-        self.selected = torch.zeros((), dtype=torch.float64)
+        self.measured: set[str] = set()
+        self.sums = {name: torch.zeros((), dtype=torch.float64) for name in self.NAMES}
 
-    def add(self, *, entropies, entropy_sum, tokens, clipped_low, clipped_high, positive, coef, kl,
-            selected=None, logp=None, adv=None, is_corrected=None) -> None:
+    def add(self, *, entropies, entropy_sum, tokens, coef, logp=None, adv=None, **counts) -> None:
+        """One micro-batch: its entropies (already reduced across processes: ``entropy_sum``, ``tokens``), the
+        coefficient applied, the (logp, advantage) pairs of the tokens carrying policy gradient, and token
+        counts named as in ``NAMES`` (None: not measured)."""
         self.entropies.append(entropies.float())
-        # entropy_sum and tokens are already reduced across processes.
         self.entropy_sum += entropy_sum.item()
         self.tokens += tokens.item()
-        device = clipped_low.device
-        self.clipped_low = self.clipped_low.to(device) + clipped_low
-        self.clipped_high = self.clipped_high.to(device) + clipped_high
-        self.positive = self.positive.to(device) + positive
-        if kl is not None:
-            self.kl = kl if self.kl is None else self.kl + kl
-        if is_corrected is not None:
-            self.is_corrected = is_corrected if self.is_corrected is None else self.is_corrected + is_corrected
         self.coefs.append(coef)
-        if selected is not None:
-            self.selected = self.selected + selected.detach().double().cpu()
+        for name, value in counts.items():
+            if value is not None:
+                self.sums[name] = self.sums[name] + value.detach().double().cpu()
+                self.measured.add(name)
         if logp is not None and logp.numel():
             x, a = logp.detach().double().cpu(), adv.detach().double().cpu()
-            self.n = self.n + x.numel()
-            self.sum_logp = self.sum_logp + x.sum()
-            self.sum_adv = self.sum_adv + a.sum()
-            self.sum_logp_adv = self.sum_logp_adv + (x * a).sum()
+            # Moments per advantage sign: the step's covariance splits exactly into the two signs' shares.
+            for sign, part in (("pos", a > 0), ("neg", a <= 0)):
+                xs, as_ = x[part], a[part]
+                self.sums[f"n_{sign}"] += xs.numel()
+                self.sums[f"sum_logp_{sign}"] += xs.sum()
+                self.sums[f"sum_adv_{sign}"] += as_.sum()
+                self.sums[f"sum_logp_adv_{sign}"] += (xs * as_).sum()
 
 
-def covariance(n: float, sum_x: float, sum_a: float, sum_xa: float) -> float:
-    """Population covariance from the moments (NaN without tokens)."""
+def covariance_split(t: dict[str, float]) -> tuple[float, float, float]:
+    """Cov(logp, A) over a step's gradient tokens and the shares of its positive- and non-positive-advantage
+    tokens, sum over each sign of (logp - mean logp)(A - mean A) / n, which add up to it (NaN without tokens)."""
+    n = t["n_pos"] + t["n_neg"]
     if n <= 0:
-        return math.nan
-    return sum_xa / n - (sum_x / n) * (sum_a / n)
+        return math.nan, math.nan, math.nan
+    mean_x = (t["sum_logp_pos"] + t["sum_logp_neg"]) / n
+    mean_a = (t["sum_adv_pos"] + t["sum_adv_neg"]) / n
+    shares = [(t[f"sum_logp_adv_{s}"] - mean_a * t[f"sum_logp_{s}"] - mean_x * t[f"sum_adv_{s}"]
+               + t[f"n_{s}"] * mean_x * mean_a) / n for s in ("pos", "neg")]
+    return shares[0] + shares[1], shares[0], shares[1]
 
 
 def step_records(log_history: list[dict]) -> list[dict[str, float]]:
