@@ -106,6 +106,18 @@ FROM heldout h LEFT JOIN train t USING (arm)
 GROUP BY ALL
 """
 
+# Q3: Cov(logp, A) over each step's gradient tokens and its shares from positive- and non-positive-advantage
+# tokens (they add up to it); entropy falls where the covariance is positive (arXiv 2505.22617).
+COV_SPLIT_SQL = f"""
+SELECT a.arm, count(DISTINCT a.seed) AS seeds,
+       avg(t.value) FILTER (WHERE t.metric = 'logp_adv_cov') AS cov,
+       avg(t.value) FILTER (WHERE t.metric = 'logp_adv_cov_pos') AS cov_from_positive,
+       avg(t.value) FILTER (WHERE t.metric = 'logp_adv_cov_neg') AS cov_from_non_positive
+FROM experiment_arms a JOIN train_steps t ON t.run_key = a.train_run
+WHERE a.experiment = '{EXPERIMENT}' AND a.question IN (1, 3)
+GROUP BY a.arm
+"""
+
 # One point per rollout batch (off-policy arms take several optimizer steps on each), so every arm's curve
 # runs over the same data.
 CURVES_SQL = f"""
@@ -261,6 +273,12 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
         if q == 5:
             lines += ["Fraction of tokens whose ratio was clipped, per arm (0 on-policy: the ratio is 1):", "",
                       *_sql_block(CLIP_SQL), markdown_table(_ordered(store.query(CLIP_SQL)), 4), ""]
+        if q == 3:
+            split = _ordered(store.query(COV_SPLIT_SQL))
+            if split[["cov_from_positive", "cov_from_non_positive"]].notna().any().any():
+                lines += ["Cov(logp, A) per step, mean over steps and seeds, split by the sign of the advantage "
+                          "(the two shares add up to the covariance; steps logged before the split have none):",
+                          "", *_sql_block(COV_SPLIT_SQL), markdown_table(split, 5), ""]
         if q == 7:
             lines += [*_sql_block(SPEARMAN_SQL), markdown_table(spear), ""]
         lines += [f"Paper: {PAPER[q]}", ""]
