@@ -98,7 +98,12 @@ def tsv_m_dense(parts: list[LoraFactors]) -> torch.Tensor:
     """TSV-M in full space: an SVD of each dense update, its top r triplets, the stacked vectors orthogonalized."""
     us, ss, vhs = [], [], []
     for p in parts:
-        u, s, vh = torch.linalg.svd(p.dense(), full_matrices=False)
+        dense = p.dense()
+        if dense.shape[0] < dense.shape[1]:  # LAPACK is several times slower on wide matrices: go tall
+            v, s, uh = torch.linalg.svd(dense.T, full_matrices=False)
+            u, vh = uh.T, v.T
+        else:
+            u, s, vh = torch.linalg.svd(dense, full_matrices=False)
         us.append(u[:, : p.rank])
         ss.append(s[: p.rank])
         vhs.append(vh[: p.rank])
