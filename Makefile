@@ -68,7 +68,7 @@ demo: $(STAMP)
 	$(BIN)/polymath run
 
 # The demo's experts again with entropy control off and with AER (same scale as the demo's adaptive bonus),
-# into the same workspace: the comparison the demo's setting was chosen by (README, "Entropy control").
+# into the same workspace: the comparison the demo's setting was chosen by (docs/results.md, "Entropy control").
 entropy-control: $(STAMP)
 	$(BIN)/polymath run --stage evaluate --set train.entropy.mode=none
 	$(BIN)/polymath run --stage evaluate --set train.entropy.mode=aer --set train.entropy.target_fraction=0.7 \

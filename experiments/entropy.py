@@ -84,7 +84,7 @@ class Arm:
 
 # The controllers' scales are the tiny model's: its gcd chains start near 0.14 nats per character, targets
 # are relative to that, and the coefficients are those the demo's entropy comparison moved it with
-# (README, "Entropy control on the demo's experts").
+# (docs/results.md, "Entropy control on the demo's experts").
 ARMS: tuple[Arm, ...] = (
     Arm("grpo", 1, "plain GRPO: no bonus, symmetric clip, every token, on-policy, 600 k-means prompts"),
     Arm("entropy-fixed", 2, "constant entropy bonus 0.03", {"train.entropy.mode": "fixed", "train.entropy.coef": 0.03}),

@@ -113,7 +113,7 @@ def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
 
 def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
     """Tracked packages whose installed version differs from the one a finished run of ``rows`` used, and the CPU
-    kernels if they differ: its results may not reproduce here (requirements.lock holds the versions the README's
+    kernels if they differ: its results may not reproduce here (requirements.lock holds the versions the documented figures
     came from; the same versions on another kernel set, AVX2 against AVX512, give other float results too)."""
     installed = package_versions()
     used: dict[str, dict[str, int]] = {}

@@ -74,10 +74,10 @@ def test_prefect_yaml_matches_the_code_it_describes():
     seeds = experiment["parameters"]["seeds"]
     assert seeds == EntropyExperiment().seeds
     assert f"{len(ARM_NAMES)} arms x {len(seeds)} seeds" in experiment["description"]
-    # every work pool a deployment names is created in the README's scheduling section
-    readme = (REPO / "README.md").read_text()
+    # every work pool a deployment names is created in the scheduling guide
+    guide = (REPO / "docs" / "scheduling.md").read_text()
     for pool in {d["work_pool"]["name"] for d in DEPLOYMENTS}:
-        assert f"prefect work-pool create {pool} --type process" in readme
+        assert f"prefect work-pool create {pool} --type process" in guide
 
 
 # ---------------------------------------------------------------- one writer per workspace
