@@ -274,6 +274,11 @@ def test_experiment_writes_arms_and_a_report_from_queries(micro_experiment):
     for q in range(1, 9):
         assert f"### Q{q}." in text
     assert "### Q5. Does clip-higher keep entropy higher than a symmetric clip? **not run**" in text
+    # Q3's covariance split: the two advantage signs' shares add up to the covariance, per arm
+    assert "split by the sign of the advantage" in text
+    split = store.query("SELECT run_key, step, metric, value FROM train_steps WHERE metric LIKE 'logp_adv_cov%'")
+    wide = split.pivot_table(index=["run_key", "step"], columns="metric", values="value").dropna()
+    assert len(wide) and ((wide.logp_adv_cov_pos + wide.logp_adv_cov_neg - wide.logp_adv_cov).abs() < 1e-9).all()
     # equal data: the off-policy arm takes 2 optimizer steps per rollout batch over as many batches as GRPO
     batches = store.query(
         "SELECT a.arm, count(*) AS steps, max(t.value) AS rollout_batches FROM experiment_arms a "
