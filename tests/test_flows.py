@@ -114,37 +114,6 @@ def test_merges_pick_their_scale_on_validation_and_summarize_against_task_arithm
     assert ta.vs_task_arithmetic.isna().all() and full.vs_task_arithmetic.notna().all()
 
 
-def test_a_second_parameter_and_test_points_join_the_sweep(first_run):
-    """merge.sweep_params adds RobustMerge's keep to its scale grid; merge.test_points scores every point on test
-    too, without taking part in the pick; another method's merge key does not move."""
-    from pipeline import merge as merge_stage
-    from pipeline.ingest import ingest
-
-    cfg, ws, result = first_run
-    merge = cfg.merge.model_copy(update={"sweep_params": {"robustmerge": {"keep": [0.5, 1.0]}}, "test_points": True})
-    swept = cfg.model_copy(update={"merge": merge})
-    upstream = (result["model"], result["data"], result["curate"], result["experts"])
-    out = merge_stage.run(swept, ws, *upstream, "robustmerge")
-    other = cfg.model_copy(update={"merge": cfg.merge.model_copy(update={"sweep_params": merge.sweep_params})})
-    assert not out.skipped and merge_stage.run(other, ws, *upstream, "task-arithmetic").skipped
-    ingest(ws, out)
-    store = Store(ws.db_path)
-    rows = store.query(f"SELECT * FROM merge_sweep WHERE run_key = '{out.key}'")
-    assert set(rows.param) == {"keep"} and set(rows.param_value) == {0.5, 1.0}
-    for split in ("validation", "test"):
-        part = rows[rows.split == split]
-        assert len(part) == 2 * len(cfg.merge.scales) * 3  # keep values x scales x domains
-    test = rows[rows.split == "test"]
-    assert not test.chosen.any() and set(test.n_problems) == {cfg.evaluate.max_problems_per_benchmark}
-    chosen = rows[rows.chosen]
-    assert len(chosen) == 3 and chosen[["scale", "param_value"]].drop_duplicates().shape == (1, 2)
-    validation = rows[rows.split == "validation"].groupby(["param_value", "scale"]).accuracy.mean()
-    assert validation.loc[(chosen.param_value.iloc[0], chosen.scale.iloc[0])] == validation.max()
-    params = json.loads(store.query(f"SELECT params FROM merge_runs WHERE run_key = '{out.key}'").params[0])
-    assert params["keep"] == chosen.param_value.iloc[0] and out.manifest()["summary"]["swept"] == {
-        "keep": chosen.param_value.iloc[0]}
-
-
 def test_rerun_skips_every_stage_and_keeps_counts(first_run):
     cfg, ws, result = first_run
     before = _counts(ws)
@@ -382,3 +351,35 @@ def test_a_comparison_refresh_that_failed_is_redone_by_the_next_ingest(first_run
     assert totals == {"eval_comparisons": len(before) + merged}  # nothing re-ingested, both tables recomputed
     pandas.testing.assert_frame_equal(store.query("SELECT * FROM eval_comparisons ORDER BY ALL"), before)
     assert not store.comparisons_stale()
+
+
+def test_a_second_parameter_and_test_points_join_the_sweep(first_run):
+    """merge.sweep_params adds RobustMerge's keep to its scale grid; merge.test_points scores every point on test
+    too, without taking part in the pick; another method's merge key does not move. (Last in the module: its
+    extra robustmerge run would be the newest one the status tests compare against.)"""
+    from pipeline import merge as merge_stage
+    from pipeline.ingest import ingest
+
+    cfg, ws, result = first_run
+    merge = cfg.merge.model_copy(update={"sweep_params": {"robustmerge": {"keep": [0.5, 1.0]}}, "test_points": True})
+    swept = cfg.model_copy(update={"merge": merge})
+    upstream = (result["model"], result["data"], result["curate"], result["experts"])
+    out = merge_stage.run(swept, ws, *upstream, "robustmerge")
+    other = cfg.model_copy(update={"merge": cfg.merge.model_copy(update={"sweep_params": merge.sweep_params})})
+    assert not out.skipped and merge_stage.run(other, ws, *upstream, "task-arithmetic").skipped
+    ingest(ws, out)
+    store = Store(ws.db_path)
+    rows = store.query(f"SELECT * FROM merge_sweep WHERE run_key = '{out.key}'")
+    assert set(rows.param) == {"keep"} and set(rows.param_value) == {0.5, 1.0}
+    for split in ("validation", "test"):
+        part = rows[rows.split == split]
+        assert len(part) == 2 * len(cfg.merge.scales) * 3  # keep values x scales x domains
+    test = rows[rows.split == "test"]
+    assert not test.chosen.any() and set(test.n_problems) == {cfg.evaluate.max_problems_per_benchmark}
+    chosen = rows[rows.chosen]
+    assert len(chosen) == 3 and chosen[["scale", "param_value"]].drop_duplicates().shape == (1, 2)
+    validation = rows[rows.split == "validation"].groupby(["param_value", "scale"]).accuracy.mean()
+    assert validation.loc[(chosen.param_value.iloc[0], chosen.scale.iloc[0])] == validation.max()
+    params = json.loads(store.query(f"SELECT params FROM merge_runs WHERE run_key = '{out.key}'").params[0])
+    assert params["keep"] == chosen.param_value.iloc[0] and out.manifest()["summary"]["swept"] == {
+        "keep": chosen.param_value.iloc[0]}
