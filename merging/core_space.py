@@ -69,6 +69,15 @@ def task_arithmetic(mats: Sequence[torch.Tensor], **_: float) -> torch.Tensor:
     return torch.stack(list(mats)).sum(dim=0)
 
 
+def _top_triplets(mats: Sequence[torch.Tensor], k: int, us: list, ss: list, vhs: list) -> None:
+    """Append each matrix's top ``k`` singular triplets to ``us``, ``ss`` and ``vhs``."""
+    for m in mats:
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vhs.append(vh[:k])
+
+
 def tsv_m(mats: Sequence[torch.Tensor], **_: float) -> torch.Tensor:
     """TSV-M: each task's top R / T singular triplets, the stacked vectors orthogonalized, values kept."""
     per_task = min(mats[0].shape) // len(mats)
@@ -76,13 +85,8 @@ def tsv_m(mats: Sequence[torch.Tensor], **_: float) -> torch.Tensor:
         raise ValueError(f"TSV-M needs at least one direction per task: a core of {min(mats[0].shape)} directions "
                          f"cannot be shared by {len(mats)} experts")
     us, ss, vhs = [], [], []
-    for m in mats:
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
-        us.append(u[:, :per_task])
-        ss.append(s[:per_task])
-        vhs.append(vh[:per_task])
-    u, s, vh = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vhs, dim=0)
-    return _polar(u) @ torch.diag(s) @ _polar(vh)
+    _top_triplets(mats, per_task, us, ss, vhs)
+    return _polar(torch.cat(us, dim=1)) @ torch.diag(torch.cat(ss)) @ _polar(torch.cat(vhs, dim=0))
 
 
 def iso_c(mats: Sequence[torch.Tensor], **_: float) -> torch.Tensor:
@@ -102,13 +106,8 @@ def iso_cts(mats: Sequence[torch.Tensor], common_fraction: float = 0.8, **_: flo
     u, s, vh = torch.linalg.svd(task_arithmetic(mats), full_matrices=False)
     uc, sc, vhc = u[:, :common], s[:common], vh[:common]
     us, ss, vhs = [uc], [sc], [vhc]
-    for m in mats:
-        ut, st, vht = torch.linalg.svd(m - uc @ (uc.T @ m), full_matrices=False)
-        us.append(ut[:, :per_task])
-        ss.append(st[:per_task])
-        vhs.append(vht[:per_task])
-    s_all = torch.cat(ss)
-    return s_all.mean() * (_polar(torch.cat(us, dim=1)) @ _polar(torch.cat(vhs, dim=0)))
+    _top_triplets([m - uc @ (uc.T @ m) for m in mats], per_task, us, ss, vhs)
+    return torch.cat(ss).mean() * (_polar(torch.cat(us, dim=1)) @ _polar(torch.cat(vhs, dim=0)))
 
 
 #: Inner merges by name; each takes the weighted cores (and ``common_fraction``) and returns the merged core.

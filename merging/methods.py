@@ -274,19 +274,16 @@ class CoreSpace(MergeMethod):
         scale: float
         weights: list[float]
 
-    def inner_merge(self, params: MethodParams) -> str:
-        return params.core_merge  # type: ignore[attr-defined]
+    fixed_inner: ClassVar[str | None] = None
+    """The inner merge a variant fixes (its Params then has no ``core_merge``)."""
 
     def merge(self, experts: Sequence[LoraAdapter], config: MergeConfig) -> MergedModules:
         from merging.core_space import core_space
 
         p = self.params(config, len(experts))
-        inner = self.inner_merge(p)
-        return _per_module(
-            experts, config,
-            lambda parts: core_space(parts, inner=inner, scale=p.scale, weights=p.weights,
-                                     common_fraction=getattr(p, "common_fraction", 0.8)),
-        )
+        inner = self.fixed_inner or p.core_merge  # type: ignore[attr-defined]
+        return _per_module(experts, config, lambda parts: core_space(
+            parts, inner=inner, scale=p.scale, weights=p.weights, common_fraction=p.common_fraction))
 
 
 @register
@@ -294,14 +291,12 @@ class CoreSpaceIsoCts(CoreSpace):
     """Core Space with Iso-CTS inside: common and task-specific directions, one singular value."""
 
     name = "core-space-iso-cts"
+    fixed_inner = "iso-cts"
 
     class Params(MethodParams):
         common_fraction: float
         scale: float
         weights: list[float]
-
-    def inner_merge(self, params: MethodParams) -> str:
-        return "iso-cts"
 
 
 #: MergeConfig fields that say where or how a merge runs, not what it computes: every method takes them.

@@ -156,11 +156,12 @@ def _sweep(cfg: PolymathConfig, model: StageRef, data: StageRef, curate: StageRe
     name, values = next(iter(param.items())) if param else (None, [None])
     splits = {"validation": validation_problems(data, curate, domains, sweep["validation_per_domain"])}
     if sweep["test_points"]:
-        splits["test"] = {d: [p for p in test_problems(data) if p.domain == d] for d in domains}
+        test = test_problems(data)  # read once, split by domain
+        splits["test"] = {d: [p for p in test if p.domain == d] for d in domains}
     rows = []
     for value in values:
         for scale in sweep["scales"]:
-            where = folder / (f"{name}-{value:g}-" if name else "") / f"scale-{scale:g}"
+            where = (folder / f"{name}-{value:g}" if name else folder) / f"scale-{scale:g}"
             merge_adapters(adapters, where, _at(merge_cfg, method, (scale, value), param, len(adapters)))
             tag = f"{label}@{scale:g}" + (f",{name}={value:g}" if name else "")
             for split, problems in splits.items():
