@@ -43,6 +43,10 @@ class EvalConfig(BaseModel):
     """The evaluate stage samples only these domains of the test split (None: every domain). A study of one
     training domain saves the others' sampling: the entropy experiment evaluates its training domain alone."""
 
+    reference_entropy: bool = False
+    """Also measure the model's teacher-forced entropy along each evaluated problem's reference solution (fixed
+    contexts, the same tokens for every model), split into digit and other positions: eval_reference_entropy."""
+
     backend: Literal["hf", "vllm", "auto"] = "auto"
     """hf: transformers generate; vllm: vLLM (optional extra, CUDA); auto: vllm when it is installed,
     a GPU is present and the model is given as a path, else hf."""

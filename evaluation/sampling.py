@@ -221,3 +221,22 @@ def _hf_model(model, tokenizer, adapter_dir, load: LoadOptions | None):
             )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     return model, tokenizer
+
+
+def measure_reference_entropy(
+    model_path: Path | str,
+    problems_by_benchmark: Mapping[str, Sequence[Problem]],
+    config: EvalConfig,
+    model_label: str,
+    eval_run: str,
+    *,
+    adapter_dir: Path | str | None = None,
+    load: LoadOptions | None = None,
+) -> pd.DataFrame:
+    """The model's teacher-forced entropy on the reference solutions of the problems ``evaluate_model`` samples
+    (the same selection): eval_reference_entropy rows. Runs on transformers whatever the sampling backend."""
+    from evaluation.reference_entropy import reference_entropy
+
+    selected = {b: _select(b, ps, config.max_problems_per_benchmark) for b, ps in problems_by_benchmark.items()}
+    model, tokenizer = _hf_model(str(model_path), None, adapter_dir, load)
+    return reference_entropy(model, tokenizer, selected, model_label, eval_run, batch_size=config.batch_size)

@@ -112,6 +112,18 @@ TABLES: dict[str, TableSpec] = {
             _c("new_bigrams", "INTEGER", "of those, bigrams absent from the problem's earlier samples", False),
         ),
     ),
+    "eval_reference_entropy": TableSpec(
+        "teacher-forced entropy along each problem's reference solution (evaluate.reference_entropy)",
+        (
+            _c("eval_run", "VARCHAR", "evaluation run", False),
+            _c("model_label", "VARCHAR", "base | expert:<domain> | merged:<method> | an experiment arm", False),
+            _c("benchmark", "VARCHAR", "benchmark name", False),
+            _c("problem_id", "VARCHAR", "problem", False),
+            _c("kind", "VARCHAR", "digit: positions whose token is digits only; other: the rest", False),
+            _c("tokens", "INTEGER", "positions of that kind in the solution", False),
+            _c("entropy", "DOUBLE", "mean next-token entropy over them (nats)"),
+        ),
+    ),
     "merge_runs": TableSpec(
         "one row per merge of LoRA experts",
         (
@@ -254,7 +266,7 @@ VIEW_DESCRIPTIONS: dict[str, str] = {
     "train_summary": "per training run: expert, entropy mode, entropy and reward early (first 10% of steps) and "
     "late (last 20%), the late/early entropy ratio",
     "experiment_results": "per experiment arm and seed: entropy and reward early and late in training, "
-    "held-out accuracy and entropy",
+    "held-out accuracy and entropy in and out of domain, what the controllers applied",
 }
 
 # Always present in train_curves so that reports and users can rely on them.

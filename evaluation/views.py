@@ -87,10 +87,19 @@ GROUP BY ALL
 """
 
 
+# A controller acts on a step when it applies an entropy coefficient of at least ACTING_COEF (a third of the
+# constant bonus that moved the demo's entropy) or a PAR lambda of at most ACTING_LAMBDA.
+ACTING_COEF = 0.01
+ACTING_LAMBDA = 0.9
+
 # "initial" is the first 10% of steps (at least step 1), "final" the last 20%: single steps are batches of a few
-# prompts, too noisy to compare arms by. The held-out columns are the arm's evaluation on the
-# test split of its training domain, the same prompts for every arm.
-EXPERIMENT_RESULTS_SQL = """
+# prompts, too noisy to compare arms by. The held-out columns are the arm's evaluation on the test split of its
+# training domain, the same prompts for every arm; ood_accuracy its evaluation on the other domains it was
+# evaluated on and never trained on; reference_entropy_* its teacher-forced entropy along the in-domain reference
+# solutions (token-weighted, digit and other positions). The controller columns: the mean applied value over all steps and the share
+# of steps it acted on; pos_clipped_high_share: of the tokens with positive advantage, the share the upper
+# clip bound cut (clip-higher can free at most these).
+EXPERIMENT_RESULTS_SQL = f"""
 CREATE OR REPLACE VIEW experiment_results AS
 WITH span AS (
   SELECT run_key, max(step) AS n_steps FROM train_steps GROUP BY run_key
@@ -101,22 +110,40 @@ curve AS (
          avg(value) FILTER (WHERE metric = 'entropy' AND step > 0.8 * s.n_steps) AS entropy_final,
          avg(value) FILTER (WHERE metric = 'entropy_target' AND step > 0.8 * s.n_steps) AS entropy_target,
          avg(value) FILTER (WHERE metric = 'reward' AND step <= greatest(1, 0.1 * s.n_steps)) AS reward_initial,
-         avg(value) FILTER (WHERE metric = 'reward' AND step > 0.8 * s.n_steps) AS reward_final
+         avg(value) FILTER (WHERE metric = 'reward' AND step > 0.8 * s.n_steps) AS reward_final,
+         avg(value) FILTER (WHERE metric = 'entropy_coef') AS coef_mean,
+         avg(CASE WHEN value >= {ACTING_COEF} THEN 1.0 ELSE 0.0 END) FILTER (WHERE metric = 'entropy_coef') AS coef_acting,
+         avg(value) FILTER (WHERE metric = 'par_lambda') AS lambda_mean,
+         avg(CASE WHEN value <= {ACTING_LAMBDA} THEN 1.0 ELSE 0.0 END) FILTER (WHERE metric = 'par_lambda') AS lambda_acting,
+         avg(value) FILTER (WHERE metric = 'par_threshold' AND NOT isnan(value)) AS par_threshold,
+         sum(value) FILTER (WHERE metric = 'clip_frac_high')
+           / nullif(sum(value) FILTER (WHERE metric = 'pos_adv_token_frac'), 0) AS pos_clipped_high_share
   FROM train_steps t JOIN span s USING (run_key)
   GROUP BY t.run_key, s.n_steps
 ),
 heldout AS (
   SELECT eval_run, benchmark, avg(accuracy) AS accuracy, avg(mean_entropy) AS entropy
   FROM eval_problems GROUP BY eval_run, benchmark
+),
+reference AS (
+  SELECT eval_run, benchmark,
+         sum(entropy * tokens) FILTER (WHERE kind = 'digit') / sum(tokens) FILTER (WHERE kind = 'digit') AS digit,
+         sum(entropy * tokens) FILTER (WHERE kind = 'other') / sum(tokens) FILTER (WHERE kind = 'other') AS other
+  FROM eval_reference_entropy GROUP BY eval_run, benchmark
 )
 SELECT a.experiment, a.arm, a.question, a.seed, a.data, a.domain, a.label, c.n_steps,
        c.entropy_initial, c.entropy_final, c.entropy_final / c.entropy_initial AS entropy_ratio,
        c.entropy_target, c.reward_initial, c.reward_final,
        h.accuracy AS heldout_accuracy, h.entropy AS heldout_entropy,
+       (SELECT avg(o.accuracy) FROM heldout o WHERE o.eval_run = a.eval_run AND o.benchmark <> a.domain)
+         AS ood_accuracy,
+       f.digit AS reference_entropy_digit, f.other AS reference_entropy_other,
+       c.coef_mean, c.coef_acting, c.lambda_mean, c.lambda_acting, c.par_threshold, c.pos_clipped_high_share,
        a.curate_run, a.train_run, a.eval_run
 FROM experiment_arms a
 LEFT JOIN curve c ON c.run_key = a.train_run
 LEFT JOIN heldout h ON h.eval_run = a.eval_run AND h.benchmark = a.domain
+LEFT JOIN reference f ON f.eval_run = a.eval_run AND f.benchmark = a.domain
 """
 
 

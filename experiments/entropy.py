@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import stages
 from pipeline.config import PolymathConfig, option_errors, with_changes
@@ -57,16 +57,25 @@ BASELINE: dict[str, Any] = {
     "curate.strategy": "kmeans-centroid",
     # the held-out set is the whole test split of the domain, the same prompts for every arm
     "evaluate.max_problems_per_benchmark": 250,
+    # entropy on fixed contexts (the reference solutions), which does not move with the chains an arm samples
+    "evaluate.reference_entropy": True,
 }
 
 # Data variants: curate-section changes (None: the domain's full training split, no selection).
 DATA_VARIANTS: dict[str, dict[str, Any] | None] = {
     "kmeans": {},
     "random": {"curate.strategy": "random"},
-    # 20 k-means clusters of ~200 problems: 600 problems come from about three of them
-    "few-clusters": {"curate.strategy": "few-clusters", "curate.n_strata": 20},
+    # 10 k-means clusters of ~400 problems: 100 problems come from the first one taken
+    "one-cluster": {"curate.strategy": "few-clusters", "curate.n_strata": 10},
     "full": None,
 }
+
+
+# Clip-higher frees only the positive-advantage tokens whose ratio lies in (1.2, 1.28]; the report measures how
+# many tokens the symmetric clip cuts at 1.2 in offpolicy-4 (an upper bound) before Q5 is worth its 16-update arms.
+Q5_MIN_SHARE = 0.03
+Q5_WHY_NOT = (f"runs only where offpolicy-4 clips at least {Q5_MIN_SHARE:.0%} of its positive-advantage tokens at the "
+              "upper bound (the report's Q5 gives the measured share)")
 
 
 @dataclass(frozen=True)
@@ -80,24 +89,30 @@ class Arm:
     data: str = "kmeans"
     reference: str = "grpo"
     """The arm this one is judged against: the same update schedule without the arm's remedy."""
+    default: bool = True
+    """Whether ``polymath experiment entropy`` runs it without ``--arms``."""
+    why_not: str = ""
+    """Why an arm outside the default run is left out (printed in the report)."""
 
 
-# The controllers' scales are the tiny model's: its gcd chains start near 0.14 nats per character, targets
-# are relative to that, and the coefficients are those the demo's entropy comparison moved it with
-# (docs/results.md, "Entropy control on the demo's experts").
+# Targets and thresholds are relative to each run's own initial entropy, measured on 4 rollout batches of the
+# untrained policy before training: the controllers act once entropy falls to 85% of its start (the adaptive
+# bonus, as in the paper, once it falls at all), which plain GRPO passes within its run (report: Q1).
+_INITIAL = {"train.entropy.initial_batches": 4}
+_SCHEDULE_16 = {"train.updates_per_batch": 8, "train.num_iterations": 2}
+_BUDGET = "outside the default run's 75-minute budget on 2 cores (run it with --arms)"
+
 ARMS: tuple[Arm, ...] = (
-    Arm("grpo", 1, "plain GRPO: no bonus, symmetric clip, every token, on-policy, 600 k-means prompts"),
-    Arm("entropy-fixed", 2, "constant entropy bonus 0.03", {"train.entropy.mode": "fixed", "train.entropy.coef": 0.03}),
+    Arm("grpo", 1, "plain GRPO: no bonus, symmetric clip, every token, on-policy, 100 k-means prompts x 8 epochs"),
     Arm(
         "entropy-adaptive",
         2,
-        "Skywork-OR1 controller, target = the initial entropy (4 batches before training), c from 0 by 0.01 per "
-        "step to <= 0.5",
+        "Skywork-OR1 controller, target = the initial entropy, c from 0 by 0.01 per step to <= 0.5",
         {
             "train.entropy.mode": "adaptive",
             "train.entropy.target": None,
             "train.entropy.target_fraction": 1.0,
-            "train.entropy.initial_batches": 4,
+            **_INITIAL,
             "train.entropy.coef": 0.0,
             "train.entropy.delta": 0.01,
             "train.entropy.c_max": 0.5,
@@ -106,69 +121,73 @@ ARMS: tuple[Arm, ...] = (
     Arm(
         "entropy-aer",
         2,
-        "AER: target 70% of the initial entropy (4 batches before training), c from 0 by 0.005 per step to <= 0.5, "
-        "harder prompts more",
+        "AER: target 85% of the initial entropy, c from 0 by 0.005 per step to <= 0.5, harder prompts more",
         {
             "train.entropy.mode": "aer",
-            "train.entropy.target_fraction": 0.7,
-            "train.entropy.initial_batches": 4,
+            "train.entropy.target_fraction": 0.85,
+            **_INITIAL,
             "train.entropy.coef": 0.0,
             "train.entropy.delta": 0.005,
             "train.entropy.c_max": 0.5,
         },
+        default=False,
+        why_not=f"a second controller for Q2, {_BUDGET}",
     ),
-    Arm(
-        "par-0",
-        3,
-        "positive-advantage tokens weighted by lambda = 0 (the loss of adv-nonpos: zero-advantage tokens have no gradient)",
-        {"train.par.lambda0": 0.0},
-    ),
-    Arm("par-0.5", 3, "positive-advantage tokens weighted by lambda = 0.5", {"train.par.lambda0": 0.5}),
+    Arm("entropy-fixed", 2, "constant entropy bonus 0.03", {"train.entropy.mode": "fixed", "train.entropy.coef": 0.03},
+        default=False, why_not="a constant bonus is no controller, and Q2 asks whether a controller holds its target"),
+    Arm("par-0.5", 3, "positive-advantage tokens weighted by lambda = 0.5", {"train.par.lambda0": 0.5},
+        default=False, why_not=f"a fixed lambda between the two sign filters, {_BUDGET}"),
     Arm(
         "par-entropy-guided",
         3,
-        "lambda from 0, -0.05 per step while entropy < 0.08 nats, else +0.05 (the paper's 0.2 of 0.37, scaled to "
-        "gcd's initial 0.14)",
-        {"train.par.schedule": "entropy-guided", "train.par.lambda0": 0.0, "train.par.step": 0.05, "train.par.delta": 0.08},
+        "lambda from 1, -0.05 per step while entropy < 85% of the initial entropy, else +0.05",
+        {"train.par.schedule": "entropy-guided", "train.par.lambda0": 1.0, "train.par.step": 0.05,
+         "train.par.delta_fraction": 0.85, **_INITIAL},
     ),
     Arm("adv-nonneg", 3, "policy gradient on tokens with advantage >= 0 only", {"train.token_filter": "nonneg"}),
-    Arm("adv-nonpos", 3, "policy gradient on tokens with advantage <= 0 only", {"train.token_filter": "nonpos"}),
+    Arm("adv-nonpos", 3, "policy gradient on tokens with advantage <= 0 only (= positive tokens weighted by 0)",
+        {"train.token_filter": "nonpos"}),
     Arm("offpolicy-2", 4, "2 optimizer steps per rollout batch (its 2 halves), the same 100 batches",
-        {"train.updates_per_batch": 2}),
+        {"train.updates_per_batch": 2}, default=False, why_not=f"Q4 is answered by offpolicy-4; {_BUDGET}"),
     Arm("offpolicy-4", 4, "4 optimizer steps per rollout batch (its 4 quarters), the same 100 batches",
         {"train.updates_per_batch": 4}),
     Arm("offpolicy-16", 4, "16 optimizer steps per rollout batch (its 8 eighths, 2 passes each), the same 100 batches",
-        {"train.updates_per_batch": 8, "train.num_iterations": 2}),
-    # The ratio is exactly 1 on a batch's first update, so clipping acts only from the second. Measured on gcd
-    # at lr 5e-4, clip-higher, 25 rollout batches, one seed (tokens clipped low + high): 4 quarters x 2 passes
-    # 0.72%, 16 x 1 pass 0.71% (the tokens a step sees were not pushed by the steps before it), 4 x 3 passes
-    # 1.31% in 3 passes, 8 eighths x 2 passes 1.40% in 2; a higher lr (16 x 1 at 1e-3: 1.84%) or 32 x 1 (2.2%)
-    # clips more but trains worse (training reward 0.36-0.39 against 0.50 over those batches). So the clipping
-    # arms take 8 x 2 and are judged against offpolicy-16, the same with the symmetric [0.8, 1.2].
+        _SCHEDULE_16, default=False, why_not="the symmetric reference of the clipping arms, which run only with them"),
+    # The ratio is exactly 1 on a batch's first update, so clipping acts only from the second; the clipping
+    # arms take 8 x 2 updates per batch and are judged against offpolicy-16, the same with the symmetric clip.
     Arm("clip-higher", 5, "clip range [0.8, 1.28] (DAPO), 16 updates per batch",
-        {"train.eps_high": 0.28, "train.updates_per_batch": 8, "train.num_iterations": 2}, reference="offpolicy-16"),
+        {"train.eps_high": 0.28, **_SCHEDULE_16}, reference="offpolicy-16", default=False, why_not=Q5_WHY_NOT),
     Arm("clip-lower", 5, "clip range [0.72, 1.2] (the mirror of clip-higher), 16 updates per batch",
-        {"train.eps_low": 0.28, "train.updates_per_batch": 8, "train.num_iterations": 2}, reference="offpolicy-16"),
-    Arm("data-random", 6, "600 random prompts of the domain", data="random"),
-    Arm("data-few-clusters", 6, "600 prompts from the fewest of 20 k-means clusters (low diversity)", data="few-clusters"),
-    Arm("data-full", 6, "the domain's whole training split (4,000 prompts)", data="full"),
+        {"train.eps_low": 0.28, **_SCHEDULE_16}, reference="offpolicy-16", default=False, why_not=Q5_WHY_NOT),
+    Arm("data-full", 6, "the domain's whole training split (4,000 prompts), 800 draws: almost every prompt seen once",
+        data="full"),
+    Arm("data-one-cluster", 6, "100 prompts of one of 10 k-means clusters (low diversity), 8 epochs",
+        data="one-cluster"),
+    Arm("data-random", 6, "100 random prompts of the domain, 8 epochs", data="random",
+        default=False, why_not=f"a second subset for Q6, {_BUDGET}"),
     # The newer remedies, each a training option. A miniature step has a few thousand tokens, so the
     # covariance arms select 0.2% / 1% of them (the paper's 7B-32B runs: 2e-4 / 2e-3) for a few tokens to act.
     Arm("clip-cov", 8, "Clip-Cov: the loss of a random 0.2% of tokens with covariance in (1, 5) dropped",
-        {"train.policy_loss": "clip-cov", "train.cov_fraction": 0.002}),
+        {"train.policy_loss": "clip-cov", "train.cov_fraction": 0.002}, default=False, why_not=_BUDGET),
     # |logp - old logp| and its gradient are 0 on a batch's first update (measured: on-policy KL-Cov gave
     # GRPO's numbers to the last digit), so KL-Cov runs with verl's mini-batches, judged against offpolicy-4.
     Arm("kl-cov", 8, "KL-Cov: |logp - old logp| penalty (coef 1) on the 1% of tokens of largest covariance, "
         "4 updates per batch", {"train.policy_loss": "kl-cov", "train.cov_fraction": 0.01,
-                                "train.updates_per_batch": 4}, reference="offpolicy-4"),
+                                "train.updates_per_batch": 4}, reference="offpolicy-4", default=False, why_not=_BUDGET),
     Arm("high-entropy-tokens", 8, "policy gradient on the 20% highest-entropy tokens only",
-        {"train.top_entropy_quantile": 0.2}),
+        {"train.top_entropy_quantile": 0.2}, default=False, why_not=_BUDGET),
     Arm("w-reinforce", 8, "W-REINFORCE: +-1 rewards as advantages, correct samples weighted by 0.1",
-        {"train.advantage": "signed", "train.par.lambda0": 0.1}),
+        {"train.advantage": "signed", "train.par.lambda0": 0.1}, default=False, why_not=_BUDGET),
     Arm("dynamic-sampling", 8, "groups with zero reward variance dropped from the loss (DAPO, without the refill)",
-        {"train.drop_zero_variance_groups": True}),
+        {"train.drop_zero_variance_groups": True}, default=False, why_not=_BUDGET),
 )
+# Arms that were removed, and why: the report lists them.
+REMOVED = {
+    "par-0": "the loss of adv-nonpos (tokens with advantage 0 carry no gradient), so it counted as a second "
+    "confirmation of the same run",
+}
 ARM_NAMES = tuple(a.name for a in ARMS)
+DEFAULT_ARMS = tuple(a.name for a in ARMS if a.default)
 REFERENCE = {a.name: a.reference for a in ARMS}
 
 
@@ -177,14 +196,19 @@ class EntropyExperiment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    """Training seeds; every arm runs once per seed."""
-    arms: list[str] = Field(default_factory=lambda: list(ARM_NAMES), min_length=1)
-    """Arms to run (default: all); ``grpo`` is always added, every question compares against it."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    """Training seeds; every arm runs once per seed, and arms are compared per seed (paired)."""
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1)
+    """Arms to run (default: those marked default); ``grpo`` is always added, every question compares against it."""
     domain: str = "gcd"
-    """The training domain; its test split is the held-out set."""
-    k: int = Field(600, ge=1)
-    """Prompts each selected data variant keeps (the paper: 616 of ~17k)."""
+    """The training domain; its test split is the in-domain held-out set."""
+    ood_domain: str | None = "arithmetic"
+    """A second demo domain every arm is also evaluated on, never trained on (Q4's out-of-domain column)."""
+    k: int = Field(100, ge=1)
+    """Prompts each selected data variant keeps (the paper: 616 of ~17k, many epochs)."""
+    steps: int = Field(100, ge=1)
+    """Rollout batches per arm: with the demo's 8 prompts per batch, the 100-prompt subset is seen 8 times and the
+    full split (4,000 prompts) about once."""
 
     @field_validator("arms")
     @classmethod
@@ -193,6 +217,12 @@ class EntropyExperiment(BaseModel):
         if unknown:
             raise ValueError(f"unknown arms {unknown}; choose from: {', '.join(ARM_NAMES)}")
         return ["grpo", *[a for a in ARM_NAMES if a in arms and a != "grpo"]]
+
+    @model_validator(mode="after")
+    def _ood_is_another_domain(self) -> EntropyExperiment:
+        if self.ood_domain == self.domain:
+            raise ValueError(f"ood_domain {self.ood_domain!r} is the training domain; name another domain or none")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -203,14 +233,15 @@ class EntropyExperiment(BaseModel):
 
 
 def experiment_from_options(
-    seeds: list[int] | None = None, arms: list[str] | None = None, domain: str = "gcd", k: int = 600
+    seeds: list[int] | None = None, arms: list[str] | None = None, domain: str | None = None, k: int | None = None,
+    ood_domain: str | None = None, steps: int | None = None,
 ) -> EntropyExperiment:
-    """An EntropyExperiment from command-line or deployment options; ConfigError names the bad option."""
-    spec: dict[str, Any] = {"domain": domain, "k": k}
-    if seeds is not None:
-        spec["seeds"] = seeds
-    if arms:
-        spec["arms"] = arms
+    """An EntropyExperiment from command-line or deployment options (None: the experiment's default; ood_domain
+    "none": no out-of-domain evaluation); ConfigError names the bad option."""
+    given = {"seeds": seeds, "arms": arms or None, "domain": domain, "k": k, "ood_domain": ood_domain, "steps": steps}
+    spec: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if spec.get("ood_domain") == "none":
+        spec["ood_domain"] = None
     try:
         return EntropyExperiment.model_validate(spec)
     except ValidationError as exc:
@@ -240,8 +271,9 @@ class ExperimentPlan:
 
 def experiment_plan(cfg: PolymathConfig, experiment: EntropyExperiment) -> ExperimentPlan:
     """The configs of every data variant and arm run, validated before anything trains."""
-    changes = {**BASELINE, "curate.k": experiment.k, "curate.domains": [experiment.domain],
-               "evaluate.domains": [experiment.domain]}
+    evaluated = [experiment.domain] + ([experiment.ood_domain] if experiment.ood_domain else [])
+    changes = {**BASELINE, "train.steps": experiment.steps, "curate.k": experiment.k,
+               "curate.domains": [experiment.domain], "evaluate.domains": evaluated}
     base = with_changes(cfg, changes, origin="experiment baseline")
     arms = [a for a in ARMS if a.name in experiment.arms]
     data_configs: dict[str, PolymathConfig | None] = {}
@@ -298,7 +330,7 @@ def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None
     calls = calls or StageCalls()
     base = plan.base
     data_run = calls.run("data", "data", base, ws)
-    require_domains([plan.domain], data_run, "--domain", error=ConfigError)
+    require_domains(list(base.evaluate.domains), data_run, "--domain", error=ConfigError)
     base_model = calls.run("model", "base", base, ws, data_run)
     curates = {v: (calls.run("curate", f"curate-{v}", c, ws, data_run, False, base_model) if c is not None else None)
                for v, c in plan.data_configs.items()}

@@ -16,10 +16,13 @@ from matplotlib.figure import Figure
 from evaluation.report import markdown_table
 from evaluation.store import Store
 
-from .entropy import ARMS, EXPERIMENT, REFERENCE
+from .entropy import ARMS, EXPERIMENT, REFERENCE, REMOVED
 from .entropy_verdicts import (
     BASE_ROWS,
-    Summary,
+    LEVEL_MARGIN,
+    MATCH_MARGIN,
+    MIN_ACTING_SHARE,
+    Results,
     verdict_clipping,
     verdict_collapse,
     verdict_data,
@@ -40,10 +43,31 @@ SELECT arm, question, count(*) AS seeds,
        avg(reward_initial) AS reward_initial, avg(reward_final) AS reward_final,
        stddev_samp(reward_final) AS reward_final_sd,
        avg(heldout_accuracy) AS heldout_accuracy, stddev_samp(heldout_accuracy) AS heldout_accuracy_sd,
-       avg(heldout_entropy) AS heldout_entropy, stddev_samp(heldout_entropy) AS heldout_entropy_sd
+       avg(heldout_entropy) AS heldout_entropy, stddev_samp(heldout_entropy) AS heldout_entropy_sd,
+       avg(ood_accuracy) AS ood_accuracy, stddev_samp(ood_accuracy) AS ood_accuracy_sd
 FROM experiment_results
 WHERE experiment = '{EXPERIMENT}'
 GROUP BY arm, question
+"""
+
+# The verdicts read these per-seed rows: arms are compared seed by seed.
+SEEDS_SQL = f"""
+SELECT arm, question, seed, entropy_initial, entropy_final, entropy_ratio, entropy_target, reward_final,
+       heldout_accuracy, heldout_entropy, ood_accuracy, reference_entropy_digit, reference_entropy_other,
+       coef_mean, coef_acting, lambda_mean, lambda_acting, par_threshold, pos_clipped_high_share
+FROM experiment_results
+WHERE experiment = '{EXPERIMENT}'
+ORDER BY arm, seed
+"""
+
+# What each controller applied: the mean coefficient (lambda) over steps and the share of steps it acted on.
+CONTROL_SQL = f"""
+SELECT arm, count(*) AS seeds, avg(entropy_target) AS target, avg(coef_mean) AS coef_mean,
+       avg(coef_acting) AS coef_acting, avg(par_threshold) AS par_threshold, avg(lambda_mean) AS lambda_mean,
+       avg(lambda_acting) AS lambda_acting
+FROM experiment_results
+WHERE experiment = '{EXPERIMENT}' AND question IN (2, 3) AND train_run IS NOT NULL
+GROUP BY arm
 """
 
 DATA_SQL = f"""
@@ -118,6 +142,16 @@ WHERE a.experiment = '{EXPERIMENT}' AND a.question IN (1, 3)
 GROUP BY a.arm
 """
 
+# Q3 on fixed contexts: each arm's next-token entropy along the held-out reference solutions (the same tokens
+# for every arm), token-weighted over problems and averaged over seeds.
+REFERENCE_SQL = f"""
+SELECT arm, count(*) AS seeds, avg(reference_entropy_digit) AS digit_positions,
+       avg(reference_entropy_other) AS other_positions
+FROM experiment_results
+WHERE experiment = '{EXPERIMENT}' AND coalesce(reference_entropy_digit, reference_entropy_other) IS NOT NULL
+GROUP BY arm
+"""
+
 # One point per rollout batch (off-policy arms take several optimizer steps on each), so every arm's curve
 # runs over the same data.
 CURVES_SQL = f"""
@@ -129,11 +163,12 @@ GROUP BY ALL ORDER BY a.arm, step
 
 QUESTIONS = {
     1: "Does entropy collapse under plain GRPO?",
-    2: "Does adaptive entropy regularization hold entropy at its target while accuracy rises?",
+    2: "Does adaptive entropy regularization hold entropy at its target while accuracy rises above GRPO's?",
     3: "Do positive-advantage tokens drive the collapse?",
     4: "Do more off-policy updates per batch raise training reward but not held-out accuracy?",
     5: "Does clip-higher keep entropy higher than a symmetric clip?",
-    6: "Does a k-means subset match the full set, and does low-diversity data collapse faster?",
+    6: "Does a small k-means subset seen many times match the full set seen once, and does low-diversity data "
+    "collapse faster?",
     7: "Does per-prompt entropy correlate with accuracy at the end of training?",
     8: "Do the newer remedies (Clip-Cov, KL-Cov, high-entropy tokens, W-REINFORCE, dynamic sampling) keep "
     "entropy above plain GRPO's without losing held-out accuracy?",
@@ -195,6 +230,21 @@ def _accuracy_png(summary: pd.DataFrame, out_dir: Path) -> str:
     return "heldout_accuracy.png"
 
 
+def _not_run(ran: set[str]) -> pd.DataFrame:
+    """The arms outside this run, each with the reason it is not in the default run, and the removed ones."""
+    rows = [{"arm": a.name, "question": a.question, "why not here": a.why_not or "not asked for (--arms)"}
+            for a in ARMS if a.name not in ran]
+    rows += [{"arm": name, "question": 3, "why not here": f"removed: {why}"} for name, why in REMOVED.items()]
+    return pd.DataFrame(rows)
+
+
+def _checks_table(checks) -> list[str]:
+    if not checks:
+        return []
+    return ["Claims, each a paired difference over seeds (mean [95% t interval] (seeds)):", "",
+            markdown_table(pd.DataFrame([c.row() for c in checks])), ""]
+
+
 def write_entropy_report(store: Store, out_dir: Path) -> Path:
     """Write ``entropy.md`` and its PNGs into ``out_dir``; returns the markdown path."""
     out_dir = Path(out_dir)
@@ -202,23 +252,35 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
     summary = _ordered(store.query(SUMMARY_SQL))
     if not len(summary):
         raise ValueError(f"{store.path} holds no '{EXPERIMENT}' experiment rows; run `polymath experiment entropy`")
-    s = Summary(summary)
+    r = Results(store.query(SEEDS_SQL))
     spear = _ordered(store.query(SPEARMAN_SQL))
     data = store.query(DATA_SQL)
-    arms_table = pd.DataFrame([{"arm": a.name, "question": a.question, "what": a.what} for a in ARMS])
+    ran = set(summary["arm"])
+    arms_table = pd.DataFrame([{"arm": a.name, "question": a.question, "what": a.what} for a in ARMS if a.name in ran])
     lines = [
         "# Entropy findings in miniature (arXiv 2511.05993)",
         "",
         f"Results from the workspace's `{store.path.name}`.",
         "Training entropy is the token-mean entropy of each step's rollouts; *initial* is the mean over the first "
         "10% of steps, *final* over the last 20%, *entropy_ratio* final / initial per seed. Held-out columns "
-        "evaluate each arm's policy on the test split of its training domain. Cells are means over seeds "
-        "(± the sample standard deviation where there are several); a difference between arms counts only when "
-        "it exceeds twice its standard error.",
+        "evaluate each arm's policy on the test split of its training domain; *ood_accuracy* on a domain it never "
+        "trained on. Cells are means over seeds (± the sample standard deviation where there are several).",
+        "",
+        "How verdicts are decided: every claim compares two arms seed by seed (each seed of every arm starts from "
+        "the same model and first rollouts) and gives the mean of the per-seed differences with its 95% t interval. "
+        "A claim *holds* when the interval lies on the side of 0 it states, *does not hold* when it lies on the "
+        "other side, and is *inconclusive* when it contains 0; a *matches* claim holds only when the whole interval "
+        f"lies within ±{MATCH_MARGIN:g} accuracy, a *not higher* / *no loss* claim when it stays within "
+        f"{LEVEL_MARGIN:g}. A controller that applied a non-neutral value on fewer than {MIN_ACTING_SHARE:.0%} of "
+        "its steps *did not act*, and its question says so. A question holds when all its claims hold.",
         "",
         "## Arms",
         "",
         markdown_table(arms_table),
+        "",
+        "Arms not in this run:",
+        "",
+        markdown_table(_not_run(ran)),
         "",
         "Compute spent on the arms (each stage run's own wall time, whenever it ran):",
         "",
@@ -232,6 +294,12 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
         "",
         *_sql_block(SHAPE_SQL),
         markdown_table(_ordered(store.query(SHAPE_SQL)), 3),
+        "",
+        "What the controllers applied (targets and thresholds are relative to each run's initial entropy, measured "
+        "on 4 rollout batches before training):",
+        "",
+        *_sql_block(CONTROL_SQL),
+        markdown_table(_ordered(store.query(CONTROL_SQL)), 3),
         "",
         "## Results per arm",
         "",
@@ -249,23 +317,26 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
         "",
         markdown_table(summary[["arm", "seeds", *[c for c in summary.columns if c.endswith("_sd")]]]),
         "",
+        "The verdicts read the per-seed rows:",
+        "",
+        *_sql_block(SEEDS_SQL),
         "## Findings",
         "",
     ]
     verdicts = {
-        1: verdict_collapse(s),
-        2: verdict_regularization(s),
-        3: verdict_positive_tokens(s),
-        4: verdict_offpolicy(s),
-        5: verdict_clipping(s),
-        6: verdict_data(s),
+        1: verdict_collapse(r),
+        2: verdict_regularization(r),
+        3: verdict_positive_tokens(r),
+        4: verdict_offpolicy(r),
+        5: verdict_clipping(r),
+        6: verdict_data(r),
         7: verdict_spearman(spear),
-        8: verdict_remedies(s),
+        8: verdict_remedies(r),
     }
-    overview = pd.DataFrame([{"question": f"Q{q}. {QUESTIONS[q]}", "here": verdicts[q][0]} for q in QUESTIONS])
+    overview = pd.DataFrame([{"question": f"Q{q}. {QUESTIONS[q]}", "here": verdicts[q].word} for q in QUESTIONS])
     lines += [markdown_table(overview), ""]
-    for q, (word, text) in verdicts.items():
-        lines += [f"### Q{q}. {QUESTIONS[q]} **{word}**", "", f"Here (from the results per arm above): {text}", ""]
+    for q, v in verdicts.items():
+        lines += [f"### Q{q}. {QUESTIONS[q]} **{v.word}**", "", f"Here: {v.text}", "", *_checks_table(v.checks)]
         if q == 6 and len(data):
             wide = data.pivot(index="data", columns="metric", values="value").reset_index()
             lines += ["Diversity of each training set (the chosen strategy's rows):", "", *_sql_block(DATA_SQL),
@@ -279,6 +350,12 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
                 lines += ["Cov(logp, A) per step, mean over steps and seeds, split by the sign of the advantage "
                           "(the two shares add up to the covariance; steps logged before the split have none):",
                           "", *_sql_block(COV_SPLIT_SQL), markdown_table(split, 5), ""]
+            fixed = _ordered(store.query(REFERENCE_SQL))
+            if len(fixed):
+                lines += ["Entropy on fixed contexts: the next-token entropy (nats) of each arm along the reference "
+                          "solutions of the held-out problems, which every arm reads token for token, so it does not "
+                          "move with the length of the chains an arm writes:", "", *_sql_block(REFERENCE_SQL),
+                          markdown_table(fixed, 4), ""]
         if q == 7:
             lines += [*_sql_block(SPEARMAN_SQL), markdown_table(spear), ""]
         lines += [f"Paper: {PAPER[q]}", ""]

@@ -1,260 +1,227 @@
-"""The entropy experiment's verdicts: each question answered from the per-arm summary table.
+"""The entropy experiment's verdicts: each question answered from the per-seed results of its arms.
 
-Arms are compared by their means over seeds; a difference counts only when it exceeds twice its
-standard error over seeds (with one seed there is no noise estimate, and the verdict says so).
+Every claim is a paired comparison over seeds with a 95% t interval (experiments/entropy_stats.py); a claim
+holds or fails only when its interval excludes 0 (or, for "matches", lies inside a stated margin), and is
+inconclusive otherwise. A question's verdict combines its claims; a controller that applied its neutral value
+on most steps makes its question "did not act".
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from evaluation.views import ACTING_COEF, ACTING_LAMBDA
 from pipeline.evaluate import GREEDY_LABEL
 
-from .entropy import ARMS, REFERENCE
+from .entropy import ARMS, Q5_MIN_SHARE, REFERENCE
+from .entropy_stats import (
+    DID_NOT_ACT,
+    Check,
+    Difference,
+    at_least,
+    at_most,
+    combine,
+    directional,
+    equivalent,
+    paired_difference,
+    paired_values,
+)
 
 BASE_ROWS = ("base", GREEDY_LABEL)  # rows without a training run: the base model sampled, and greedy
 REMEDY_ARMS = tuple(a.name for a in ARMS if a.question == 8)
+# A controller that acted on fewer than this share of its steps did not act.
+MIN_ACTING_SHARE = 0.2
+# Q6's "matches": the subset's held-out accuracy within 3 points of the full set's.
+MATCH_MARGIN = 0.03
+# Q4 and Q8's "not higher" / "no loss": within 2 points.
+LEVEL_MARGIN = 0.02
 
 
-class Summary:
-    """Per-arm means and seed spreads, with the comparisons the verdicts need."""
+@dataclass
+class Verdict:
+    word: str
+    text: str
+    checks: list[Check] = field(default_factory=list)
 
-    def __init__(self, frame: pd.DataFrame):
-        self.frame = frame.set_index("arm") if "arm" in frame.columns else pd.DataFrame(index=pd.Index([], name="arm"))
+
+class Results:
+    """Per-arm, per-seed results (one row per arm and seed) with the means and paired differences verdicts read."""
+
+    def __init__(self, per_seed: pd.DataFrame):
+        self.frame = per_seed
 
     def has(self, *arms: str) -> bool:
-        return all(a in self.frame.index for a in arms)
+        return all((self.frame["arm"] == a).any() for a in arms) if len(self.frame) else False
+
+    def values(self, arm: str, col: str) -> pd.Series:
+        return self.frame.loc[self.frame.arm == arm].set_index("seed")[col].dropna()
 
     def mean(self, arm: str, col: str) -> float:
-        return float(self.frame.at[arm, col])
-
-    def seeds(self, arm: str) -> int:
-        return int(self.frame.at[arm, "seeds"])
-
-    def sd(self, arm: str, col: str) -> float:
-        """The seed standard deviation of ``col`` for ``arm``; NaN where there is none (one seed, base)."""
-        sd_col = f"{col}_sd"
-        if arm in BASE_ROWS or sd_col not in self.frame.columns:
-            return float("nan")
-        sd = self.frame.at[arm, sd_col]
-        return float("nan") if sd is None else float(sd)
-
-    def noise(self, a: str, b: str, col: str) -> float:
-        """Twice the standard error of mean(a) - mean(b); NaN with a single seed."""
-        if f"{col}_sd" not in self.frame.columns:
-            return float("nan")
-        se2 = 0.0
-        for arm in (a, b):
-            if arm in BASE_ROWS:
-                continue
-            sd = self.sd(arm, col)
-            if math.isnan(sd):
-                return float("nan")
-            se2 += sd**2 / self.seeds(arm)
-        return 2.0 * math.sqrt(se2)
-
-    def compare(self, a: str, b: str, col: str) -> int:
-        """+1 if a is above b beyond noise, -1 below, 0 within noise (sign of the raw difference
-        when there is no noise estimate)."""
-        diff = self.mean(a, col) - self.mean(b, col)
-        noise = self.noise(a, b, col)
-        if math.isnan(noise):
-            return (diff > 0) - (diff < 0)
-        return 0 if abs(diff) <= noise else (1 if diff > 0 else -1)
+        v = self.values(arm, col)
+        return float(v.mean()) if len(v) else math.nan
 
     def fmt(self, arm: str, col: str, digits: int = 3) -> str:
-        value, sd = self.mean(arm, col), self.sd(arm, col)
-        return f"{value:.{digits}f}" if math.isnan(sd) else f"{value:.{digits}f} ± {sd:.{digits}f}"
+        v = self.values(arm, col)
+        if len(v) < 2:
+            return f"{self.mean(arm, col):.{digits}f}"
+        return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+    def diff(self, a: str, b: str, col: str) -> Difference:
+        """a - b of ``col``, paired by seed (a base row is one number)."""
+        return paired_difference(self.frame, a, b, col, constant=set(BASE_ROWS))
+
+    def change(self, arm: str, after: str, before: str) -> Difference:
+        """``after - before`` within one arm, per seed."""
+        v = self.frame.loc[self.frame.arm == arm].set_index("seed")
+        return paired_values(arm, arm, f"{after} - {before}", (v[after] - v[before]).dropna())
+
+    def acted(self, arm: str, col: str) -> bool:
+        return self.mean(arm, col) >= MIN_ACTING_SHARE
 
 
-def _word(sign: int, up: str, down: str, same: str) -> str:
-    return up if sign > 0 else down if sign < 0 else same
+def _acting(r: Results, arm: str, col: str, applied: str, what: str) -> Check | None:
+    """A check that fails as "did not act" when the controller of ``arm`` stayed neutral on most steps."""
+    if r.acted(arm, col):
+        return None
+    share = r.mean(arm, col)
+    d = Difference(arm, arm, col, share, math.nan, math.nan, len(r.values(arm, col)))
+    return Check(f"{arm}'s controller acts ({what} on {share:.0%} of steps, mean {r.fmt(arm, applied)})", d,
+                 f"acts if {what} on at least {MIN_ACTING_SHARE:.0%} of steps", DID_NOT_ACT)
 
 
-def verdict_collapse(s: Summary) -> tuple[str, str]:
-    if not s.has("grpo"):
-        return "not run", "the grpo arm has no results."
-    ratio = s.mean("grpo", "entropy_ratio")
-    text = (
-        f"plain GRPO's training entropy goes from {s.fmt('grpo', 'entropy_initial')} to "
-        f"{s.fmt('grpo', 'entropy_final')} nats, {ratio:.0%} of its start (entropy_ratio {s.fmt('grpo', 'entropy_ratio')})"
-    )
-    if s.has("base"):
-        text += (
-            f"; on the held-out prompts, {s.fmt('grpo', 'heldout_entropy')} against the base model's "
-            f"{s.fmt('base', 'heldout_entropy')}"
-        )
-    if s.has(GREEDY_LABEL):
-        # learned or sharpened: greedy decoding is what a sharper distribution alone would give
-        above = s.mean("grpo", "heldout_accuracy") > s.mean(GREEDY_LABEL, "heldout_accuracy")
-        text += (
-            f"; held-out accuracy {s.fmt('grpo', 'heldout_accuracy')}, {'above' if above else 'not above'} the "
-            f"base model's greedy decoding ({s.fmt(GREEDY_LABEL, 'heldout_accuracy')}), so GRPO "
-            f"{'learned more than sharpening gives' if above else 'did no better than sharpening'}"
-        )
-    if ratio <= 0.5:
-        return "holds", text + "."
-    if ratio < 0.9:
-        return "partly", text + ": it falls, but less than half of it is lost in this many steps."
-    return "does not hold", text + "."
+def verdict_collapse(r: Results) -> Verdict:
+    if not r.has("grpo"):
+        return Verdict("not run", "the grpo arm has no results.")
+    checks = [directional("plain GRPO's training entropy falls (final - initial)",
+                          r.change("grpo", "entropy_final", "entropy_initial"), -1)]
+    text = (f"plain GRPO's training entropy goes from {r.fmt('grpo', 'entropy_initial')} to "
+            f"{r.fmt('grpo', 'entropy_final')} nats (final / initial {r.fmt('grpo', 'entropy_ratio')})")
+    if r.has(GREEDY_LABEL):
+        sharp = directional("GRPO's held-out accuracy is above the base model's greedy decoding",
+                            r.diff("grpo", GREEDY_LABEL, "heldout_accuracy"), +1)
+        text += (f"; held-out accuracy {r.fmt('grpo', 'heldout_accuracy')} against greedy decoding's "
+                 f"{r.fmt(GREEDY_LABEL, 'heldout_accuracy')} (learned beyond sharpening: {sharp.word})")
+    return Verdict(combine(checks), text + ".", checks)
 
 
-def verdict_regularization(s: Summary) -> tuple[str, str]:
-    parts, at_target = [], []
+def verdict_regularization(r: Results) -> Verdict:
+    checks, parts = [], []
     for arm in ("entropy-adaptive", "entropy-aer"):
-        if not s.has(arm):
+        if not r.has(arm, "grpo"):
             continue
-        target, final = s.mean(arm, "entropy_target"), s.mean(arm, "entropy_final")
-        off = (final - target) / target
-        ok = abs(off) <= 0.2
-        at_target.append(ok)
-        acc = s.compare(arm, "grpo", "heldout_accuracy") if s.has("grpo") else 0
-        parts.append(
-            f"{arm} ends at {s.fmt(arm, 'entropy_final')} nats against its target {target:.3f} ({off:+.0%}, "
-            f"{'within' if ok else 'outside'} ±20%), held-out accuracy {s.fmt(arm, 'heldout_accuracy')}, "
-            f"{_word(acc, 'above', 'below', 'level with')} plain GRPO's {s.fmt('grpo', 'heldout_accuracy')}"
-        )
-    if s.has("entropy-fixed", "grpo"):
-        sign = s.compare("entropy-fixed", "grpo", "entropy_final")
-        parts.append(
-            f"the fixed bonus ends at {s.fmt('entropy-fixed', 'entropy_final')} nats, "
-            f"{_word(sign, 'above', 'below', 'level with')} plain GRPO's {s.fmt('grpo', 'entropy_final')}, "
-            f"accuracy {s.fmt('entropy-fixed', 'heldout_accuracy')}"
-        )
-    if not at_target:
-        return "not run", "no adaptive arm has results."
-    rising = s.has("base") and all(
-        s.mean(a, "heldout_accuracy") > s.mean("base", "heldout_accuracy") for a in ("entropy-adaptive", "entropy-aer") if s.has(a)
-    )
-    tail = f"; the base model's held-out accuracy is {s.fmt('base', 'heldout_accuracy')}" if s.has("base") else ""
-    text = "; ".join(parts) + tail + "."
-    if all(at_target) and rising:
-        return "holds", text
-    if any(at_target):
-        return "partly", text
-    return "does not hold", text
-
-
-def verdict_positive_tokens(s: Summary) -> tuple[str, str]:
-    if not s.has("grpo"):
-        return "not run", "the grpo arm has no results."
-    parts, checks = [], []
-    if s.has("adv-nonneg", "adv-nonpos"):
-        low = s.compare("adv-nonneg", "grpo", "entropy_ratio")
-        high = s.compare("adv-nonpos", "grpo", "entropy_ratio")
-        checks += [low < 0, high > 0]
-        parts.append(
-            f"entropy ratio (final / initial) is {s.fmt('adv-nonneg', 'entropy_ratio')} with only advantage >= 0 "
-            f"tokens, {s.fmt('grpo', 'entropy_ratio')} with all tokens and {s.fmt('adv-nonpos', 'entropy_ratio')} with "
-            f"only advantage <= 0 tokens"
-        )
-    lambdas = [a for a in ("par-0", "par-0.5", "par-entropy-guided") if s.has(a)]
-    for arm in lambdas:
-        sign = s.compare(arm, "grpo", "entropy_ratio")
-        checks.append(sign > 0)
-        parts.append(
-            f"{arm}: ratio {s.fmt(arm, 'entropy_ratio')} ({_word(sign, 'above', 'below', 'level with')} lambda = 1), "
-            f"held-out accuracy {s.fmt(arm, 'heldout_accuracy')} vs {s.fmt('grpo', 'heldout_accuracy')}"
-        )
+        idle = _acting(r, arm, "coef_acting", "coef_mean", f"a coefficient >= {ACTING_COEF:g}")
+        if idle:
+            checks.append(idle)
+        target = r.mean(arm, "entropy_target")
+        checks += [
+            directional(f"{arm} ends with more entropy than GRPO", r.diff(arm, "grpo", "entropy_final"), +1),
+            equivalent(f"{arm} ends at its target (final - target, margin 20% of the target)",
+                       r.change(arm, "entropy_final", "entropy_target"), 0.2 * target),
+            directional(f"{arm}'s held-out accuracy is above GRPO's", r.diff(arm, "grpo", "heldout_accuracy"), +1),
+        ]
+        parts.append(f"{arm} ends at {r.fmt(arm, 'entropy_final')} nats against its target {target:.3f} and GRPO's "
+                     f"{r.fmt('grpo', 'entropy_final')}; coefficient applied {r.fmt(arm, 'coef_mean')} on average, "
+                     f">= {ACTING_COEF:g} on {r.mean(arm, 'coef_acting'):.0%} of steps")
     if not checks:
-        return "not run", "no token-weighting arm has results."
-    text = "; ".join(parts) + "."
-    return ("holds" if all(checks) else "partly" if any(checks) else "does not hold"), text
+        return Verdict("not run", "no controller arm has results.")
+    return Verdict(combine(checks), "; ".join(parts) + ".", checks)
 
 
-def verdict_offpolicy(s: Summary) -> tuple[str, str]:
-    arms = [a.name for a in ARMS if a.question == 4 and s.has(a.name)]
-    if not arms or not s.has("grpo"):
-        return "not run", "the off-policy arms have no results."
-    parts, reward_up, acc_flat = [], [], []
+def verdict_positive_tokens(r: Results) -> Verdict:
+    if not r.has("grpo"):
+        return Verdict("not run", "the grpo arm has no results.")
+    checks, parts = [], []
+    fixed = r.frame.get("reference_entropy_digit", pd.Series(dtype=float)).notna().any()
+    for arm, direction, what in (("adv-nonneg", -1, "advantage >= 0 tokens only lowers"),
+                                 ("adv-nonpos", +1, "advantage <= 0 tokens only raises")):
+        if not r.has(arm):
+            continue
+        checks.append(directional(f"training on {what} entropy (training entropy ratio against GRPO's)",
+                                  r.diff(arm, "grpo", "entropy_ratio"), direction))
+        if fixed:
+            for kind in ("digit", "other"):
+                checks.append(directional(f"training on {what} entropy on fixed contexts ({kind} positions)",
+                                          r.diff(arm, "grpo", f"reference_entropy_{kind}"), direction))
+    if r.has("par-0.5"):
+        checks.append(directional("lambda = 0.5 keeps more entropy than lambda = 1 (ratio)",
+                                  r.diff("par-0.5", "grpo", "entropy_ratio"), +1))
+    if r.has("par-entropy-guided"):
+        idle = _acting(r, "par-entropy-guided", "lambda_acting", "lambda_mean", f"lambda <= {ACTING_LAMBDA:g}")
+        if idle:
+            checks.append(idle)
+        checks.append(directional("entropy-guided PAR keeps more entropy than GRPO (ratio)",
+                                  r.diff("par-entropy-guided", "grpo", "entropy_ratio"), +1))
+        parts.append(f"entropy-guided PAR's threshold {r.fmt('par-entropy-guided', 'par_threshold')} nats, lambda "
+                     f"{r.fmt('par-entropy-guided', 'lambda_mean')} on average, <= {ACTING_LAMBDA:g} on "
+                     f"{r.mean('par-entropy-guided', 'lambda_acting'):.0%} of steps")
+    if not checks:
+        return Verdict("not run", "no token-weighting arm has results.")
+    arms = [a for a in ("adv-nonneg", "grpo", "adv-nonpos", "par-0.5", "par-entropy-guided") if r.has(a)]
+    parts.insert(0, "entropy ratio (final / initial): " + ", ".join(f"{a} {r.fmt(a, 'entropy_ratio')}" for a in arms))
+    return Verdict(combine(checks), "; ".join(parts) + ".", checks)
+
+
+def verdict_offpolicy(r: Results) -> Verdict:
+    arms = [a.name for a in ARMS if a.question == 4 and r.has(a.name)]
+    if not arms or not r.has("grpo"):
+        return Verdict("not run", "the off-policy arms have no results.")
+    checks, parts = [], []
     for arm in arms:
-        r = s.compare(arm, "grpo", "reward_final")
-        a = s.compare(arm, "grpo", "heldout_accuracy")
-        reward_up.append(r > 0)
-        acc_flat.append(a <= 0)
-        parts.append(
-            f"{arm}: final training reward {s.fmt(arm, 'reward_final')} vs {s.fmt('grpo', 'reward_final')} at N = 1 "
-            f"({_word(r, 'higher', 'lower', 'level')}), held-out accuracy {s.fmt(arm, 'heldout_accuracy')} vs "
-            f"{s.fmt('grpo', 'heldout_accuracy')} ({_word(a, 'higher', 'lower', 'level')}), entropy ratio "
-            f"{s.fmt(arm, 'entropy_ratio')} vs {s.fmt('grpo', 'entropy_ratio')}"
-        )
-    text = "; ".join(parts) + "."
-    if all(reward_up) and all(acc_flat):
-        return "holds", text
-    if any(reward_up) or all(acc_flat):
-        return "partly", text
-    return "does not hold", text
+        checks += [
+            directional(f"{arm} ends with a higher training reward than GRPO", r.diff(arm, "grpo", "reward_final"), +1),
+            at_most(f"{arm}'s in-domain held-out accuracy is not higher", r.diff(arm, "grpo", "heldout_accuracy"),
+                    LEVEL_MARGIN),
+        ]
+        if r.frame["ood_accuracy"].notna().any():
+            checks.append(at_most(f"{arm}'s out-of-domain accuracy is not higher", r.diff(arm, "grpo", "ood_accuracy"),
+                                  LEVEL_MARGIN))
+        parts.append(f"{arm}: final training reward {r.fmt(arm, 'reward_final')} vs GRPO's {r.fmt('grpo', 'reward_final')}, "
+                     f"held-out accuracy {r.fmt(arm, 'heldout_accuracy')} vs {r.fmt('grpo', 'heldout_accuracy')}, "
+                     f"out of domain {r.fmt(arm, 'ood_accuracy')} vs {r.fmt('grpo', 'ood_accuracy')}")
+    return Verdict(combine(checks), "; ".join(parts) + ".", checks)
 
 
-def verdict_clipping(s: Summary) -> tuple[str, str]:
-    # symmetric clipping at the same updates per batch: on-policy, the ratio never leaves 1
+def verdict_clipping(r: Results) -> Verdict:
     ref = REFERENCE["clip-higher"]
-    if not s.has(ref, "clip-higher"):
-        return "not run", f"the clipping arms (and {ref}, their symmetric reference) have no results."
-    hi = s.compare("clip-higher", ref, "entropy_final")
-    text = (
-        f"against {ref} (the same updates per batch), final entropy is {s.fmt('clip-higher', 'entropy_final')} with clip-higher and "
-        f"{s.fmt(ref, 'entropy_final')} with the symmetric clip ({_word(hi, 'above', 'below', 'level with')} it)"
-    )
-    if s.has("clip-lower"):
-        lo = s.compare("clip-lower", ref, "entropy_final")
-        text += f", {s.fmt('clip-lower', 'entropy_final')} with clip-lower ({_word(lo, 'above', 'below', 'level with')} symmetric)"
-    text += (
-        f"; held-out accuracy {s.fmt('clip-higher', 'heldout_accuracy')} (clip-higher) vs "
-        f"{s.fmt(ref, 'heldout_accuracy')} (symmetric)."
-    )
-    return ("holds" if hi > 0 else "does not hold"), text
+    share = r.mean("offpolicy-4", "pos_clipped_high_share") if r.has("offpolicy-4") else math.nan
+    measured = ("" if math.isnan(share) else
+                f"offpolicy-4 (symmetric clip at 1.2) cut {share:.2%} of its positive-advantage tokens at the upper "
+                f"bound, so clip-higher's window (1.2, 1.28] holds at most that share")
+    if not r.has(ref, "clip-higher"):
+        why = (f"; below the {Q5_MIN_SHARE:.0%} worth running the 16-update clipping arms for" if share < Q5_MIN_SHARE
+               else "; enough to run them: `--arms clip-higher,clip-lower`") if measured else ""
+        return Verdict("not run", (measured or f"the clipping arms (and {ref}) have no results") + why + ".")
+    checks = [directional(f"clip-higher ends with more entropy than {ref} (the same updates, symmetric clip)",
+                          r.diff("clip-higher", ref, "entropy_final"), +1)]
+    text = (f"final entropy {r.fmt('clip-higher', 'entropy_final')} with clip-higher, {r.fmt(ref, 'entropy_final')} "
+            f"with the symmetric clip" + (f"; {measured}" if measured else ""))
+    return Verdict(combine(checks), text + ".", checks)
 
 
-def verdict_remedies(s: Summary) -> tuple[str, str]:
-    arms = [a for a in REMEDY_ARMS if s.has(a, REFERENCE[a])]
-    if not arms:
-        return "not run", "the remedy arms (and their reference arms) have no results."
-    parts, kept = [], []
-    for arm in arms:
-        ref = REFERENCE[arm]
-        ent = s.compare(arm, ref, "entropy_final")
-        acc = s.compare(arm, ref, "heldout_accuracy")
-        kept.append(ent > 0 and acc >= 0)
-        parts.append(f"{arm} ends at {s.fmt(arm, 'entropy_final')} nats ({_word(ent, 'above', 'below', 'level with')} "
-                     f"{ref}'s {s.fmt(ref, 'entropy_final')}), held-out accuracy {s.fmt(arm, 'heldout_accuracy')} "
-                     f"({_word(acc, 'above', 'below', 'level with')} {ref}'s {s.fmt(ref, 'heldout_accuracy')})")
-    text = "each against the arm with its update schedule: " + "; ".join(parts) + "."
-    word = "holds" if all(kept) else "partly" if any(kept) else "does not hold"
-    return word, text
+def verdict_data(r: Results) -> Verdict:
+    if not r.has("grpo", "data-full"):
+        return Verdict("not run", "the data arms have no results.")
+    checks = [equivalent(f"100 k-means prompts x 8 epochs match the full split seen once (held-out accuracy, "
+                         f"margin {MATCH_MARGIN:g})", r.diff("grpo", "data-full", "heldout_accuracy"), MATCH_MARGIN)]
+    parts = [f"held-out accuracy {r.fmt('grpo', 'heldout_accuracy')} on the k-means subset vs "
+             f"{r.fmt('data-full', 'heldout_accuracy')} on the full split"]
+    for arm, what in (("data-one-cluster", "one cluster"), ("data-random", "random prompts")):
+        if r.has(arm):
+            checks.append(directional(f"{what} collapse entropy faster than the k-means subset (ratio)",
+                                      r.diff(arm, "grpo", "entropy_ratio"), -1) if arm == "data-one-cluster" else
+                          directional(f"{what} keep less held-out accuracy than the k-means subset",
+                                      r.diff(arm, "grpo", "heldout_accuracy"), -1))
+            parts.append(f"{arm}: entropy ratio {r.fmt(arm, 'entropy_ratio')} vs {r.fmt('grpo', 'entropy_ratio')}, "
+                         f"held-out accuracy {r.fmt(arm, 'heldout_accuracy')}")
+    return Verdict(combine(checks), "; ".join(parts) + ".", checks)
 
 
-def verdict_data(s: Summary) -> tuple[str, str]:
-    if not s.has("grpo", "data-full"):
-        return "not run", "the data arms have no results."
-    match = s.compare("grpo", "data-full", "heldout_accuracy")
-    parts = [
-        f"held-out accuracy {s.fmt('grpo', 'heldout_accuracy')} on 600 k-means prompts vs "
-        f"{s.fmt('data-full', 'heldout_accuracy')} on the full split ({_word(match, 'above', 'below', 'level')})"
-    ]
-    if s.has("data-random"):
-        parts.append(f"{s.fmt('data-random', 'heldout_accuracy')} on 600 random prompts")
-    faster = None
-    if s.has("data-few-clusters"):
-        # faster than every more diverse subset that ran: k-means (grpo) and random
-        peers = [a for a in ("grpo", "data-random") if s.has(a)]
-        faster = all(s.compare("data-few-clusters", a, "entropy_ratio") < 0 for a in peers)
-        parts.append(
-            f"entropy ratio {s.fmt('data-few-clusters', 'entropy_ratio')} on few clusters vs "
-            f"{s.fmt('grpo', 'entropy_ratio')} on k-means prompts"
-            + (f" and {s.fmt('data-random', 'entropy_ratio')} on random ones" if s.has("data-random") else "")
-            + f" (few-clusters accuracy {s.fmt('data-few-clusters', 'heldout_accuracy')})"
-        )
-    text = "; ".join(parts) + "."
-    checks = [match >= 0] + ([faster] if faster is not None else [])
-    return ("holds" if all(checks) else "partly" if any(checks) else "does not hold"), text
-
-
-def verdict_spearman(spear: pd.DataFrame) -> tuple[str, str]:
+def verdict_spearman(spear: pd.DataFrame) -> Verdict:
     if not len(spear):
-        return "not run", "no evaluation of a trained arm."
+        return Verdict("not run", "no evaluation of a trained arm.")
     row = spear.set_index("arm")
     arm = "grpo" if "grpo" in row.index else row.index[0]
     rho = float(row.at[arm, "spearman"])
@@ -265,4 +232,19 @@ def verdict_spearman(spear: pd.DataFrame) -> tuple[str, str]:
         f"(seeds from {float(row.at[arm, 'spearman_min']):.3f} to {float(row.at[arm, 'spearman_max']):.3f}), "
         f"{overall:.3f} averaged over the arms: a {strength}{' negative' if rho < 0 else ''} correlation."
     )
-    return ("holds" if strength == "weak" else "does not hold"), text
+    return Verdict("holds" if strength == "weak" else "does not hold", text)
+
+
+def verdict_remedies(r: Results) -> Verdict:
+    arms = [a for a in REMEDY_ARMS if r.has(a, REFERENCE[a])]
+    if not arms:
+        return Verdict("not run", "no remedy arm ran (they are outside the default run: `--arms clip-cov,...`).")
+    checks, parts = [], []
+    for arm in arms:
+        ref = REFERENCE[arm]
+        checks += [directional(f"{arm} ends with more entropy than {ref}", r.diff(arm, ref, "entropy_final"), +1),
+                   at_least(f"{arm} loses no held-out accuracy against {ref}", r.diff(arm, ref, "heldout_accuracy"),
+                            -LEVEL_MARGIN)]
+        parts.append(f"{arm} ends at {r.fmt(arm, 'entropy_final')} nats ({ref}: {r.fmt(ref, 'entropy_final')}), "
+                     f"held-out accuracy {r.fmt(arm, 'heldout_accuracy')} ({ref}: {r.fmt(ref, 'heldout_accuracy')})")
+    return Verdict(combine(checks), "each against the arm with its update schedule: " + "; ".join(parts) + ".", checks)

@@ -253,10 +253,16 @@ app.command(name="merge")(merge_command.merge)
 @experiment_app.command("entropy")
 def experiment_entropy(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or profile name (default: demo)."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Training seeds, comma-separated; every arm runs once per seed."),
-    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms to run (default: all; grpo always)."),
-    domain: str = typer.Option("gcd", "--domain", help="Training domain; its test split is the held-out set."),
-    k: int = typer.Option(600, "--k", help="Prompts kept by each selected data variant (k-means, random, few clusters)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds, comma-separated; every arm runs once "
+                                        "per seed (default 0,1,2,3,4)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms to run (default: the default run's; "
+                                       "grpo always)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Training domain; its test split is the held-out set "
+                                         "(default gcd)."),
+    ood_domain: Optional[str] = typer.Option(None, "--ood-domain", help="A domain every arm is also evaluated on "
+                                             "and never trained on (default arithmetic; 'none': no such column)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Prompts kept by each selected data variant (default 100)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Rollout batches per arm (default 100)."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default ./workspace or $POLYMATH_HOME."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a profile key for every arm."),
     debug: bool = typer.Option(False, "--debug", help="Show library warnings, loading bars and full tracebacks."),
@@ -272,11 +278,11 @@ def experiment_entropy(
     try:
         cfg = load_config(config, overrides)
         try:
-            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds is not None else None
         except ValueError:
             raise ConfigError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
         arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
-        experiment = experiment_from_options(seed_list, arm_list, domain, k)
+        experiment = experiment_from_options(seed_list, arm_list, domain, k, ood_domain, steps)
         ws = _workspace(workspace)
         ws.root.mkdir(parents=True, exist_ok=True)
         path = entropy_experiment_flow(cfg, str(ws.root.resolve()), experiment)

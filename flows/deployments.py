@@ -77,8 +77,10 @@ def run_entropy_experiment(
     workspace: str | None = None,
     seeds: list[int] | None = None,
     arms: list[str] | None = None,
-    domain: str = "gcd",
-    k: int = 600,
+    domain: str | None = None,
+    k: int | None = None,
+    ood_domain: str | None = None,
+    steps: int | None = None,
 ) -> str:
     """``polymath experiment entropy`` for a deployment; returns the report's path."""
     from experiments.entropy import experiment_from_options
@@ -86,7 +88,7 @@ def run_entropy_experiment(
     from .experiment import entropy_experiment_flow
 
     cfg = deployment_config(config, overrides)
-    experiment = experiment_from_options(seeds, arms, domain, k)
+    experiment = experiment_from_options(seeds, arms, domain, k, ood_domain, steps)
     root = resolve_workspace(workspace)
     root.mkdir(parents=True, exist_ok=True)
     with one_writer(root):

@@ -23,7 +23,7 @@ def eval_label(target: StageRef | None, greedy: bool) -> str:
 
 
 @stage("evaluate", upstream=("model", "data", "train", "merge"),
-       code=(*SAMPLING_CODE, "pipeline/evaluate.py"), heavy=True)
+       code=(*SAMPLING_CODE, "evaluation/reference_entropy.py", "pipeline/evaluate.py"), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
@@ -49,7 +49,7 @@ def run(
     key = key_of("evaluate", section, inputs)
     if done := finished(ws, "evaluate", key, label, force):
         return done
-    from evaluation.sampling import evaluate_model
+    from evaluation.sampling import evaluate_model, measure_reference_entropy
     from training.verifiers import score
     by_domain: dict[str, list[Problem]] = {}
     if cfg.evaluate.domains is not None:
@@ -68,6 +68,11 @@ def run(
             adapter_dir=adapter, load=cfg.model.load_options(),
         )
         samples.to_parquet(out.tmp / "eval_samples.parquet", index=False)
+        if cfg.evaluate.reference_entropy:
+            measure_reference_entropy(
+                whole or model_dir(model), by_domain, cfg.evaluate, label, key, adapter_dir=adapter,
+                load=cfg.model.load_options(),
+            ).to_parquet(out.tmp / "eval_reference_entropy.parquet", index=False)
         acc = samples.groupby("benchmark")["correct"].mean()
         out.summary.update(label=label, accuracy={b: round(float(a), 4) for b, a in acc.items()})
     return ref(ws, "evaluate", key, label)

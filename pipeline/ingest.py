@@ -18,6 +18,7 @@ TABLE_FILES = {
     "curation_probe": "run_key",
     "train_steps": "run_key",
     "eval_samples": "eval_run",
+    "eval_reference_entropy": "eval_run",
     "merge_runs": "run_key",
     "merge_sweep": "run_key",
 }

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from experiments.entropy import ARM_NAMES, EntropyExperiment
+from experiments.entropy import DEFAULT_ARMS, EntropyExperiment
 from pipeline.deploy_params import allowed_override, check_overrides, resolve_profile_name, resolve_workspace
 from polymath.errors import ConfigError
 
@@ -73,7 +73,7 @@ def test_prefect_yaml_matches_the_code_it_describes():
     experiment = next(d for d in DEPLOYMENTS if d["name"] == "experiment-entropy")
     seeds = experiment["parameters"]["seeds"]
     assert seeds == EntropyExperiment().seeds
-    assert f"{len(ARM_NAMES)} arms x {len(seeds)} seeds" in experiment["description"]
+    assert f"{len(DEFAULT_ARMS)} arms x {len(seeds)} seeds" in experiment["description"]
     # every work pool a deployment names is created in the scheduling guide
     guide = (REPO / "docs" / "scheduling.md").read_text()
     for pool in {d["work_pool"]["name"] for d in DEPLOYMENTS}:

@@ -12,13 +12,16 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from evaluation.store import Store
-from experiments.entropy import ARMS, BASELINE, EntropyExperiment, experiment_plan
+from experiments.entropy import ARM_NAMES, ARMS, BASELINE, EntropyExperiment, experiment_plan
+from experiments.entropy_stats import paired_difference
 from experiments.entropy_verdicts import (
-    Summary,
+    Results,
     verdict_collapse,
     verdict_data,
     verdict_offpolicy,
     verdict_positive_tokens,
+    verdict_regularization,
+    verdict_remedies,
     verdict_spearman,
 )
 from flows.cli import app
@@ -42,7 +45,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def test_every_arm_is_the_baseline_with_only_its_own_changes(micro_config_path):
     # 4 x 2 completions per batch: every arm's updates per batch divide it (offpolicy-16 takes 8 eighths)
     cfg = load_config(micro_config_path, ["train.prompts_per_step=4"])
-    plan = experiment_plan(cfg, EntropyExperiment(seeds=[3], domain="reverse", k=8))
+    plan = experiment_plan(cfg, EntropyExperiment(seeds=[3], domain="reverse", k=8, arms=list(ARM_NAMES)))
     base = _flatten(plan.base.model_dump(mode="json"))
     for key, value in BASELINE.items():
         assert base[key] == value
@@ -54,9 +57,13 @@ def test_every_arm_is_the_baseline_with_only_its_own_changes(micro_config_path):
         changed = {k for k, v in arm.items() if base.get(k) != v}
         assert changed <= set(declared), run.arm.name
         assert {k: arm[k] for k in declared} == declared, run.arm.name
-    assert set(plan.data_configs) == {"kmeans", "random", "few-clusters", "full"}
+    assert set(plan.data_configs) == {"kmeans", "random", "one-cluster", "full"}
     assert plan.data_configs["full"] is None
-    assert plan.data_configs["few-clusters"].curate.strategy == "few-clusters"
+    assert plan.data_configs["one-cluster"].curate.strategy == "few-clusters"
+    # every arm is also evaluated on a domain it never trains on; the default run is five seeds of the default arms
+    assert base["evaluate.domains"] == ["reverse", "arithmetic"] and base["train.steps"] == 100
+    default = EntropyExperiment()
+    assert default.seeds == [0, 1, 2, 3, 4] and "par-0" not in ARM_NAMES and "clip-higher" not in default.arms
 
 
 def test_grpo_always_runs_and_unknown_arms_are_named():
@@ -128,83 +135,95 @@ def test_experiment_results_view_matches_a_direct_computation(tmp_path):
 # ---------- verdicts ----------
 
 
-def _summary(rows: list[dict]) -> Summary:
-    return Summary(pd.DataFrame(rows))
+def _results(arms: dict[str, dict[str, list[float]]]) -> Results:
+    """Per-seed rows from {arm: {column: [value per seed]}}."""
+    rows = []
+    for arm, cols in arms.items():
+        n = len(next(iter(cols.values())))
+        for seed in range(n):
+            rows.append({"arm": arm, "seed": seed, **{c: v[seed] for c, v in cols.items()}})
+    return Results(pd.DataFrame(rows))
 
 
-def test_collapse_verdict_follows_the_entropy_ratio():
-    def row(ratio):
-        return {"arm": "grpo", "seeds": 3, "entropy_initial": 0.6, "entropy_final": 0.6 * ratio, "entropy_ratio": ratio,
-                "entropy_ratio_sd": 0.01, "heldout_entropy": 0.3, "heldout_entropy_sd": 0.01}
-    assert verdict_collapse(_summary([row(0.3)]))[0] == "holds"
-    assert verdict_collapse(_summary([row(0.7)]))[0] == "partly"
-    assert verdict_collapse(_summary([row(1.0)]))[0] == "does not hold"
-    assert verdict_collapse(_summary([]))[0] == "not run"
+def test_paired_interval_is_the_t_interval_of_the_per_seed_differences():
+    frame = pd.DataFrame({"arm": ["a"] * 5 + ["b"] * 5, "seed": list(range(5)) * 2,
+                          "x": [0.50, 0.52, 0.47, 0.55, 0.51, 0.40, 0.45, 0.41, 0.44, 0.40]})
+    d = paired_difference(frame, "a", "b", "x")
+    diffs = np.array([0.10, 0.07, 0.06, 0.11, 0.11])
+    half = 2.7764451051977987 * diffs.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert d.n == 5 and d.mean == pytest.approx(diffs.mean())
+    assert (d.low, d.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    # pairing matters: the seeds' shared offsets cancel, an unpaired 2-SE rule would not see them cancel
+    assert d.sign == 1
+    # a base row is one number: the arm's one-sample interval, shifted
+    base = pd.DataFrame({"arm": ["a"] * 5 + ["base"], "seed": list(range(5)) + [0], "x": [0.5, 0.52, 0.47, 0.55, 0.51, 0.3]})
+    assert paired_difference(base, "a", "base", "x", constant={"base"}).mean == pytest.approx(0.51 - 0.3)
 
 
-def test_differences_within_twice_the_standard_error_do_not_count():
-    rows = [
-        {"arm": "grpo", "seeds": 4, "reward_final": 0.50, "reward_final_sd": 0.04,
-         "heldout_accuracy": 0.60, "heldout_accuracy_sd": 0.02, "entropy_ratio": 0.5, "entropy_ratio_sd": 0.05},
-        # +0.05 reward against 2 SE = 2 * sqrt(2 * 0.04^2 / 4) = 0.057: level
-        {"arm": "offpolicy-2", "seeds": 4, "reward_final": 0.55, "reward_final_sd": 0.04,
-         "heldout_accuracy": 0.60, "heldout_accuracy_sd": 0.02, "entropy_ratio": 0.5, "entropy_ratio_sd": 0.05},
-        # +0.10 reward: higher; accuracy -0.05: lower
-        {"arm": "offpolicy-4", "seeds": 4, "reward_final": 0.60, "reward_final_sd": 0.04,
-         "heldout_accuracy": 0.55, "heldout_accuracy_sd": 0.02, "entropy_ratio": 0.5, "entropy_ratio_sd": 0.05},
-    ]
-    s = _summary(rows)
-    assert s.compare("offpolicy-2", "grpo", "reward_final") == 0
-    assert s.compare("offpolicy-4", "grpo", "reward_final") == 1
-    assert s.compare("offpolicy-4", "grpo", "heldout_accuracy") == -1
-    word, text = verdict_offpolicy(s)
-    assert word == "partly" and "offpolicy-4: final training reward 0.600 ± 0.040" in text
-    rows[1]["reward_final"] = 0.65
-    assert verdict_offpolicy(_summary(rows))[0] == "holds"
+def test_a_true_effect_holds_no_effect_is_inconclusive_one_seed_decides_nothing():
+    rng = np.random.default_rng(0)
+    grpo = list(0.5 + rng.normal(0, 0.02, 5))
+    effect = _results({"grpo": {"entropy_ratio": grpo}, "adv-nonpos": {"entropy_ratio": [g + 0.2 for g in grpo]}})
+    assert verdict_positive_tokens(effect).word == "holds"
+    noise = _results({"grpo": {"entropy_ratio": grpo},
+                      "adv-nonpos": {"entropy_ratio": [g + e for g, e in zip(grpo, [0.03, -0.04, 0.02, -0.01, 0.01])]}})
+    v = verdict_positive_tokens(noise)
+    assert v.word == "inconclusive" and v.checks[0].word == "inconclusive"
+    assert v.checks[0].diff.low < 0 < v.checks[0].diff.high
+    wrong_way = _results({"grpo": {"entropy_ratio": grpo}, "adv-nonpos": {"entropy_ratio": [g - 0.2 for g in grpo]}})
+    assert verdict_positive_tokens(wrong_way).word == "does not hold"
+    one = _results({"grpo": {"entropy_ratio": [0.5]}, "adv-nonpos": {"entropy_ratio": [0.9]}})
+    v = verdict_positive_tokens(one)
+    assert v.word == "inconclusive" and "no interval" in v.checks[0].row()["difference"]
 
 
-def test_a_column_without_a_seed_spread_compares_by_its_raw_difference():
-    s = _summary([{"arm": "grpo", "seeds": 3, "entropy_final": 0.30}, {"arm": "clip-higher", "seeds": 3, "entropy_final": 0.31}])
-    assert math.isnan(s.noise("clip-higher", "grpo", "entropy_final"))
-    assert s.compare("clip-higher", "grpo", "entropy_final") == 1
+def test_collapse_needs_entropy_to_fall_beyond_its_interval():
+    falls = {"entropy_initial": [0.6, 0.62, 0.58], "entropy_final": [0.3, 0.33, 0.28],
+             "entropy_ratio": [0.5, 0.53, 0.48]}
+    assert verdict_collapse(_results({"grpo": falls})).word == "holds"
+    flat = {"entropy_initial": [0.6, 0.62, 0.58], "entropy_final": [0.61, 0.60, 0.59], "entropy_ratio": [1.0] * 3}
+    assert verdict_collapse(_results({"grpo": flat})).word == "inconclusive"
+    assert verdict_collapse(Results(pd.DataFrame(columns=["arm", "seed"]))).word == "not run"
 
 
-def test_low_diversity_must_collapse_faster_than_every_diverse_subset():
-    def row(arm, ratio, acc=0.7):
-        return {"arm": arm, "seeds": 3, "entropy_ratio": ratio, "entropy_ratio_sd": 0.01,
-                "heldout_accuracy": acc, "heldout_accuracy_sd": 0.01}
-    rows = [row("grpo", 0.45), row("data-full", 0.40), row("data-random", 0.44), row("data-few-clusters", 0.30)]
-    assert verdict_data(_summary(rows))[0] == "holds"
-    rows[2] = row("data-random", 0.30)  # random collapses as fast as the narrow subset
-    assert verdict_data(_summary(rows))[0] == "partly"
+def test_a_controller_that_never_acted_is_called_so_and_q2_compares_with_grpo():
+    grpo = {"entropy_final": [0.10, 0.11, 0.10, 0.12, 0.10], "heldout_accuracy": [0.60, 0.62, 0.61, 0.60, 0.63],
+            "coef_acting": [0.0] * 5, "coef_mean": [0.0] * 5, "entropy_target": [math.nan] * 5}
+    acting = {"entropy_final": [0.14, 0.15, 0.14, 0.15, 0.15], "entropy_target": [0.15] * 5,
+              "heldout_accuracy": [0.64, 0.67, 0.65, 0.64, 0.68], "coef_acting": [0.8] * 5, "coef_mean": [0.2] * 5}
+    assert verdict_regularization(_results({"grpo": grpo, "entropy-adaptive": acting})).word == "holds"
+    # entropy above its target all along: the bonus never applied; the question says "did not act"
+    idle = {**acting, "coef_acting": [0.05] * 5, "coef_mean": [0.001] * 5}
+    v = verdict_regularization(_results({"grpo": grpo, "entropy-adaptive": idle}))
+    assert v.word == "did not act" and "5% of steps" in v.checks[0].claim
+    # accuracy above the base but level with GRPO: no longer "rises"
+    level = {**acting, "heldout_accuracy": [0.61, 0.61, 0.62, 0.60, 0.63]}
+    assert verdict_regularization(_results({"grpo": grpo, "entropy-adaptive": level})).word.startswith("partly")
 
 
-def test_positive_token_verdict_needs_every_ordering():
-    base = {"seeds": 2, "entropy_ratio_sd": 0.01, "heldout_accuracy": 0.5, "heldout_accuracy_sd": 0.01}
-    rows = [{"arm": "grpo", "entropy_ratio": 0.5, **base}, {"arm": "adv-nonneg", "entropy_ratio": 0.1, **base},
-            {"arm": "adv-nonpos", "entropy_ratio": 1.2, **base}, {"arm": "par-0", "entropy_ratio": 0.9, **base}]
-    assert verdict_positive_tokens(_summary(rows))[0] == "holds"
-    rows[3]["entropy_ratio"] = 0.3  # lambda = 0 collapsing faster than lambda = 1 breaks the claim
-    assert verdict_positive_tokens(_summary(rows))[0] == "partly"
+def test_matches_needs_the_interval_inside_its_margin_and_offpolicy_reads_the_ood_column():
+    acc = [0.60, 0.62, 0.58, 0.61, 0.60]
+    full = {"heldout_accuracy": [a + 0.005 for a in acc], "entropy_ratio": [0.5] * 5}
+    small = {"heldout_accuracy": acc, "entropy_ratio": [0.5] * 5}
+    assert verdict_data(_results({"grpo": small, "data-full": full})).word == "holds"
+    wide = {"heldout_accuracy": [a + e for a, e in zip(acc, [0.06, -0.05, 0.07, -0.06, 0.0])], "entropy_ratio": [0.5] * 5}
+    assert verdict_data(_results({"grpo": small, "data-full": wide})).word == "inconclusive"
+    grpo = {"reward_final": [0.5, 0.52, 0.49, 0.51, 0.5], "heldout_accuracy": acc, "ood_accuracy": acc}
+    off = {"reward_final": [0.6, 0.63, 0.58, 0.62, 0.6], "heldout_accuracy": acc,
+           "ood_accuracy": [a + 0.05 for a in acc]}
+    v = verdict_offpolicy(_results({"grpo": grpo, "offpolicy-4": off}))
+    assert [c.word for c in v.checks] == ["holds", "holds", "does not hold"] and v.word == "partly"
 
 
 def test_remedy_verdict_needs_higher_entropy_at_no_cost_in_accuracy():
-    from experiments.entropy_verdicts import verdict_remedies
-
-    def row(arm, entropy, acc):
-        return {"arm": arm, "seeds": 3, "entropy_final": entropy, "entropy_final_sd": 0.01,
-                "heldout_accuracy": acc, "heldout_accuracy_sd": 0.01}
-    rows = [row("grpo", 0.20, 0.60), row("offpolicy-4", 0.30, 0.60), row("clip-cov", 0.40, 0.61),
-            row("kl-cov", 0.35, 0.60)]
-    word, text = verdict_remedies(_summary(rows))
-    assert word == "holds" and "clip-cov ends at 0.400 ± 0.010 nats (above grpo's 0.200" in text
-    # KL-Cov acts only off-policy: it is judged against the arm with its 4 updates per batch
-    assert "kl-cov ends at 0.350 ± 0.010 nats (above offpolicy-4's 0.300" in text
-    rows[1]["entropy_final"] = 0.36
-    assert verdict_remedies(_summary(rows))[0] == "partly"
-    rows.append(row("w-reinforce", 0.50, 0.50))  # entropy kept, accuracy lost
-    assert verdict_remedies(_summary(rows))[0] == "partly"
-    assert verdict_remedies(_summary([row("grpo", 0.2, 0.6)]))[0] == "not run"
+    def arm(entropy, acc):
+        return {"entropy_final": [entropy + e for e in (0.0, 0.01, -0.01)], "heldout_accuracy": [acc + e for e in (0.0, 0.004, -0.004)]}
+    r = {"grpo": arm(0.20, 0.60), "offpolicy-4": arm(0.30, 0.60), "clip-cov": arm(0.40, 0.605), "kl-cov": arm(0.35, 0.60)}
+    v = verdict_remedies(_results(r))
+    assert v.word == "holds" and "kl-cov ends at 0.350 ± 0.010 nats (offpolicy-4: 0.300" in v.text
+    r["w-reinforce"] = arm(0.50, 0.50)  # entropy kept, accuracy lost
+    assert verdict_remedies(_results(r)).word == "partly"
+    assert verdict_remedies(_results({"grpo": arm(0.2, 0.6)})).word == "not run"
 
 
 def test_every_reference_arm_exists_and_shares_the_update_schedule():
@@ -231,13 +250,16 @@ def test_side_by_side_arms_start_with_the_most_updates_per_rollout_batch():
 
 def test_spearman_verdict_calls_small_correlations_weak():
     frame = pd.DataFrame([{"arm": "grpo", "seeds": 2, "spearman": -0.1, "spearman_min": -0.2, "spearman_max": 0.0}])
-    word, text = verdict_spearman(frame)
-    assert word == "holds" and "weak negative" in text
+    v = verdict_spearman(frame)
+    assert v.word == "holds" and "weak negative" in v.text
     frame.loc[0, "spearman"] = -0.7
-    assert verdict_spearman(frame)[0] == "does not hold"
+    assert verdict_spearman(frame).word == "does not hold"
 
 
 # ---------- end to end on the micro profile ----------
+
+
+MICRO_ARMS = ["adv-nonneg", "par-entropy-guided", "offpolicy-2", "data-full", "data-one-cluster"]
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +268,7 @@ def micro_experiment(prefect_harness, micro_config_path, tmp_path_factory):
 
     ws = Workspace(tmp_path_factory.mktemp("ws"))
     cfg = load_config(micro_config_path)
-    experiment = EntropyExperiment(seeds=[0], arms=["adv-nonneg", "offpolicy-2", "data-full", "data-few-clusters"],
-                                   domain="reverse", k=8)
+    experiment = EntropyExperiment(seeds=[0], arms=MICRO_ARMS, domain="reverse", ood_domain="gcd", k=8, steps=2)
     path = entropy_experiment_flow(cfg, str(ws.root), experiment)
     return cfg, ws, experiment, path
 
@@ -256,24 +277,33 @@ def test_experiment_writes_arms_and_a_report_from_queries(micro_experiment):
     _, ws, _, path = micro_experiment
     store = Store(ws.db_path)
     arms = store.query("SELECT arm, data, curate_run, train_run, eval_run FROM experiment_arms ORDER BY arm")
-    assert list(arms["arm"]) == ["adv-nonneg", "base", "base@greedy", "data-few-clusters", "data-full", "grpo",
-                                 "offpolicy-2"]
+    assert list(arms["arm"]) == ["adv-nonneg", "base", "base@greedy", "data-full", "data-one-cluster", "grpo",
+                                 "offpolicy-2", "par-entropy-guided"]
     assert pd.isna(arms.set_index("arm").loc["data-full", "curate_run"])
     picked = store.query(
         "SELECT DISTINCT s.domain FROM curation_selection s JOIN experiment_arms a ON s.run_key = a.curate_run"
     )
     assert list(picked["domain"]) == ["reverse"]
-    # every evaluation of the experiment samples its training domain's test split alone (evaluate.domains)
+    # every evaluation samples the training domain's test split and the out-of-domain one, nothing else
     sampled = store.query("SELECT DISTINCT benchmark FROM eval_samples s JOIN experiment_arms a ON s.eval_run = a.eval_run")
-    assert list(sampled["benchmark"]) == ["reverse"]
+    assert sorted(sampled["benchmark"]) == ["gcd", "reverse"]
     results = store.query("SELECT * FROM experiment_results WHERE arm NOT IN ('base', 'base@greedy')")
-    assert results[["entropy_final", "reward_final", "heldout_accuracy"]].notna().all().all()
+    assert results[["entropy_final", "reward_final", "heldout_accuracy", "ood_accuracy",
+                    "reference_entropy_other"]].notna().all().all()
+    # entropy-guided PAR's threshold is a fraction of the run's own initial entropy, measured before training
+    guided = results.set_index("arm").loc["par-entropy-guided"]
+    assert 0 < guided.par_threshold and results.set_index("arm").par_threshold.drop("par-entropy-guided").isna().all()
+    assert guided.lambda_mean is not None and 0 <= guided.lambda_acting <= 1
     greedy = store.query("SELECT heldout_accuracy, entropy_final FROM experiment_results WHERE arm = 'base@greedy'")
     assert greedy.heldout_accuracy.notna().all() and greedy.entropy_final.isna().all()
     text = open(path).read()
     for q in range(1, 9):
         assert f"### Q{q}." in text
     assert "### Q5. Does clip-higher keep entropy higher than a symmetric clip? **not run**" in text
+    # every verdict prints its claims with their intervals and rules; the arms left out say why
+    assert "Claims, each a paired difference over seeds" in text and "n = 1: no interval" in text
+    assert "| par-0 | 3 | removed: the loss of adv-nonpos" in text
+    assert "What the controllers applied" in text and "Entropy on fixed contexts" in text
     # Q3's covariance split: the two advantage signs' shares add up to the covariance, per arm
     assert "split by the sign of the advantage" in text
     split = store.query("SELECT run_key, step, metric, value FROM train_steps WHERE metric LIKE 'logp_adv_cov%'")
@@ -299,7 +329,7 @@ def test_experiment_rerun_reuses_every_stage_run(micro_experiment):
     after = {p: p.stat().st_mtime for p in (ws.root / "artifacts").glob("*/*/manifest.json")}
     assert after == before
     rows = Store(ws.db_path).query("SELECT count(*) AS n FROM experiment_arms")
-    assert int(rows["n"][0]) == 7
+    assert int(rows["n"][0]) == 8
     assert json.loads(
         Store(ws.db_path).query("SELECT changes FROM experiment_arms WHERE arm = 'adv-nonneg'")["changes"][0]
     ) == {"train.token_filter": "nonneg"}
@@ -315,7 +345,7 @@ def test_deployment_entry_point_runs_the_experiment_by_profile_name(micro_experi
     before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
     out = run_entropy_experiment(
         config=micro_config_path.stem, workspace=ws.root.name, seeds=[0],
-        arms=["adv-nonneg", "offpolicy-2", "data-full", "data-few-clusters"], domain="reverse", k=8,
+        arms=MICRO_ARMS, domain="reverse", ood_domain="gcd", k=8, steps=2,
     )
     assert out == path and sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
 
@@ -327,8 +357,8 @@ def test_the_plain_runner_needs_no_prefect_and_reuses_the_flow_runs(micro_experi
     before = sorted((ws.root / "artifacts").glob("*/*/manifest.json"))
     rows = run_experiment(experiment_plan(cfg, experiment), ws)  # stage functions, no flow or task
     assert sorted((ws.root / "artifacts").glob("*/*/manifest.json")) == before
-    assert sorted(rows["arm"]) == ["adv-nonneg", "base", "base@greedy", "data-few-clusters", "data-full", "grpo",
-                                   "offpolicy-2"]
+    assert sorted(rows["arm"]) == ["adv-nonneg", "base", "base@greedy", "data-full", "data-one-cluster", "grpo",
+                                   "offpolicy-2", "par-entropy-guided"]
     stored = Store(ws.db_path).query("SELECT arm, train_run FROM experiment_arms ORDER BY arm")
     assert dict(zip(stored["arm"], stored["train_run"].fillna(""))) == dict(
         zip(rows.sort_values("arm")["arm"], rows.sort_values("arm")["train_run"].fillna(""))
@@ -339,7 +369,7 @@ def test_two_workers_run_the_arms_side_by_side(prefect_harness, micro_config_pat
     from flows.experiment import entropy_experiment_flow
 
     cfg = load_config(micro_config_path, ["workers=2"])
-    experiment = EntropyExperiment(seeds=[0, 1], arms=["adv-nonneg"], domain="reverse", k=8)
+    experiment = EntropyExperiment(seeds=[0, 1], arms=["adv-nonneg"], domain="reverse", k=8, steps=2)
     entropy_experiment_flow(cfg, str(tmp_path), experiment)
     rows = Store(Workspace(tmp_path).db_path).query(
         "SELECT arm, seed, train_run, heldout_accuracy FROM experiment_results WHERE train_run IS NOT NULL ORDER BY ALL")

@@ -128,6 +128,29 @@ def test_par_entropy_guided_moves_by_step_and_clips():
     assert ctl.value == 0.0
 
 
+def test_par_threshold_relative_to_the_initial_entropy_waits_for_it():
+    settings = ParSettings(schedule="entropy-guided", lambda0=1.0, step=0.25, delta_fraction=0.8)
+    ctl = Controllers(EntropySettings(), settings, total_steps=10)
+    assert ctl.need_initial and ctl.par.threshold is None
+    ctl.observe_initial(0.5)  # measured before training: threshold 0.4
+    ctl.observe_initial(9.0)  # a later call does not move it
+    assert ctl.par.threshold == pytest.approx(0.4)
+    trace = []
+    for h in (0.45, 0.39, 0.3, 0.5):
+        ctl.end_step(h)
+        trace.append(ctl.par.value)
+    assert trace == pytest.approx([1.0, 0.75, 0.5, 0.75])
+    # without a measurement before training, the first step's entropy sets it
+    late = Controllers(EntropySettings(), settings, total_steps=10)
+    late.end_step(1.0)
+    assert late.par.threshold == pytest.approx(0.8) and late.par.value == 1.0
+    # restored from a checkpoint with its threshold
+    fresh = Controllers(EntropySettings(), settings, total_steps=10)
+    fresh.load_state_dict(ctl.state_dict())
+    assert fresh.par.threshold == pytest.approx(0.4)
+    assert not Controllers(EntropySettings(), ParSettings(), total_steps=3).need_initial
+
+
 def test_controllers_end_step_and_state_roundtrip(tmp_path):
     ctl = Controllers(
         EntropySettings(mode="aer", coef=0.01, delta=0.005, c_max=0.1, target_fraction=0.5),

@@ -95,6 +95,10 @@ class ParSettings(BaseModel):
     """entropy-guided: change of lambda per optimizer step."""
     delta: float = Field(0.2, gt=0)
     """entropy-guided: entropy threshold in nats below which lambda decreases."""
+    delta_fraction: float | None = Field(None, gt=0)
+    """entropy-guided: the threshold as this fraction of the run's initial entropy instead of ``delta`` (measured
+    on ``entropy.initial_batches`` rollout batches before training, else the first step's batch); lambda holds
+    until it is known."""
     staged_fraction: float = Field(0.5, ge=0, lt=1)
     """staged: fraction of the run trained with lambda = 0 before the linear ramp to 1."""
 

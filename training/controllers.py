@@ -22,7 +22,7 @@ from training.config import EntropySettings, ParSettings
 from training.entropy_modes import ENTROPY_MODES, EntropyMode
 
 STATE_FILE = "polymath_controllers.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _sign(x: float) -> int:
@@ -97,6 +97,13 @@ class ParController:
         self.settings = settings
         self.total_steps = total_steps
         self.value = self.staged_value(1) if settings.schedule == "staged" else float(settings.lambda0)
+        # entropy-guided: the entropy below which lambda falls; a relative one waits for the initial entropy
+        self.threshold: float | None = None if settings.delta_fraction is not None else float(settings.delta)
+
+    def observe_initial(self, entropy: float) -> None:
+        """Record the untrained policy's entropy: a relative threshold becomes ``delta_fraction`` of it (once)."""
+        if self.threshold is None and self.settings.delta_fraction is not None:
+            self.threshold = self.settings.delta_fraction * float(entropy)
 
     def staged_value(self, step: int) -> float:
         """Lambda for 1-based step ``step``: 0 through staged_fraction x T, then linear to 1 at step T."""
@@ -110,15 +117,16 @@ class ParController:
         s = self.settings
         if s.schedule == "staged":
             self.value = self.staged_value(finished_step + 1)
-        elif s.schedule == "entropy-guided" and not math.isnan(entropy):
-            moved = self.value - s.step if entropy < s.delta else self.value + s.step
+        elif s.schedule == "entropy-guided" and not math.isnan(entropy) and self.threshold is not None:
+            moved = self.value - s.step if entropy < self.threshold else self.value + s.step
             self.value = min(1.0, max(0.0, moved))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
+        return {"value": self.value, "threshold": self.threshold}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
+        self.threshold = None if state["threshold"] is None else float(state["threshold"])
 
 
 class Controllers:
@@ -133,13 +141,23 @@ class Controllers:
     def initial_entropy(self) -> float | None:
         return self.entropy.initial_entropy
 
+    @property
+    def need_initial(self) -> bool:
+        """Whether a controller reads the untrained policy's entropy (measured before training when asked)."""
+        return self.entropy.enabled or self.par.settings.delta_fraction is not None
+
+    def observe_initial(self, entropy: float) -> None:
+        """The untrained policy's entropy, for every controller that is relative to it (first call only)."""
+        self.entropy.observe_initial(entropy)
+        self.par.observe_initial(entropy)
+
     def end_step(self, entropy: float) -> None:
         """Close an optimizer step whose batch had token-mean entropy ``entropy``.
 
         The first step's batch is sampled from the untrained policy, so its
         entropy is the initial entropy AER anchors its target to.
         """
-        self.entropy.observe_initial(entropy)
+        self.observe_initial(entropy)
         self.steps_done += 1
         self.entropy.update(entropy)
         self.par.update(self.steps_done, entropy)

@@ -314,9 +314,9 @@ def _fit(trainer: PolymathGRPOTrainer, config: TrainConfig, checkpoints: Path) -
     """Train, from the newest complete checkpoint when there is one; returns that checkpoint (None: from the start)."""
     resume = last_complete_checkpoint(checkpoints)
     controllers = trainer.controllers
-    if resume is None and config.entropy.initial_batches > 1 and controllers.entropy.enabled:
+    if resume is None and config.entropy.initial_batches > 1 and controllers.need_initial:
         # A resumed run has its initial entropy in the checkpoint's controller state.
-        controllers.entropy.observe_initial(
+        controllers.observe_initial(
             trainer.measure_initial_entropy(config.entropy.initial_batches, seed=config.seed + 1))
     trainer.train(resume_from_checkpoint=resume)
     if trainer.accelerator.is_main_process and checkpoints.is_dir() and not any(checkpoints.iterdir()):

@@ -329,6 +329,9 @@ class PolymathGRPOTrainer(GRPOTrainer):
             "entropy_coef": sum(w.coefs) / len(w.coefs),
             "entropy_target": math.nan if target is None else target,
             "par_lambda": par_lambda,
+            # the threshold lambda was moved by at the end of this step (entropy-guided schedules only)
+            "par_threshold": math.nan if self.controllers.par.threshold is None
+            or self.controllers.par.settings.schedule != "entropy-guided" else self.controllers.par.threshold,
         }
         # fractions of the tokens the loss reads (all of them but the rows of dropped zero-variance groups)
         loss_tokens = max(totals["loss_tokens"], 1.0)

@@ -20,6 +20,7 @@ STEP_METRICS = (
     "entropy_coef",
     "entropy_target",
     "par_lambda",
+    "par_threshold",
     "pos_adv_token_frac",
     "clip_frac_low",
     "clip_frac_high",
