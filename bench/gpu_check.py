@@ -15,7 +15,7 @@ with a tokenizer covering every id, so no hub access is needed. Sections, each a
 4. LoRA serving: three rank-32 adapters merged exactly (task arithmetic, rank 96) and scored by teacher
    forcing through HF + peft against the dense weights they stand for (and through vLLM when installed);
 5. evaluation twice in one process (evaluate_model; one vLLM engine reused when installed), peak memory;
-6. isolation: a stage-like call in a spawned process (pipeline/isolation.py), device memory back to where it
+6. isolation: a stage-like call in a spawned process (tasks/isolation.py), device memory back to where it
    was after it.
 
 Wheels a bare GPU machine (torch, transformers, peft and accelerate only) needs for it: trl, datasets and
@@ -273,7 +273,7 @@ def _hold_memory() -> int:
 
 
 def isolation(dev: Device, _ctx) -> str:
-    from pipeline import isolation as iso
+    from tasks import isolation as iso
 
     before = dev.used()
     held = iso.call(_hold_memory, isolate=True)

@@ -22,7 +22,7 @@ from experiments.entropy import (
 )
 from experiments.entropy_report import write_entropy_report
 from pipeline.config import PolymathConfig
-from pipeline.tasks import ingest_task, run_stage
+from tasks.stage_tasks import ingest_task, run_stage
 from polymath.workspace import Workspace
 
 @task(name="arm", cache_policy=NO_CACHE, task_run_name="{label}")

@@ -17,7 +17,7 @@ def stage_progress(planned, err_console):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipeline import progress as stage_events
+    from tasks import progress as stage_events
 
     totals: dict[str, int] = {}
     for r in planned:

@@ -21,7 +21,7 @@ from pipeline.devices import plan_devices
 from pipeline.evaluate import eval_label, evaluation_jobs
 from pipeline.merge import merged_label
 from pipeline.stage import StageRef
-from pipeline.tasks import ingest_task, run_stage, submit_stage
+from tasks.stage_tasks import ingest_task, run_stage, submit_stage
 from pipeline.train import expert_domains, expert_label
 from polymath.workspace import Workspace
 

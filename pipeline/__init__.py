@@ -1,7 +1,7 @@
 """The pipeline's stages, one module each (data, curate, model, train, evaluate, merge), without an orchestrator.
 
 Each stage module declares its name, upstream stages and code with ``@stage`` and has a plain ``run()``;
-:mod:`pipeline.tasks` wraps them all in one Prefect task, and :mod:`pipeline.plan` walks them without
+:mod:`tasks.stage_tasks` wraps them all in one Prefect task, and :mod:`pipeline.plan` walks them without
 running anything. From a notebook::
 
     from pipeline import data, curate

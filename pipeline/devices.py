@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pipeline.config import PolymathConfig
 from polymath.errors import ConfigError
 
-from .isolation import cuda_devices
+
+
+def cuda_devices() -> int:
+    """GPUs visible to this process (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass(frozen=True)

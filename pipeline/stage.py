@@ -8,7 +8,7 @@ A stage module (``pipeline/data.py``, ``curate.py``, ...) declares itself once::
 ``run`` computes its content-addressed key from its config section, its upstream keys and the digest of
 ``code`` (the stage package, plus the ground-floor modules every stage shares), returns at once when a
 finished run with that key exists (unless ``force``), and otherwise writes its outputs atomically. The
-declarations form the ``STAGES`` registry that the Prefect wrapper (:mod:`pipeline.tasks`) and the plan
+declarations form the ``STAGES`` registry that the Prefect wrapper (:mod:`tasks.stage_tasks`) and the plan
 (:mod:`pipeline.plan`) read.
 """
 

@@ -125,7 +125,7 @@ def test_rerun_skips_every_stage_and_keeps_counts(first_run):
 
 
 def test_every_stage_run_of_the_plan_reports_to_the_progress_listeners(first_run):
-    from pipeline import progress
+    from tasks import progress
     from pipeline.plan import plan_runs
 
     cfg, ws, _ = first_run

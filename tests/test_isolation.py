@@ -7,7 +7,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from pipeline import isolation
+from tasks import isolation
 
 
 def _die() -> None:

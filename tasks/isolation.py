@@ -18,17 +18,10 @@ from concurrent.futures.process import BrokenProcessPool
 from threading import Lock
 from typing import Any, Callable
 
+from pipeline.devices import cuda_devices
+
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 _LOCK = Lock()
-
-
-def cuda_devices() -> int:
-    """GPUs visible to this process (0 without torch or CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _set_threads(n: int) -> None:

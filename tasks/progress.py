@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from threading import Lock
 
-from .stage import StageRef
+from pipeline.stage import StageRef
 
 _LISTENERS: list[Callable[[StageRef], None]] = []
 _LOCK = Lock()

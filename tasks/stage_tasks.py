@@ -17,12 +17,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
 
+from pipeline import stages
+from pipeline.devices import cuda_devices, device_slots, plan_devices
+from pipeline.ingest import ingest_all
+from pipeline.stage import StageRef, reused, run_guarded
 from polymath.workspace import Workspace
 
-from . import isolation, progress, stages
-from .devices import device_slots, plan_devices
-from .ingest import ingest_all
-from .stage import StageRef, reused, run_guarded
+from . import isolation, progress
 
 
 def _run_name() -> str:
@@ -35,7 +36,7 @@ def _call(fn, *args, workers: int):
     process (which would import torch just to find it), on devices of its own when several run side by side."""
     if (done := reused(fn, *args)) is not None:
         return done
-    visible = isolation.cuda_devices()
+    visible = cuda_devices()
     slots = device_slots(plan_devices(args[0], visible), visible)
     return isolation.call(fn, *args, workers=workers, device_slots=slots)
 
