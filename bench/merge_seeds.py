@@ -109,7 +109,8 @@ def main() -> None:
                           **summary.get("swept", {}), "edge": ", ".join(summary.get("grid_edge", [])) or "-"})
         print(f"training seed {seed}: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     print("\nValidation picks per seed (scale multiple; keep where swept; a pick on the edge of its grid):\n")
-    print(markdown(pd.DataFrame(picks).fillna("-")))
+    frame = pd.DataFrame(picks).astype(object)
+    print(markdown(frame.where(frame.notna(), "-")))
     print("\nEach merge against task arithmetic on the same experts (accuracy points; 95% interval over training "
           f"seeds x test problems, {RESAMPLES} two-level resamples):\n")
     print(markdown(ranking(differences(pd.concat(problems, ignore_index=True)))))
