@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import PolymathConfig
-from polymath.workspace import CPU_KERNELS, MANIFEST, Workspace, package_versions
+from polymath.workspace import CPU_KERNELS, MANIFEST, MKL_PATH, Workspace, package_versions
 
 from . import curate, data, evaluate, merge, model, train
 from .stage import PLANNED, PLANNING, StageRef
@@ -113,8 +113,8 @@ def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
 
 def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
     """Tracked packages whose installed version differs from the one a finished run of ``rows`` used, and the CPU
-    kernels if they differ: its results may not reproduce here (requirements.lock holds the versions the documented figures
-    came from; the same versions on another kernel set, AVX2 against AVX512, give other float results too)."""
+    kernels or MKL code path if they differ: its results may not reproduce here (requirements.lock holds the versions
+    the documented figures came from; the same versions on another kernel set or MKL path give other float results)."""
     installed = package_versions()
     used: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -127,6 +127,8 @@ def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
     def here(name: str) -> str:
         if name == CPU_KERNELS:
             return f"this machine's {name} are {installed.get(name, 'unknown')}"
+        if name == MKL_PATH:
+            return f"this machine's {name} is {installed.get(name, 'unknown')}"
         return f"{name} {installed.get(name, 'not installed')} is installed"
 
     return [f"{here(name)}; "

@@ -78,6 +78,8 @@ def stage_key(stage: str, config: Any, inputs: dict[str, str], code: str) -> str
 #: The pseudo-package under which a run records the CPU kernels torch dispatched to (AVX2, AVX512, ...): float
 #: results, and so a chaotic run such as the tiny model's warm start, differ between kernel sets.
 CPU_KERNELS = "torch CPU kernels"
+#: ... and the MKL code path of its matrix products (polymath/cpu_kernels.py).
+MKL_PATH = "MKL code path"
 
 
 def package_versions() -> dict[str, str]:
@@ -93,6 +95,10 @@ def package_versions() -> dict[str, str]:
         out[CPU_KERNELS] = torch.backends.cpu.get_cpu_capability()
     except (ImportError, AttributeError):
         pass
+    else:
+        from polymath.cpu_kernels import mkl_code_path
+
+        out[MKL_PATH] = mkl_code_path()
     return out
 
 

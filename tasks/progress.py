@@ -1,6 +1,6 @@
 """Who hears of a finished stage run: the CLI's progress display listens here, the Prefect task reports here.
 
-Listeners are plain callables; the task wrapper calls :func:`finished` in the flow's process (a worker
+Listeners are plain callables; the task wrapper calls :func:`announce` in the flow's process (a worker
 process runs the stage, the flow's process reports it), so a display needs no inter-process channel.
 """
 
@@ -27,7 +27,7 @@ def listening(listener: Callable[[StageRef], None]) -> Iterator[None]:
             _LISTENERS.remove(listener)
 
 
-def finished(ref: StageRef) -> None:
+def announce(ref: StageRef) -> None:
     """Tell every listener that ``ref`` is finished (run or reused)."""
     with _LOCK:
         listeners = list(_LISTENERS)

@@ -48,7 +48,7 @@ def _stage(name: str, label: str, args: tuple) -> StageRef:
     else:
         done = run_guarded(name, label, spec.run, *args)
     get_run_logger().info("%s %s %s: %s", done.stage, done.label, "reused" if done.skipped else "finished", done.dir)
-    progress.finished(done)
+    progress.announce(done)
     return done
 
 
