@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from evaluation.report import markdown_table
 from evaluation.store import Store
+from pipeline.evaluate import GREEDY_LABEL
 
 from .entropy import ARMS, EXPERIMENT, REFERENCE, REMOVED
 from .entropy_verdicts import (
@@ -148,8 +149,20 @@ REFERENCE_SQL = f"""
 SELECT arm, count(*) AS seeds, avg(reference_entropy_digit) AS digit_positions,
        avg(reference_entropy_other) AS other_positions
 FROM experiment_results
-WHERE experiment = '{EXPERIMENT}' AND coalesce(reference_entropy_digit, reference_entropy_other) IS NOT NULL
+WHERE experiment = '{EXPERIMENT}' AND arm <> '{GREEDY_LABEL}'
+  AND coalesce(reference_entropy_digit, reference_entropy_other) IS NOT NULL
 GROUP BY arm
+"""
+
+# The controllers' applied values per rollout batch (the mean over that batch's optimizer steps and the seeds).
+CONTROL_CURVES_SQL = f"""
+SELECT a.arm, r.value AS step, avg(c.value) FILTER (WHERE c.metric = 'entropy_coef') AS coef,
+       avg(c.value) FILTER (WHERE c.metric = 'par_lambda') AS lambda
+FROM experiment_arms a
+JOIN train_steps r ON r.run_key = a.train_run AND r.metric = 'rollout_batches'
+JOIN train_steps c ON c.run_key = r.run_key AND c.step = r.step AND c.metric IN ('entropy_coef', 'par_lambda')
+WHERE a.experiment = '{EXPERIMENT}' AND a.question IN (2, 3)
+GROUP BY ALL ORDER BY a.arm, step
 """
 
 # One point per rollout batch (off-policy arms take several optimizer steps on each), so every arm's curve
@@ -217,6 +230,24 @@ def _curves_png(curves: pd.DataFrame, out_dir: Path) -> str:
     fig.tight_layout()
     fig.savefig(out_dir / "entropy_curves.png", dpi=100)
     return "entropy_curves.png"
+
+
+def _controls_png(controls: pd.DataFrame, out_dir: Path) -> str:
+    fig = Figure(figsize=(10, 3.4))
+    coef_ax, lambda_ax = fig.subplots(1, 2)
+    for arm, g in controls.groupby("arm"):
+        if g["coef"].fillna(0).abs().max() > 0:
+            coef_ax.plot(g["step"], g["coef"], label=arm)
+        if (g["lambda"].fillna(1) < 1).any():
+            lambda_ax.plot(g["step"], g["lambda"], label=arm)
+    coef_ax.set(title="entropy coefficient applied", xlabel="rollout batch")
+    lambda_ax.set(title="PAR lambda applied", xlabel="rollout batch", ylim=(-0.05, 1.05))
+    for ax in (coef_ax, lambda_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "controllers.png", dpi=100)
+    return "controllers.png"
 
 
 def _accuracy_png(summary: pd.DataFrame, out_dir: Path) -> str:
@@ -301,6 +332,11 @@ def write_entropy_report(store: Store, out_dir: Path) -> Path:
         *_sql_block(CONTROL_SQL),
         markdown_table(_ordered(store.query(CONTROL_SQL)), 3),
         "",
+        f"![coefficient and lambda per rollout batch]({_controls_png(store.query(CONTROL_CURVES_SQL), out_dir)})",
+        "",
+        "Per rollout batch (mean over its optimizer steps and the seeds):",
+        "",
+        *_sql_block(CONTROL_CURVES_SQL),
         "## Results per arm",
         "",
         *_sql_block(SUMMARY_SQL),

@@ -98,7 +98,7 @@ def directional(claim: str, diff: Difference, direction: int) -> Check:
 def at_most(claim: str, diff: Difference, margin: float) -> Check:
     """A "not higher" claim: holds when the interval's upper end is at most ``margin``, does not hold when the
     interval lies above 0, inconclusive otherwise."""
-    rule = f"holds if the 95% interval's upper end is at most {margin:g}, fails if it lies above 0"
+    rule = f"holds if the 95% interval's upper end is at most {margin:.3g}, fails if it lies above 0"
     if math.isnan(diff.high):
         word = INCONCLUSIVE
     else:
@@ -109,7 +109,7 @@ def at_most(claim: str, diff: Difference, margin: float) -> Check:
 def at_least(claim: str, diff: Difference, margin: float) -> Check:
     """A "no loss" claim (``margin`` <= 0): holds when the interval's lower end is at least ``margin``, does not
     hold when the interval lies below 0, inconclusive otherwise."""
-    rule = f"holds if the 95% interval's lower end is at least {margin:g}, fails if it lies below 0"
+    rule = f"holds if the 95% interval's lower end is at least {margin:.3g}, fails if it lies below 0"
     if math.isnan(diff.low):
         word = INCONCLUSIVE
     else:
@@ -120,7 +120,7 @@ def at_least(claim: str, diff: Difference, margin: float) -> Check:
 def equivalent(claim: str, diff: Difference, margin: float) -> Check:
     """A "matches" claim: holds when the whole interval lies within +-margin, does not hold when it excludes 0,
     inconclusive otherwise (an interval too wide to decide)."""
-    rule = f"holds if the 95% interval lies within +-{margin:g}, fails if it excludes 0"
+    rule = f"holds if the 95% interval lies within +-{margin:.3g}, fails if it excludes 0"
     if math.isnan(diff.low):
         word = INCONCLUSIVE
     elif -margin <= diff.low and diff.high <= margin:

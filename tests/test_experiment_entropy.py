@@ -318,6 +318,7 @@ def test_experiment_writes_arms_and_a_report_from_queries(micro_experiment):
     assert batches.loc["offpolicy-2", "steps"] == 2 * batches.loc["grpo", "steps"]
     assert text.count("```sql") >= 4
     assert (ws.reports_dir / "entropy" / "entropy_curves.png").stat().st_size > 0
+    assert (ws.reports_dir / "entropy" / "controllers.png").stat().st_size > 0
 
 
 def test_experiment_rerun_reuses_every_stage_run(micro_experiment):
