@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 ENV = "POLYMATH_CPU_KERNELS"
@@ -44,6 +45,7 @@ def pin_cpu_kernels() -> str | None:
     return choice
 
 
+@lru_cache(maxsize=None)  # every manifest and status asks; the processor does not change while a process runs
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str, bool]:
     """(vendor, model name, has AVX-512) of this machine's processor, as far as it can be read."""
     vendor, model, avx512 = "", platform.processor(), False
