@@ -23,7 +23,8 @@ from pathlib import Path
 
 import flows  # noqa: F401  (first: it pins the CPU kernel set before torch loads, as the CLI does)
 from evaluation.store import Store
-from flows.runners import with_workers
+from flows.runners import under
+from pipeline.execution import execution_policy
 from flows.stage_flows import evaluate_flow
 from pipeline.config import load_config
 
@@ -73,13 +74,13 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         start = time.perf_counter()
         cfg = load_config(args.config, [f"model.tiny.seed={seed}"])
-        result = with_workers(evaluate_flow, cfg.workers)(cfg, str(root), [])
-        summary = result["model"].manifest()["summary"]
+        result = under(evaluate_flow, execution_policy(cfg))(cfg, str(root), [])
+        summary = result.model.manifest()["summary"]
         kept = summary.get("sft_kept_accuracy") or {}
         warm.append({"seed": seed, "kept step": summary.get("sft_kept_step"), "stopped": summary.get("sft_stopped"),
                      **{d: f"{a:.3f}" for d, a in sorted(kept.items())},
                      "minutes": f"{(time.perf_counter() - start) / 60:.1f}"})
-        experts += seed_rows(Store(root / "polymath.duckdb"), result["evals"], seed)
+        experts += seed_rows(Store(root / "polymath.duckdb"), list(result.evals), seed)
     print("\nWarm start per seed (probe accuracy at the kept step, pooled with its confirmation samples):\n")
     print(markdown(warm))
     print("\nEach expert on its own domain, against the base (points, paired 95% bootstrap over test problems):\n")

@@ -42,13 +42,13 @@ def main() -> None:
     rows, samples = [], {}
     base_cfg = load_config("demo", common)
     data_run = data.run(base_cfg, ws)
-    base = model.run(base_cfg, ws, data_run)
+    base = model.run(base_cfg, ws, data=data_run)
     refs = [data_run, base]
     for arm, changes in ARMS.items():
         cfg = load_config("demo", common + changes)
-        chosen = curate.run(cfg, ws, data_run, False, base)
-        expert = train.run(cfg, ws, base, data_run, chosen, args.domain, False, f"expert:{args.domain}@{arm}")
-        scored = evaluate.run(cfg, ws, base, data_run, expert)
+        chosen = curate.run(cfg, ws, data=data_run, model=base)
+        expert = train.run(cfg, ws, model=base, data=data_run, curate=chosen, domain=args.domain, label=f"expert:{args.domain}@{arm}")
+        scored = evaluate.run(cfg, ws, model=base, data=data_run, target=expert)
         refs += [chosen, expert, scored]
         metrics = pd.read_parquet(chosen.dir / "curation_metrics.parquet")
         beside = metrics[metrics.strategy == "random"]  # the random subsets every curate run measures

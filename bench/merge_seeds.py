@@ -25,7 +25,8 @@ import pandas as pd
 import flows  # noqa: F401  (first: it pins the CPU kernel set before torch loads, as the CLI does)
 from evaluation.report import markdown_table as markdown
 from evaluation.store import Store
-from flows.runners import with_workers
+from flows.runners import under
+from pipeline.execution import execution_policy
 from flows.stage_flows import pipeline
 from pipeline.config import load_config
 
@@ -100,10 +101,10 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         start = time.perf_counter()
         cfg = load_config(args.config, [f"train.seed={seed}", *extra])
-        result = with_workers(pipeline, cfg.workers)(cfg, str(root))
+        result = under(pipeline, execution_policy(cfg))(cfg, str(root))
         store = Store(root / "polymath.duckdb")
-        problems.append(seed_problems(store, result["evals"], seed))
-        for merge in result["merges"]:
+        problems.append(seed_problems(store, list(result.evals), seed))
+        for merge in result.merges:
             summary = merge.manifest()["summary"]
             picks.append({"seed": seed, "merge": merge.label.removeprefix("merged:"), "scale": summary["scale"],
                           **summary.get("swept", {}), "edge": ", ".join(summary.get("grid_edge", [])) or "-"})

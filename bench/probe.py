@@ -33,9 +33,9 @@ def main() -> None:
     cfg = load_config("demo", [f"curate.probe_k={args.probe_k}", f"curate.probe_max={args.probe_max}"])
     ws = Workspace(Path(args.workspace))
     data_run = data.run(cfg, ws)
-    base = model.run(cfg, ws, data_run)
+    base = model.run(cfg, ws, data=data_run)
     plain = load_config("demo")
-    subset = [p for p in curate.curated_problems(data_run, curate.run(plain, ws, data_run, False, base))
+    subset = [p for p in curate.curated_problems(data_run, curate.run(plain, ws, data=data_run, model=base))
               if p.domain == args.domain]
 
     candidates = _probe_sample(data.train_problems(data_run), cfg.curate.probe_max, cfg.curate.seed)

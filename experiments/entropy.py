@@ -12,6 +12,9 @@ Arms are ordinary stage runs: a rerun reuses every finished one, and a changed a
     cfg = load_config("demo")
     plan = experiment_plan(cfg, EntropyExperiment(seeds=[0]))
     rows = run_experiment(plan, Workspace("workspace"))   # stage functions, no Prefect
+
+The experiment extends the pipeline's stage graph (pipeline/graph.py): its data, base model, curated subsets
+and base evaluations are the graph's jobs, and each arm adds a train job and the evaluate job of its expert.
 """
 
 from __future__ import annotations
@@ -19,16 +22,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline import stages
 from pipeline.config import PolymathConfig, option_errors, with_changes
 from pipeline.data import require_domains
 from pipeline.evaluate import GREEDY_LABEL
+from pipeline.graph import Job, Runs, curate_job, data_job, evaluate_job, model_job, train_job
 from pipeline.ingest import ingest_all
 from pipeline.stage import StageRef
 from polymath.errors import ConfigError
@@ -288,60 +291,74 @@ def experiment_plan(cfg: PolymathConfig, experiment: EntropyExperiment) -> Exper
     return ExperimentPlan(base, experiment.domain, data_configs, runs)
 
 
-def run_in_process(name: str, label: str, *args) -> StageRef:
-    """Stage ``name``'s run for ``args``, in this process (``label`` names it only in the flow)."""
-    return stages()[name].run(*args)
+def run_in_process(job: Job, ws: Workspace) -> StageRef:
+    """``job``'s stage run, in this process."""
+    return job.run(ws)
 
 
-def arm_stages(calls: StageCalls, cfg, ws, model, data, curate, domain, label) -> tuple[StageRef, StageRef]:
+@dataclass(frozen=True)
+class ArmJob:
+    """One arm run's jobs: its training, then the evaluation of the expert it trains (built once it exists)."""
+
+    train: Job
+    runs: Runs
+    """The data, base model and curated subset the training reads."""
+
+    def evaluate(self, trained: StageRef) -> Job:
+        return evaluate_job(self.train.cfg, self.runs, trained)
+
+
+def arm_stages(calls: StageCalls, ws: Workspace, job: ArmJob) -> tuple[StageRef, StageRef]:
     """Train one arm run and evaluate it."""
-    trained = calls.run("train", label, cfg, ws, model, data, curate, domain, False, label)
-    return trained, calls.run("evaluate", label, cfg, ws, model, data, trained)
+    trained = calls.run(job.train, ws)
+    return trained, calls.run(job.evaluate(trained), ws)
 
 
-def longest_first(jobs: list[tuple]) -> list[int]:
+def longest_first(jobs: list[ArmJob]) -> list[int]:
     """The order to start ``jobs`` in when several run side by side: most optimizer passes over each rollout
     batch first, so that no long arm starts last and leaves the other workers idle at the end."""
     def passes(i: int) -> int:
-        train = jobs[i][0].train
+        train = jobs[i].train.cfg.train
         return train.updates_per_batch * train.num_iterations
 
     return sorted(range(len(jobs)), key=passes, reverse=True)
 
 
-def run_arms_in_turn(calls: StageCalls, jobs: list[tuple]) -> list[tuple[StageRef, StageRef]]:
+def run_arms_in_turn(calls: StageCalls, ws: Workspace, jobs: list[ArmJob]) -> list[tuple[StageRef, StageRef]]:
     """Every arm run, one after another, in this process (the flow runs ``workers`` at a time instead)."""
-    return [arm_stages(calls, *job) for job in jobs]
+    return [arm_stages(calls, ws, job) for job in jobs]
 
 
 @dataclass
 class StageCalls:
-    """How the experiment runs a stage: in this process here, as a Prefect task in the flow."""
+    """How the experiment runs a stage job: in this process here, as a Prefect task in the flow."""
 
-    run: Callable[..., StageRef] = run_in_process
-    """``run(name, label, *args)``: stage ``name``'s ``run(*args)``."""
+    run: Callable[[Job, Workspace], StageRef] = run_in_process
     ingest: Callable[[Workspace, list[StageRef]], Any] = field(default=lambda ws, refs: ingest_all(ws, refs))
-    arms: Callable[[StageCalls, list[tuple]], list[tuple[StageRef, StageRef]]] = run_arms_in_turn
-    """Runs every (cfg, ws, model, data, curate, domain, label) job's train and evaluate, results in order."""
+    arms: Callable[[StageCalls, Workspace, list[ArmJob]], list[tuple[StageRef, StageRef]]] = run_arms_in_turn
+    """Runs every arm job's train and evaluate, results in order."""
 
 
 def run_experiment(plan: ExperimentPlan, ws: Workspace, calls: StageCalls | None = None) -> pd.DataFrame:
     """Run (or reuse) every stage of the plan, ingest them, and return the ``experiment_arms`` rows."""
     calls = calls or StageCalls()
     base = plan.base
-    data_run = calls.run("data", "data", base, ws)
-    require_domains(list(base.evaluate.domains), data_run, "--domain", error=ConfigError)
-    base_model = calls.run("model", "base", base, ws, data_run)
-    curates = {v: (calls.run("curate", f"curate-{v}", c, ws, data_run, False, base_model) if c is not None else None)
+    runs = Runs().after("data", [calls.run(data_job(base), ws)])
+    require_domains(list(base.evaluate.domains), runs.data, "--domain", error=ConfigError)
+    runs = runs.after("model", [calls.run(model_job(base, runs.data), ws)])
+    curates = {v: (calls.run(curate_job(c, runs.data, runs.model, label=f"curate-{v}"), ws) if c is not None else None)
                for v, c in plan.data_configs.items()}
-    base_eval = calls.run("evaluate", "base", base, ws, base_model, data_run, None)
-    greedy_eval = calls.run("evaluate", GREEDY_LABEL, base, ws, base_model, data_run, None, False, True)
-    calls.ingest(ws, [data_run, base_model, *[c for c in curates.values() if c], base_eval, greedy_eval])
+    base_eval = calls.run(evaluate_job(base, runs), ws)
+    greedy_eval = calls.run(evaluate_job(base, runs, greedy=True), ws)
+    calls.ingest(ws, [runs.data, runs.model, *[c for c in curates.values() if c], base_eval, greedy_eval])
     rows = [_row("base", 0, 0, "", plan.domain, {}, "base", None, None, base_eval),
             _row(GREEDY_LABEL, 0, 0, "", plan.domain, {}, GREEDY_LABEL, None, None, greedy_eval)]
-    jobs = [(run.cfg, ws, base_model, data_run, curates[run.arm.data], plan.domain, run.label) for run in plan.runs]
+    jobs = []
+    for run in plan.runs:
+        arm_runs = replace(runs, curate=curates[run.arm.data])
+        jobs.append(ArmJob(train_job(run.cfg, arm_runs, plan.domain, label=run.label), arm_runs))
     log.info("experiment %s: %d arm runs, %d at a time", EXPERIMENT, len(jobs), base.workers)
-    for run, (trained, evaluated) in zip(plan.runs, calls.arms(calls, jobs)):
+    for run, (trained, evaluated) in zip(plan.runs, calls.arms(calls, ws, jobs)):
         calls.ingest(ws, [trained, evaluated])
         rows.append(
             _row(run.arm.name, run.arm.question, run.seed, run.arm.data, plan.domain, run.arm.changes, run.label,

@@ -107,34 +107,32 @@ def run(
             if (finished := _all_in_database(ws, planned)) is not None:
                 # Nothing to run or ingest: no Prefect server, no flow; the results as the flow would print them.
                 console.print("every run is finished and in the database: nothing to run (--force reruns)")
-                _print_results(ws, {"evals": [r for r in finished if r.stage == "evaluate"]}, None)
+                from pipeline.graph import Runs
+
+                _print_results(ws, Runs(evals=tuple(r for r in finished if r.stage == "evaluate")), None)
                 return
         from flows.stage_flows import select_flow  # Prefect: imported only when something runs
-        from flows.runners import make_task_runner
+        from pipeline.execution import execution_policy
 
         quiet_console(debug)  # again: Prefect's console handlers exist from here on
 
         ws.root.mkdir(parents=True, exist_ok=True)
         root = str(ws.root.resolve())
-        flow_fn, force_set = select_flow(stage.value if stage else None, force, cfg.workers)
-        kwargs = {}
-        if runner is Runner.ray:
-            flow_fn = flow_fn.with_options(task_runner=make_task_runner("ray", ray_address))
-            if flow_fn.name != "curate":
-                kwargs["parallel"] = True
+        execution = execution_policy(cfg, runner.value, ray_address)
+        flow_fn, force_set = select_flow(stage.value if stage else None, force, execution)
         with _stage_progress(planned, err_console):
-            result = flow_fn(cfg, root, force_set, **kwargs)
+            result = flow_fn(cfg, root, force_set, execution)
         _print_results(ws, result, stage)
     except PolymathError as exc:
         _fail(exc)
 
 
-def _print_results(ws: Workspace, result: dict, stage: Optional[Stage]) -> None:
+def _print_results(ws: Workspace, result, stage: Optional[Stage]) -> None:
     from evaluation.report import write_report
     from evaluation.store import Store
 
     store = Store(ws.db_path)
-    evals = result.get("evals") or []
+    evals = result.evals
     if evals:
         keys = ", ".join(f"'{r.key}'" for r in evals)
         frame = store.query(
@@ -145,12 +143,12 @@ def _print_results(ws: Workspace, result: dict, stage: Optional[Stage]) -> None:
         order = [r.label for r in evals if r.label in wide.index]
         wide = wide.loc[order].reset_index().rename(columns={"model_label": "model"})
         console.print(_frame_table(wide.round(4), title="avg@k accuracy per domain (test split)"))
-    elif result.get("experts"):
-        rows = [r.manifest()["summary"] for r in result["experts"]]
+    elif result.experts:
+        rows = [r.manifest()["summary"] for r in result.experts]
         console.print(_frame_table(_summaries(rows), title="experts"))
-    elif result.get("curate"):
-        s = result["curate"].manifest()["summary"]
-        console.print(f"selected {s['k']} prompts with {s['strategy']}: {result['curate'].dir}")
+    elif result.curate:
+        s = result.curate.manifest()["summary"]
+        console.print(f"selected {s['k']} prompts with {s['strategy']}: {result.curate.dir}")
     if stage is None or stage in (Stage.evaluate, Stage.merge):
         path = write_report(store, ws.reports_dir, if_changed=True)
         console.print(f"report: {path}")

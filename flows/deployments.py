@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
 
 from pipeline.deploy_params import deployment_config, resolve_workspace
+
+from pipeline.execution import execution_policy
+from pipeline.graph import Runs
 
 from .stage_flows import select_flow
 
@@ -49,8 +53,14 @@ def one_writer(root: Path):
         yield
 
 
-def _summary(result: dict) -> dict:
-    return {k: [r.key for r in v] if isinstance(v, list) else getattr(v, "key", v) for k, v in result.items()}
+def _summary(runs: Runs) -> dict:
+    """The run keys of each step, for the flow run's result."""
+    out: dict = {}
+    for f in fields(runs):
+        if f.name != "done":
+            value = getattr(runs, f.name)
+            out[f.name] = [r.key for r in value] if isinstance(value, tuple) else getattr(value, "key", None)
+    return out
 
 
 @flow(name="polymath")
@@ -65,9 +75,10 @@ def run_profile(
     cfg = deployment_config(config, overrides)
     root = resolve_workspace(workspace)
     root.mkdir(parents=True, exist_ok=True)
-    flow_fn, force_set = select_flow(stage, force, cfg.workers)
+    execution = execution_policy(cfg)
+    flow_fn, force_set = select_flow(stage, force, execution)
     with one_writer(root):
-        return _summary(flow_fn(cfg, str(root), force_set))
+        return _summary(flow_fn(cfg, str(root), force_set, execution))
 
 
 @flow(name="polymath-experiment-entropy")

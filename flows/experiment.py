@@ -10,8 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from evaluation.store import Store
-from flows.runners import with_workers
+from functools import partial
+
+from flows.runners import under
 from experiments.entropy import (
+    ArmJob,
     EntropyExperiment,
     StageCalls,
     arm_stages,
@@ -22,32 +25,36 @@ from experiments.entropy import (
 )
 from experiments.entropy_report import write_entropy_report
 from pipeline.config import PolymathConfig
-from tasks.stage_tasks import ingest_task, run_stage
+from pipeline.execution import Execution, execution_policy
+from tasks.stage_tasks import ingest_task, run_job
 from polymath.workspace import Workspace
 
-@task(name="arm", cache_policy=NO_CACHE, task_run_name="{label}")
-def arm_task(calls: StageCalls, cfg, ws, model, data, curate, domain, label):
+
+@task(name="arm", cache_policy=NO_CACHE, task_run_name="{job.train.label}")
+def arm_task(calls: StageCalls, ws: Workspace, job: ArmJob):
     """One arm run: its train and evaluate tasks (each in a worker process with ``workers > 1``)."""
-    return arm_stages(calls, cfg, ws, model, data, curate, domain, label)
+    return arm_stages(calls, ws, job)
 
 
-def _arms_side_by_side(calls: StageCalls, jobs: list[tuple]) -> list:
-    futures = {i: arm_task.submit(calls, *jobs[i]) for i in longest_first(jobs)}
+def _arms_side_by_side(calls: StageCalls, ws: Workspace, jobs: list[ArmJob]) -> list:
+    futures = {i: arm_task.submit(calls, ws, jobs[i]) for i in longest_first(jobs)}
     return [futures[i].result() for i in range(len(jobs))]
 
 
 def entropy_experiment_flow(cfg: PolymathConfig, workspace: str, experiment: EntropyExperiment) -> str:
     """Run every arm (reusing finished ones), ``cfg.workers`` at a time, then write the report; returns its path."""
-    return with_workers(_entropy_experiment, cfg.workers)(cfg, workspace, experiment)
+    execution = execution_policy(cfg)
+    return under(_entropy_experiment, execution)(cfg, workspace, experiment, execution)
 
 
 @flow(name="experiment-entropy")
-def _entropy_experiment(cfg: PolymathConfig, workspace: str, experiment: EntropyExperiment) -> str:
+def _entropy_experiment(cfg: PolymathConfig, workspace: str, experiment: EntropyExperiment,
+                        execution: Execution) -> str:
     start = time.perf_counter()
     ws = Workspace(workspace)
     plan = experiment_plan(cfg, experiment)
-    calls = StageCalls(run=run_stage, ingest=ingest_task,
-                       arms=_arms_side_by_side if cfg.workers > 1 else run_arms_in_turn)
+    calls = StageCalls(run=partial(run_job, execution=execution), ingest=ingest_task,
+                       arms=_arms_side_by_side if execution.concurrent else run_arms_in_turn)
     run_experiment(plan, ws, calls)
     path = write_entropy_report(Store(ws.db_path), ws.reports_dir / "entropy")
     create_markdown_artifact(Path(path).read_text(), key="entropy-experiment")

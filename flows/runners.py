@@ -1,32 +1,29 @@
-"""Task runners: local threads by default, a Ray cluster through prefect-ray on request."""
+"""Prefect task runners from the run's execution policy: local threads, or a Ray cluster through prefect-ray."""
 
 from __future__ import annotations
 
+from pipeline.execution import Execution
 from polymath.errors import ConfigError
 
 
-def make_task_runner(runner: str = "local", ray_address: str | None = None):
-    if runner == "local":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        # One worker: CPU stages already use every core through torch; GPU stages share one device.
-        return ThreadPoolTaskRunner(max_workers=1)
-    if runner == "ray":
+def make_task_runner(execution: Execution):
+    """The task runner a flow submits its stage jobs to: ``workers`` local threads (each feeding a worker process
+    or running a light stage), or Ray."""
+    if execution.runner == "ray":
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
             raise ConfigError("--runner ray needs the ray extra: pip install 'polymath[ray]'") from None
-        return RayTaskRunner(address=ray_address) if ray_address else RayTaskRunner()
-    raise ConfigError(f"unknown runner {runner!r}; choose local or ray")
-
-
-def with_workers(flow_fn, workers: int):
-    """``flow_fn`` whose submitted tasks run ``workers`` at a time on local threads (unchanged for 1)."""
-    if workers <= 1:
-        return flow_fn
+        return RayTaskRunner(address=execution.ray_address) if execution.ray_address else RayTaskRunner()
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    # One worker by default: CPU stages already use every core through torch; GPU stages share one device.
+    return ThreadPoolTaskRunner(max_workers=execution.workers)
+
+
+def under(flow_fn, execution: Execution):
+    """``flow_fn`` with the task runner of ``execution``."""
+    return flow_fn.with_options(task_runner=make_task_runner(execution))
 
 
 def ray_options(num_gpus: float = 0.0, num_cpus: float = 1.0):

@@ -15,12 +15,12 @@ from polymath.workspace import Workspace
 
 from .data import require_domains, train_problems
 from .model import model_dir
-from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
+from .stage import SAMPLING_CODE, StageRef, key_of, ref, reusable, stage
 
 
-@stage("curate", upstream=("data", "model"), code=("curation", "pipeline/curate.py", *SAMPLING_CODE))
-def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False,
-        model: StageRef | None = None) -> StageRef:
+@stage("curate", code=("curation", "pipeline/curate.py", *SAMPLING_CODE))
+def run(cfg: PolymathConfig, ws: Workspace, *, data: StageRef, model: StageRef | None = None,
+        force: bool = False) -> StageRef:
     """Select the curated subset. ``model`` (the base model's run) is needed by the policy encoder and the
     learnability probe, and enters the key only then."""
     from curation.curate import curate
@@ -36,7 +36,7 @@ def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False,
                               "the base model: the curate stage runs after the model stage (pass its run)")
         inputs["model"] = model.key
     key = key_of("curate", section, inputs)
-    if done := finished(ws, "curate", key, "curate", force):
+    if done := reusable(ws, "curate", key, "curate", force):
         return done
     problems = train_problems(data)
     if cfg.curate.domains is not None:

@@ -13,18 +13,18 @@ from polymath.records import Problem
 from polymath.keys import key_section
 from polymath.workspace import Workspace
 
-from .stage import StageRef, file_inputs, finished, key_of, ref, stage
+from .stage import StageRef, file_inputs, key_of, ref, reusable, stage
 
 
 @stage("data", code=("curation/data.py", "curation/data_config.py", "curation/domains.py", "curation/traces.py"))
-def run(cfg: PolymathConfig, ws: Workspace, force: bool = False) -> StageRef:
+def run(cfg: PolymathConfig, ws: Workspace, *, force: bool = False) -> StageRef:
     from curation.data import load_problems
 
     section = key_section(cfg.data)
     files = [p for src in cfg.data.resolved_sources() if src.format != "reasoning-gym" for p in (src.path, src.test_path)]
     inputs = file_inputs(ws, files)
     key = key_of("data", section, inputs)
-    if done := finished(ws, "data", key, "data", force):
+    if done := reusable(ws, "data", key, "data", force):
         return done
     with ws.stage_run("data", key, section, inputs) as out:
         problems = load_problems(cfg.data)

@@ -10,28 +10,27 @@ from polymath.workspace import Workspace
 
 from .data import require_domains, test_problems
 from .model import model_dir
-from .stage import SAMPLING_CODE, StageRef, finished, key_of, ref, stage
-from .train import adapter_dir, full_model_dir
+from .stage import SAMPLING_CODE, AdapterRef, StageRef, key_of, ref, reusable, stage
 
 GREEDY = "@greedy"
 GREEDY_LABEL = "base" + GREEDY
 
 
-def eval_label(target: StageRef | None, greedy: bool) -> str:
+def eval_label(target: AdapterRef | None, greedy: bool) -> str:
     """``base``, ``base@greedy``, a target's label, or ``<its label>@greedy``."""
     return (target.label if target else "base") + (GREEDY if greedy else "")
 
 
-@stage("evaluate", upstream=("model", "data", "train", "merge"),
-       code=(*SAMPLING_CODE, "evaluation/reference_entropy.py", "pipeline/evaluate.py"), heavy=True)
+@stage("evaluate", code=(*SAMPLING_CODE, "evaluation/reference_entropy.py", "pipeline/evaluate.py"), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
+    *,
     model: StageRef,
     data: StageRef,
-    target: StageRef | None,
-    force: bool = False,
+    target: AdapterRef | None = None,
     greedy: bool = False,
+    force: bool = False,
 ) -> StageRef:
     """Evaluate the base model (target None) or what a train or merge run wrote.
 
@@ -47,7 +46,7 @@ def run(
     label = eval_label(target, greedy)
     inputs = {"model": model.key, "data": data.key, "target": target.key if target else "", "label": label}
     key = key_of("evaluate", section, inputs)
-    if done := finished(ws, "evaluate", key, label, force):
+    if done := reusable(ws, "evaluate", key, label, force):
         return done
     from evaluation.sampling import evaluate_model, measure_reference_entropy
     from training.verifiers import score
@@ -60,8 +59,8 @@ def run(
     if not by_domain:
         raise StageError(f"{data.dir}: the data has no test problems; set data.test_fraction or data.test_path")
     # a fully fine-tuned expert is a model of its own; a LoRA expert or a merge is an adapter on the base
-    whole = full_model_dir(target) if target is not None else None
-    adapter = adapter_dir(target) if target is not None and whole is None else None
+    whole = target.full_model if target is not None else None
+    adapter = target.adapter if target is not None and whole is None else None
     with ws.stage_run("evaluate", key, section, inputs) as out:
         samples = evaluate_model(
             str(whole or model_dir(model)), None, by_domain, cfg.evaluate, score, label, key,
@@ -78,10 +77,10 @@ def run(
     return ref(ws, "evaluate", key, label)
 
 
-def evaluation_jobs(cfg: PolymathConfig, experts: list[StageRef]) -> list[tuple[StageRef | None, bool]]:
-    """(target, greedy) of the evaluate flow, in order: the base sampled and greedy, then each expert sampled
+def evaluation_targets(cfg: PolymathConfig, experts: list[AdapterRef]) -> list[tuple[AdapterRef | None, bool]]:
+    """(target, greedy) of the evaluate step, in order: the base sampled and greedy, then each expert sampled
     and, with ``evaluate.greedy_experts``, greedy."""
-    jobs: list[tuple[StageRef | None, bool]] = []
+    jobs: list[tuple[AdapterRef | None, bool]] = []
     if cfg.evaluate.include_base:
         jobs.append((None, False))
     if cfg.evaluate.greedy_base:

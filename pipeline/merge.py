@@ -23,8 +23,7 @@ from polymath.workspace import Workspace
 from .curate import curated_problems
 from .data import test_problems, train_problems
 from .model import model_dir
-from .stage import SAMPLING_CODE, StageRef, finished, key_of, log, ref, stage
-from .train import adapter_dir
+from .stage import ADAPTER, SAMPLING_CODE, ExpertRef, MergeRef, StageRef, key_of, log, ref, reusable, stage
 
 
 def merged_label(method: str, left_out: str | None = None, seed: int | None = None) -> str:
@@ -64,19 +63,20 @@ def merge_row(report, run_key: str, label: str, scale: float | None) -> dict:
     }
 
 
-@stage("merge", upstream=("model", "train", "data", "curate"), code=("merging", "pipeline/merge.py", *SAMPLING_CODE), heavy=True)
+@stage("merge", code=("merging", "pipeline/merge.py", *SAMPLING_CODE), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
+    *,
     model: StageRef,
     data: StageRef,
     curate: StageRef | None,
-    experts: list[StageRef],
+    experts: list[ExpertRef],
     method: str,
-    force: bool = False,
     left_out: str | None = None,
     seed: int | None = None,
-) -> StageRef:
+    force: bool = False,
+) -> MergeRef:
     """Merge ``experts`` with ``method`` (``left_out``: the domain whose expert is not among them; ``seed``:
     the random method's seed, in place of ``merge.seed``)."""
     from merging.config import MergeConfig
@@ -105,14 +105,14 @@ def run(
         inputs.update(data=data.key, curate=curate.key if curate else "")
     key = key_of("merge", section, inputs)
     label = merged_label(method, left_out, seed)
-    if done := finished(ws, "merge", key, label, force):
+    if done := reusable(ws, "merge", key, label, force, MergeRef, method=method, left_out=left_out):
         return done
     from merging.merge import merge_adapters
-    adapters = [adapter_dir(e) for e in experts]
+    adapters = [e.adapter for e in experts]
     with ws.stage_run("merge", key, section, inputs) as out:
         point: tuple[float, float | None] | None = None
         if sweep["scales"]:
-            domains = [e.manifest()["summary"]["expert"] for e in experts]
+            domains = [e.domain for e in experts]
             frame = _sweep(cfg, model, data, curate, domains, adapters, merge_cfg, sweep, out.tmp / "sweep", label)
             frame.insert(0, "run_key", key)
             means = (frame[frame.split == "validation"]
@@ -126,7 +126,7 @@ def run(
                 log.warning("%s: the pick %s lies on the edge of its grid; widen the grid to see past it",
                                label, ", ".join(edges))
                 out.summary["grid_edge"] = edges
-        report = merge_adapters(adapters, out.tmp / "adapter", merge_cfg)
+        report = merge_adapters(adapters, out.tmp / ADAPTER, merge_cfg)
         shutil.rmtree(out.tmp / "sweep", ignore_errors=True)
         scale = point[0] if point else None
         pd.DataFrame([merge_row(report, key, label, scale)]).to_parquet(out.tmp / "merge_runs.parquet", index=False)
@@ -134,7 +134,7 @@ def run(
                            merge_seconds=round(report.seconds, 3))
         if point and sweep["sweep_params"]:
             out.summary["swept"] = {next(iter(sweep["sweep_params"])): point[1]}
-    return ref(ws, "merge", key, label)
+    return ref(ws, "merge", key, label, MergeRef, method=method, left_out=left_out)
 
 
 def _at(merge_cfg, method: str, point: tuple[float, float | None], param: dict[str, list[float]] | None,

@@ -9,12 +9,12 @@ from polymath.keys import key_section
 from polymath.workspace import Workspace
 
 from .data import train_problems
-from .stage import StageRef, file_inputs, finished, key_of, progress, ref, stage
+from .stage import StageRef, file_inputs, key_of, progress, ref, reusable, stage
 
 
-@stage("model", upstream=("data",), code=("training/models.py", "training/warm_start.py", "training/verifiers.py",
+@stage("model", code=("training/models.py", "training/warm_start.py", "training/verifiers.py",
                                           "evaluation/hf_engine.py", "evaluation/samples.py"))
-def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False) -> StageRef:
+def run(cfg: PolymathConfig, ws: Workspace, *, data: StageRef, force: bool = False) -> StageRef:
     from training.models import bootstrap_tiny, convert_gguf, smollm_gguf_path
 
     section = key_section(cfg.model)
@@ -27,7 +27,7 @@ def run(cfg: PolymathConfig, ws: Workspace, data: StageRef, force: bool = False)
     elif cfg.model.source == "smollm":
         inputs.update(file_inputs(ws, [smollm_gguf_path()]))
     key = key_of("model", section, inputs)
-    if done := finished(ws, "model", key, "base", force):
+    if done := reusable(ws, "model", key, "base", force):
         return done
     with ws.stage_run("model", key, section, inputs) as out:
         folder = out.tmp / "model"

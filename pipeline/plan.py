@@ -1,6 +1,6 @@
 """The pipeline's plan without running it: every stage run, finished, stale or missing, and why.
 
-The plan walks the same stages as the pipeline flow, calling each stage function with planning on: a
+The plan walks the pipeline's one stage graph (pipeline/graph.py), running each job with planning on: a
 stage computes its key from its config, its inputs' keys and its code, and stops there. A run whose key
 has a finished folder is *finished*; one without is *stale* when an earlier run of the same stage and
 label exists (the plan names what differs: config keys, inputs, or the code), else *missing*. No Prefect
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pipeline.config import PolymathConfig
 from polymath.workspace import CPU_KERNELS, MANIFEST, MKL_PATH, Workspace, package_versions
 
-from . import curate, data, evaluate, merge, model, train
-from .stage import PLANNED, PLANNING, StageRef
+from . import train
+from .graph import Job, walk
+from .stage import PLANNED, StageRef, planned
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,17 @@ class _Recorder:
 def plan_runs(cfg: PolymathConfig, ws: Workspace) -> list[PlannedRun]:
     """Every stage run the pipeline would reuse or run for ``cfg`` in ``ws``, in pipeline order."""
     rec = _Recorder(ws)
-    tokens = PLANNING.set(True), PLANNED.set(rec.computed)
+
+    def plan(step: str, jobs: list[Job]) -> list[StageRef]:
+        return [rec.add(planned(lambda job=job: job.run(ws))) for job in jobs]
+
+    token = PLANNED.set(rec.computed)
     try:
-        _walk(cfg, ws, rec)
+        runs = walk(cfg, plan)
     finally:
-        PLANNING.reset(tokens[0])
-        PLANNED.reset(tokens[1])
+        PLANNED.reset(token)
+    if "train" not in runs.done:
+        rec.rows.append(PlannedRun("train", "expert:*", "", "missing", "the domains are known once the data stage has run"))
     return rec.rows
 
 
@@ -136,44 +142,12 @@ def version_changes(ws: Workspace, rows: list[PlannedRun]) -> list[str]:
             for name, versions in sorted(used.items())]
 
 
-def _walk(cfg: PolymathConfig, ws: Workspace, rec: _Recorder) -> None:
-    """The pipeline flow's stages in its order (flows/stage_flows.py), each stopping at its key."""
-    data_run = rec.add(data.run(cfg, ws))
-    base = rec.add(model.run(cfg, ws, data_run))
-    curate_run = rec.add(curate.run(cfg, ws, data_run, False, base)) if cfg.curate.enabled else None
-    domains = _domains(cfg, data_run)
-    if domains is None:
-        rec.rows.append(PlannedRun("train", "expert:*", "", "missing", "the domains are known once the data stage has run"))
-        return
-    experts = [rec.add(train.run(cfg, ws, base, data_run, curate_run, d)) for d in domains]
-    targets = evaluate.evaluation_jobs(cfg, experts)
-    merges = []
-    if len(experts) >= 2:
-        sets = [(None, experts)] + [(lo, [e for e, d in zip(experts, domains) if d != lo]) for lo in cfg.merge.leave_out]
-        for left_out, members in (s for s in sets if len(s[1]) >= 2):
-            for method in cfg.merge.methods:
-                for seed in cfg.merge.seeds_of(method):
-                    merges.append(rec.add(merge.run(cfg, ws, base, data_run, curate_run, members, method, False,
-                                                    left_out, seed)))
-    for target, greedy in targets + [(m, False) for m in merges]:
-        rec.add(evaluate.run(cfg, ws, base, data_run, target, False, greedy))
-
-
-def _domains(cfg: PolymathConfig, data_run: StageRef) -> list[str] | None:
-    """The experts' domains: from the finished data run, else from the config (None: not known before it)."""
-    if data_run.skipped:
-        return train.expert_domains(cfg, data_run)
-    if cfg.train.domains is not None:
-        return list(cfg.train.domains)
-    return cfg.data.static_domains()
-
-
 def memory_lines(cfg: PolymathConfig, card_gib: float | None = None) -> list[str]:
     """The training memory estimate of a GPU run (training/memory.py) against its card: this machine's first GPU,
     else ``card_gib`` (80: an H100); nothing for a CPU run or a model whose shape is not on disk here."""
-    from .devices import plan_devices
+    from .execution import execution_policy
 
-    if not plan_devices(cfg).gpu or cfg.model.source != "path":
+    if not execution_policy(cfg).gpu or cfg.model.source != "path":
         return []
     from polymath.errors import ModelError
     from training.memory import GIB, Shape, estimate

@@ -13,9 +13,9 @@ from .config import PolymathConfig
 
 
 def preflight(cfg: PolymathConfig) -> None:
-    from .devices import plan_devices
+    from .execution import execution_policy
 
-    plan_devices(cfg)  # parallel GPU runs need a device each
+    execution_policy(cfg)  # parallel GPU runs need a device each
     sources = cfg.data.resolved_sources()
     embedded = all(src.format == "reasoning-gym" and not src.tasks for src in sources)
     if embedded:

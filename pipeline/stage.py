@@ -2,14 +2,15 @@
 
 A stage module (``pipeline/data.py``, ``curate.py``, ...) declares itself once::
 
-    @stage("curate", upstream=("data",), code=("curation",))
-    def run(cfg, ws, data, force=False) -> StageRef: ...
+    @stage("curate", code=("curation",))
+    def run(cfg, ws, *, data: StageRef, model: StageRef | None = None, force: bool = False) -> StageRef: ...
 
-``run`` computes its content-addressed key from its config section, its upstream keys and the digest of
-``code`` (the stage package, plus the ground-floor modules every stage shares), returns at once when a
-finished run with that key exists (unless ``force``), and otherwise writes its outputs atomically. The
-declarations form the ``STAGES`` registry that the Prefect wrapper (:mod:`tasks.stage_tasks`) and the plan
-(:mod:`pipeline.plan`) read.
+``run`` takes the config and the workspace, then its inputs by keyword only (the upstream runs it reads and
+what tells its runs apart, such as a domain), and returns a typed reference to the run. It computes its
+content-addressed key from its config section, its inputs' keys and the digest of ``code`` (the stage
+package, plus the ground-floor modules every stage shares), returns at once when a finished run with that key
+exists (unless ``force``), and otherwise writes its outputs atomically. The declarations form the ``STAGES``
+registry that the stage graph (:mod:`pipeline.graph`) runs its jobs through.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from polymath.errors import PolymathError, StageError
 from polymath.registry import Registry
-from polymath.workspace import FinishedMeanwhile, Workspace, source_digest, stage_key
+from polymath.workspace import ADAPTER, FULL_MODEL, FinishedMeanwhile, Workspace, source_digest, stage_key
 
 log = logging.getLogger("polymath")
 
@@ -41,10 +42,9 @@ SAMPLING_CODE = (*(f"evaluation/{m}.py" for m in ("sampling", "config", "hf_engi
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: its name, the stages whose runs it reads, the code its key depends on."""
+    """One pipeline stage: its name and the code its key depends on (its inputs are its ``run``'s keywords)."""
 
     name: str
-    upstream: tuple[str, ...]
     code: tuple[str, ...]
     run: Callable[..., StageRef]
     heavy: bool = False
@@ -54,12 +54,12 @@ class Stage:
 STAGES: Registry[Stage] = Registry("stage")
 
 
-def stage(name: str, upstream: tuple[str, ...] = (), code: tuple[str, ...] = (), heavy: bool = False):
+def stage(name: str, code: tuple[str, ...] = (), heavy: bool = False):
     """Declare ``run`` as the stage ``name`` (registered in ``STAGES``)."""
 
     def declare(run: Callable[..., StageRef]) -> Callable[..., StageRef]:
         run = reuse_when_finished_meanwhile(run)
-        STAGES.add(name, Stage(name, upstream, (*code, *SHARED_CODE), run, heavy))
+        STAGES.add(name, Stage(name, (*code, *SHARED_CODE), run, heavy))
         return run
 
     return declare
@@ -94,6 +94,36 @@ class StageRef:
         return json.loads((self.dir / "manifest.json").read_text())
 
 
+@dataclass(frozen=True)
+class AdapterRef(StageRef):
+    """A train or merge run: a peft adapter on the base model, or (a full fine-tune) a model of its own."""
+
+    @property
+    def adapter(self) -> Path:
+        return self.dir / ADAPTER
+
+    @property
+    def full_model(self) -> Path | None:
+        """The whole fine-tuned model (``train.lora.full_finetune``); None for an adapter run."""
+        folder = self.dir / FULL_MODEL
+        return folder if (folder / "config.json").exists() else None
+
+
+@dataclass(frozen=True)
+class ExpertRef(AdapterRef):
+    """A train run: the expert of one domain."""
+
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class MergeRef(AdapterRef):
+    """A merge run: one method over a set of experts (``left_out``: the domain whose expert is not among them)."""
+
+    method: str = ""
+    left_out: str | None = None
+
+
 #: While planning (pipeline/plan.py), a stage function stops at its key: a run that is not finished comes back
 #: as a ref to a folder that does not exist yet, and nothing runs.
 PLANNING = ContextVar("polymath_planning", default=False)
@@ -101,25 +131,27 @@ PLANNING = ContextVar("polymath_planning", default=False)
 PLANNED: ContextVar[dict[str, tuple[Any, dict[str, str]]] | None] = ContextVar("polymath_planned", default=None)
 
 
-def finished(ws: Workspace, name: str, key: str, label: str, force: bool) -> StageRef | None:
-    """The finished run of ``key`` (None: it has to run); while planning, a ref whether it is finished or not."""
+def reusable(ws: Workspace, name: str, key: str, label: str, force: bool, kind: type[StageRef] = StageRef,
+             **fields: Any) -> StageRef | None:
+    """The finished run of ``key`` as a ``kind`` reference (None: it has to run); while planning, a reference
+    whether it is finished or not."""
     if not force and ws.is_finished(name, key):
         if not PLANNING.get():
             log.info("%s %s: finished run %s reused", name, label, key)
-        return StageRef(name, key, ws.stage_dir(name, key), label, skipped=True)
+        return kind(name, key, ws.stage_dir(name, key), label, skipped=True, **fields)
     if PLANNING.get():
-        return StageRef(name, key, ws.stage_dir(name, key), label)
+        return kind(name, key, ws.stage_dir(name, key), label, **fields)
     return None
 
 
-def reused(fn, *args) -> StageRef | None:
-    """The finished run ``fn(*args)`` would reuse, found without running it (None: it has to run)."""
+def planned(run: Callable[[], StageRef]) -> StageRef:
+    """``run()`` with planning on: its reference, whether its key is finished (``skipped``) or not, and nothing
+    run."""
     token = PLANNING.set(True)
     try:
-        ref = fn(*args)
+        return run()
     finally:
         PLANNING.reset(token)
-    return ref if ref.skipped else None
 
 
 def key_of(name: str, section: Any, inputs: dict[str, str]) -> str:
@@ -146,8 +178,8 @@ def file_inputs(ws: Workspace, paths: list[str | Path]) -> dict[str, str]:
     return {f"file:{Path(p).resolve()}": prints.of(p) for p in paths if p and Path(p).exists()}
 
 
-def ref(ws: Workspace, name: str, key: str, label: str) -> StageRef:
-    return StageRef(name, key, ws.stage_dir(name, key), label)
+def ref(ws: Workspace, name: str, key: str, label: str, kind: type[StageRef] = StageRef, **fields: Any) -> StageRef:
+    return kind(name, key, ws.stage_dir(name, key), label, **fields)
 
 
 def progress(what: str):

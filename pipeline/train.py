@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pipeline.config import PolymathConfig
 from polymath.errors import StageError
 from polymath.keys import key_section
@@ -12,19 +10,21 @@ from polymath.workspace import Workspace
 from .curate import curated_problems
 from .data import domains, require_domains
 from .model import model_dir
-from .stage import StageRef, finished, key_of, ref, stage
+from .stage import ExpertRef, StageRef, key_of, ref, reusable, stage
 
-@stage("train", upstream=("model", "data", "curate"), code=("training",), heavy=True)
+
+@stage("train", code=("training",), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
+    *,
     model: StageRef,
     data: StageRef,
     curate: StageRef | None,
     domain: str,
-    force: bool = False,
     label: str | None = None,
-) -> StageRef:
+    force: bool = False,
+) -> ExpertRef:
     """Train the expert of ``domain``.
 
     ``label`` names the run in ``runs`` and its evaluations (default ``expert:<domain>``); it is not
@@ -35,7 +35,7 @@ def run(
     inputs = {"model": model.key, "data": data.key, "curate": curate.key if curate else "", "domain": domain}
     key = key_of("train", section, inputs)
     label = expert_label(domain, label)
-    if done := finished(ws, "train", key, label, force):
+    if done := reusable(ws, "train", key, label, force, ExpertRef, domain=domain):
         return done
     from training.expert import train_expert
     from training.launch import train_on_processes
@@ -63,7 +63,7 @@ def run(
             last_half_reward=float(half["reward"].mean()) if "reward" in half else None,
             last_half_entropy=float(half["entropy"].mean()) if "entropy" in half else None,
         )
-    return ref(ws, "train", key, label)
+    return ref(ws, "train", key, label, ExpertRef, domain=domain)
 
 
 def expert_domains(cfg: PolymathConfig, data: StageRef) -> list[str]:
@@ -78,13 +78,3 @@ def expert_label(domain: str, label: str | None = None) -> str:
     """The name of a training run and its evaluations: ``label``, or ``expert:<domain>``."""
     return label or f"expert:{domain}"
 
-
-def adapter_dir(ref: StageRef) -> Path:
-    """The LoRA adapter a train or merge run wrote."""
-    return ref.dir / "adapter"
-
-
-def full_model_dir(ref: StageRef) -> Path | None:
-    """The whole fine-tuned model a train run wrote with ``train.lora.full_finetune`` (None: an adapter run)."""
-    folder = ref.dir / "model"
-    return folder if ref.stage == "train" and (folder / "config.json").exists() else None

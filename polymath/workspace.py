@@ -39,6 +39,8 @@ from . import __version__
 from .errors import StageError
 
 MANIFEST = "manifest.json"
+#: The folders a train or merge run writes its peft adapter to, and a full fine-tune its whole model to.
+ADAPTER, FULL_MODEL = "adapter", "model"
 log = logging.getLogger("polymath")
 _TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "sentence-transformers", "scikit-learn", "duckdb")
 

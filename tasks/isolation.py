@@ -1,4 +1,5 @@
-"""Where a stage run executes: in the flow's process, in a fresh process (GPU), or in a shared worker pool (CPU).
+"""Where a heavy stage run executes, as the run's execution policy says: in the flow's process, in a fresh
+process (GPU), or in a shared worker pool (CPU).
 
 A GPU stage gets a fresh spawned process so that its GPU memory is returned when it ends. With
 ``workers > 1`` on CPU, stage runs go to one pool of ``workers`` long-lived spawned processes shared by the
@@ -18,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from threading import Lock
 from typing import Any, Callable
 
-from pipeline.devices import cuda_devices
+from pipeline.execution import Execution
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 _LOCK = Lock()
@@ -76,19 +77,17 @@ def _device_slot(slots: list[str]):
         free.put(slot)
 
 
-def call(fn: Callable[..., Any], *args: Any, isolate: bool | None = None, workers: int = 1,
-         device_slots: list[str] | None = None, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``: in a fresh spawned process when isolating (default: when CUDA is present), else in
-    the shared pool when ``workers > 1``, else in-process (a spawned interpreter would re-import torch and
-    transformers for nothing). An isolated run takes one of ``device_slots`` (pipeline/devices.py), so parallel
-    GPU runs each see devices of their own."""
-    if isolate is None:
-        isolate = cuda_devices() > 0
-    if isolate:
-        with _device_slot(device_slots or []) as slot:
+def call(fn: Callable[..., Any], *args: Any, execution: Execution = Execution(), **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` where ``execution`` (pipeline/execution.py) puts a heavy run: in a fresh spawned
+    process on a GPU machine, on a device slot of its own when several run side by side; else in the shared
+    pool with ``workers > 1``; else in-process (a spawned interpreter would re-import torch and transformers
+    for nothing)."""
+    if execution.isolate:
+        with _device_slot(execution.device_slots()) as slot:
             init = dict(initializer=_see_devices, initargs=(slot,)) if slot is not None else {}
             with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), **init) as pool:
                 return pool.submit(fn, *args, **kwargs).result()
+    workers = execution.workers
     if workers <= 1:
         return fn(*args, **kwargs)
     try:

@@ -65,7 +65,7 @@ def test_the_policy_encoder_without_the_model_stage_is_a_config_error(micro_conf
     cfg = load_config(micro_config_path, ["curate.encoder=policy"])
     ws = Workspace(tmp_path)
     with pytest.raises(ConfigError, match="curate.encoder: policy needs the base model"):
-        curate.run(cfg, ws, data.run(cfg, ws))
+        curate.run(cfg, ws, data=data.run(cfg, ws))
 
 
 def test_probe_and_policy_encoder_through_the_stages(micro_config_path, tmp_path):
@@ -79,8 +79,8 @@ def test_probe_and_policy_encoder_through_the_stages(micro_config_path, tmp_path
                                           "curate.strategy=kmeans-learnable", "curate.dedup_threshold=1.0"])
     ws = Workspace(tmp_path)
     data_run = data.run(cfg, ws)
-    base = model.run(cfg, ws, data_run)
-    chosen = curate.run(cfg, ws, data_run, False, base)
+    base = model.run(cfg, ws, data=data_run)
+    chosen = curate.run(cfg, ws, data=data_run, model=base)
     assert chosen.manifest()["inputs"]["model"] == base.key
     probe = pd.read_parquet(chosen.dir / "curation_probe.parquet")
     assert len(probe) == 60 and (probe.k == 2).all() and probe.p.between(0, 1).all()
@@ -91,4 +91,4 @@ def test_probe_and_policy_encoder_through_the_stages(micro_config_path, tmp_path
         "WHERE metric IN ('learnability', 'zero_variance_frac') GROUP BY ALL")
     assert set(metrics.strategy) == {"kmeans-learnable", "random"}  # the random subsets are measured too
     assert len(Store(ws.db_path).query("SELECT * FROM curation_probe")) == 60
-    assert curate.run(cfg, ws, data_run, False, base).skipped  # cached: the rerun probes nothing
+    assert curate.run(cfg, ws, data=data_run, model=base).skipped  # cached: the rerun probes nothing

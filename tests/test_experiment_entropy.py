@@ -239,11 +239,12 @@ def test_every_reference_arm_exists_and_shares_the_update_schedule():
 
 
 def test_side_by_side_arms_start_with_the_most_updates_per_rollout_batch():
-    from experiments.entropy import longest_first
+    from experiments.entropy import ArmJob, longest_first
+    from pipeline.graph import Job, Runs
 
     cfg = load_config("demo")
     plan = experiment_plan(cfg, EntropyExperiment(seeds=[0], arms=["adv-nonneg", "offpolicy-2", "clip-higher"]))
-    jobs = [(run.cfg,) for run in plan.runs]
+    jobs = [ArmJob(Job("train", run.label, run.cfg), Runs()) for run in plan.runs]
     order = [plan.runs[i].arm.name for i in longest_first(jobs)]
     assert order == ["clip-higher", "offpolicy-2", "grpo", "adv-nonneg"]
 

@@ -9,10 +9,10 @@ import pandas
 import pytest
 
 from evaluation.store import Store
-from flows.stage_flows import pipeline
-from flows.runners import with_workers
-from flows.stage_flows import merge_flow, train_flow
+from flows.runners import under
+from flows.stage_flows import merge_flow, pipeline, train_flow
 from pipeline.config import load_config
+from pipeline.execution import execution_policy
 from polymath.errors import StageError
 from polymath.workspace import Workspace
 
@@ -41,7 +41,7 @@ def test_pipeline_fills_every_table(first_run):
     assert counts["curation_selection"] == cfg.curate.k
     # every method over all experts, and again without gcd's expert (leave-one-out)
     assert counts["train_steps"] > 0 and counts["merge_runs"] == 2 * len(cfg.merge.methods)
-    labels = {r.label for r in result["evals"]}
+    labels = {r.label for r in result.evals}
     experts = {"expert:arithmetic", "expert:gcd", "expert:reverse"}
     assert labels == {"base", "base@greedy", *experts, *(f"{e}@greedy" for e in experts),
                       "merged:robustmerge", "merged:task-arithmetic", "merged:robustmerge-without-gcd",
@@ -62,7 +62,7 @@ def test_pipeline_fills_every_table(first_run):
     assert (sampled.reference == "base").all() and sorted(set(sampled.metric)) == ["avg@k", "pass@2"]
     assert len(sampled) == (len(labels) - 2 - len(experts)) * 3 * 2
     assert ((compared.ci_low <= compared["diff"]) & (compared["diff"] <= compared.ci_high)).all()
-    for expert in result["experts"]:
+    for expert in result.experts:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
         assert (expert.dir / "curves.png").exists()
     assert not list(ws.root.rglob(".tmp-*")) and not [p for p in ws.root.rglob(".partial-*") if p.suffix != ".lock"]
@@ -70,9 +70,9 @@ def test_pipeline_fills_every_table(first_run):
 
 def test_two_workers_run_trainings_evaluations_and_merges_side_by_side(prefect_harness, micro_config_path, tmp_path):
     cfg = load_config(micro_config_path, ["workers=2"])
-    out = with_workers(train_flow, cfg.workers)(cfg, str(tmp_path))
-    assert len(out["experts"]) == 3 and not any(r.skipped for r in out["experts"])
-    for expert in out["experts"]:
+    out = under(train_flow, execution_policy(cfg))(cfg, str(tmp_path))
+    assert len(out.experts) == 3 and not any(r.skipped for r in out.experts)
+    for expert in out.experts:
         assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()
     store = Store(Workspace(tmp_path).db_path)
     steps = store.query("SELECT DISTINCT expert FROM train_steps ORDER BY 1")
@@ -80,8 +80,8 @@ def test_two_workers_run_trainings_evaluations_and_merges_side_by_side(prefect_h
     # DARE once per seed, next to the deterministic task arithmetic (merged once)
     cfg = load_config(micro_config_path, ["workers=2", "merge.methods=[task-arithmetic, dare]", "merge.seeds=[0, 1]",
                                           "merge.leave_out=[]"])
-    out = with_workers(merge_flow, cfg.workers)(cfg, str(tmp_path))
-    assert [m.label for m in out["merges"]] == ["merged:task-arithmetic", "merged:dare-seed0", "merged:dare-seed1"]
+    out = under(merge_flow, execution_policy(cfg))(cfg, str(tmp_path))
+    assert [m.label for m in out.merges] == ["merged:task-arithmetic", "merged:dare-seed0", "merged:dare-seed1"]
     params = store.query("SELECT label, params FROM merge_runs ORDER BY label")
     seeds = {r.label: json.loads(r.params).get("seed") for r in params.itertuples()}
     assert seeds == {"merged:dare-seed0": 0, "merged:dare-seed1": 1, "merged:task-arithmetic": None}
@@ -118,9 +118,9 @@ def test_rerun_skips_every_stage_and_keeps_counts(first_run):
     cfg, ws, result = first_run
     before = _counts(ws)
     again = pipeline(cfg, str(ws.root))
-    refs = [again["data"], again["curate"], again["model"], *again["experts"], *again["merges"], *again["evals"]]
+    refs = [again.data, again.curate, again.model, *again.experts, *again.merges, *again.evals]
     assert all(r.skipped for r in refs)
-    assert [r.key for r in again["evals"]] == [r.key for r in result["evals"]]
+    assert [r.key for r in again.evals] == [r.key for r in result.evals]
     assert _counts(ws) == before
 
 
@@ -156,7 +156,7 @@ def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_r
 
     cfg, ws, result = first_run
     rows = plan_runs(cfg, ws)
-    refs = [result["data"], result["curate"], result["model"], *result["experts"], *result["merges"], *result["evals"]]
+    refs = [result.data, result.curate, result.model, *result.experts, *result.merges, *result.evals]
     assert sorted(r.key for r in rows) == sorted(r.key for r in refs)  # the plan is the flow's, run for run
     assert {r.state for r in rows} == {"finished"}
     out = CliRunner().invoke(app, ["status", "-c", str(micro_config_path), "-w", str(ws.root)])
@@ -171,8 +171,8 @@ def test_status_plans_the_flows_keys_and_names_what_a_change_makes_stale(first_r
 
     changed = plan_runs(load_config(micro_config_path, ["train.lr=0.001"]), ws)
     stale = {(r.stage, r.label) for r in changed if r.state == "stale"}
-    expected = ({("train", e.label) for e in result["experts"]} | {("merge", m.label) for m in result["merges"]}
-                | {("evaluate", r.label) for r in result["evals"] if r.label not in ("base", "base@greedy")})
+    expected = ({("train", e.label) for e in result.experts} | {("merge", m.label) for m in result.merges}
+                | {("evaluate", r.label) for r in result.evals if r.label not in ("base", "base@greedy")})
     assert stale == expected and not [r for r in changed if r.state == "missing"]
     assert next(r for r in changed if r.stage == "train").why == "config: lr 0.0005 -> 0.001"
     assert next(r for r in changed if r.stage == "merge").why.startswith("input changed: expert:")
@@ -183,7 +183,7 @@ def test_a_reused_run_already_in_duckdb_is_not_ingested_again(first_run):
     from pipeline.stage import StageRef
 
     _, ws, result = first_run
-    reused = [StageRef(r.stage, r.key, r.dir, r.label, skipped=True) for r in result["evals"]]
+    reused = [StageRef(r.stage, r.key, r.dir, r.label, skipped=True) for r in result.evals]
     assert ingest_all(ws, reused) == {}
     store = Store(ws.db_path)
     lost = reused[1]
@@ -197,20 +197,20 @@ def test_a_reused_run_already_in_duckdb_is_not_ingested_again(first_run):
 
 def test_single_stage_force_reruns_only_that_stage(first_run):
     cfg, ws, result = first_run
-    curate_time = _finished_at(result["curate"])
+    curate_time = _finished_at(result.curate)
     out = train_flow(cfg, str(ws.root), ["train"])
-    assert not any(r.skipped for r in out["experts"])
-    assert out["curate"].skipped and out["model"].skipped
-    assert _finished_at(out["curate"]) == curate_time
-    assert [r.key for r in out["experts"]] == [r.key for r in result["experts"]]
+    assert not any(r.skipped for r in out.experts)
+    assert out.curate.skipped and out.model.skipped
+    assert _finished_at(out.curate) == curate_time
+    assert [r.key for r in out.experts] == [r.key for r in result.experts]
 
 
 def test_config_change_reruns_that_stage_and_downstream_only(first_run):
     cfg, ws, result = first_run
     changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.002})})
     out = train_flow(changed, str(ws.root))
-    assert out["curate"].skipped and out["model"].skipped
-    assert {r.key for r in out["experts"]}.isdisjoint({r.key for r in result["experts"]})
+    assert out.curate.skipped and out.model.skipped
+    assert {r.key for r in out.experts}.isdisjoint({r.key for r in result.experts})
 
 
 def test_failing_stage_names_itself_and_keeps_earlier_artifacts(first_run, monkeypatch):
@@ -223,7 +223,7 @@ def test_failing_stage_names_itself_and_keeps_earlier_artifacts(first_run, monke
     monkeypatch.setattr(merging.merge, "merge_adapters", broken)
     with pytest.raises(StageError, match=r"stage merge \(merged:robustmerge\) failed: RuntimeError: disk full"):
         merge_flow(cfg, str(ws.root), ["merge"])
-    for ref in [result["curate"], result["model"], *result["experts"], *result["merges"]]:
+    for ref in [result.curate, result.model, *result.experts, *result.merges]:
         assert ws.is_finished(ref.stage, ref.key)
     assert not list(ws.root.rglob(".tmp-*")) and not [p for p in ws.root.rglob(".partial-*") if p.suffix != ".lock"]
 
@@ -243,11 +243,11 @@ def test_curate_stage_selects_from_a_math_word_problem_jsonl(tmp_path):
     ])
     ws = Workspace(tmp_path / "ws")
     data = data_stage.run(cfg, ws)
-    curate = curate_stage.run(cfg, ws, data)
+    curate = curate_stage.run(cfg, ws, data=data)
     chosen = curated_problems(data, curate)
     assert len(chosen) == 12 and {p.domain for p in chosen} == {"math"}
     assert all(p.metadata["verifier"] == "numeric" for p in chosen)
-    assert curate_stage.run(cfg, ws, data).skipped  # rerun: a cache hit
+    assert curate_stage.run(cfg, ws, data=data).skipped  # rerun: a cache hit
 
 
 def test_curate_domains_names_a_missing_domain_and_the_ones_that_exist(micro_config_path, tmp_path):
@@ -256,7 +256,7 @@ def test_curate_domains_names_a_missing_domain_and_the_ones_that_exist(micro_con
     cfg = load_config(micro_config_path, ["curate.domains=[legs]"])
     ws = Workspace(tmp_path)
     with pytest.raises(StageError, match=r"curate.domains names \['legs'\].*available: \['arithmetic', 'gcd', 'reverse'\]"):
-        curate_stage.run(cfg, ws, data_stage.run(cfg, ws))
+        curate_stage.run(cfg, ws, data=data_stage.run(cfg, ws))
 
 
 def test_evaluate_domains_sample_only_those_domains_and_name_a_missing_one(first_run):
@@ -264,12 +264,12 @@ def test_evaluate_domains_sample_only_those_domains_and_name_a_missing_one(first
 
     cfg, ws, result = first_run
     narrow = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"domains": ["gcd"]})})
-    done = evaluate_stage.run(narrow, ws, result["model"], result["data"], result["experts"][0])
+    done = evaluate_stage.run(narrow, ws, model=result.model, data=result.data, target=result.experts[0])
     samples = pandas.read_parquet(done.dir / "eval_samples.parquet")
     assert set(samples.benchmark) == {"gcd"} and not done.skipped
     wrong = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"domains": ["legs"]})})
     with pytest.raises(StageError, match=r"evaluate.domains names \['legs'\].*available"):
-        evaluate_stage.run(wrong, ws, result["model"], result["data"], result["experts"][0])
+        evaluate_stage.run(wrong, ws, model=result.model, data=result.data, target=result.experts[0])
 
 
 def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_path, monkeypatch):
@@ -280,8 +280,8 @@ def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_p
     monkeypatch.setenv("POLYMATH_PROFILES", str(micro_config_path.parent))
     monkeypatch.setenv("POLYMATH_DEPLOY_ROOT", str(ws.root.parent))
     out = run_profile(config=micro_config_path.stem, workspace=ws.root.name, stage="evaluate")
-    assert out["curate"] == result["curate"].key
-    assert out["evals"] == [r.key for r in result["evals"] if not r.label.startswith("merged:")]
+    assert out.curate == result.curate.key
+    assert out.evals == [r.key for r in result.evals if not r.label.startswith("merged:")]
 
 
 def test_every_deployment_in_prefect_yaml_names_a_flow_and_its_parameters():
@@ -338,8 +338,8 @@ def test_a_comparison_refresh_that_failed_is_redone_by_the_next_ingest(first_run
 
     cfg, ws, result = first_run
     store = Store(ws.db_path)
-    refs = [result["data"], result["curate"], result["model"], *result["experts"], *result["merges"],
-            *result["evals"]]
+    refs = [result.data, result.curate, result.model, *result.experts, *result.merges,
+            *result.evals]
     before = store.query("SELECT * FROM eval_comparisons ORDER BY ALL")
     merged = len(store.query("SELECT * FROM merge_summary"))
     con = duckdb.connect(str(ws.db_path))  # what a refresh cut off by a busy database leaves behind
@@ -363,10 +363,10 @@ def test_a_second_parameter_and_test_points_join_the_sweep(first_run):
     cfg, ws, result = first_run
     merge = cfg.merge.model_copy(update={"sweep_params": {"robustmerge": {"keep": [0.5, 1.0]}}, "test_points": True})
     swept = cfg.model_copy(update={"merge": merge})
-    upstream = (result["model"], result["data"], result["curate"], result["experts"])
-    out = merge_stage.run(swept, ws, *upstream, "robustmerge")
+    upstream = dict(model=result.model, data=result.data, curate=result.curate, experts=list(result.experts))
+    out = merge_stage.run(swept, ws, **upstream, method="robustmerge")
     other = cfg.model_copy(update={"merge": cfg.merge.model_copy(update={"sweep_params": merge.sweep_params})})
-    assert not out.skipped and merge_stage.run(other, ws, *upstream, "task-arithmetic").skipped
+    assert not out.skipped and merge_stage.run(other, ws, **upstream, method="task-arithmetic").skipped
     ingest(ws, out)
     store = Store(ws.db_path)
     rows = store.query(f"SELECT * FROM merge_sweep WHERE run_key = '{out.key}'")
@@ -383,3 +383,30 @@ def test_a_second_parameter_and_test_points_join_the_sweep(first_run):
     params = json.loads(store.query(f"SELECT params FROM merge_runs WHERE run_key = '{out.key}'").params[0])
     assert params["keep"] == chosen.param_value.iloc[0] and out.manifest()["summary"]["swept"] == {
         "keep": chosen.param_value.iloc[0]}
+
+
+@pytest.mark.parametrize("profile", ["demo", "smollm", "gpu-math"])
+def test_the_flow_submits_exactly_the_jobs_the_plan_lists(prefect_harness, profile, tmp_path, monkeypatch):
+    """One expansion of the stage graph: the flows and ``polymath status`` walk the same jobs in the same order."""
+    import flows.stage_flows as stage_flows
+    from pipeline.plan import plan_runs
+    from pipeline.stage import planned
+
+    ws = Workspace(tmp_path)
+    submitted = []
+
+    def plan_instead(step, jobs, ws, execution):  # each job stops at its key: nothing runs, nothing is written
+        for job in jobs:
+            ref = planned(lambda: job.run(ws))
+            submitted.append((ref.stage, ref.label, ref.key))
+            yield ref
+
+    monkeypatch.setattr(stage_flows, "_run_all", plan_instead)
+    monkeypatch.setattr(stage_flows, "ingest_task", lambda ws, refs: None)
+    monkeypatch.setattr(stage_flows, "AFTER_STEP", {})
+    monkeypatch.setattr(stage_flows.artifacts, "accuracy", lambda *a, **k: None)
+    cfg = load_config(profile)
+    pipeline(cfg, str(ws.root))
+    expected = [(r.stage, r.label, r.key) for r in plan_runs(cfg, ws)]
+    assert submitted == expected and {s for s, _, _ in expected} == {"data", "curate", "model", "train", "evaluate",
+                                                                      "merge"}

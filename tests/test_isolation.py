@@ -7,7 +7,10 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
+from pipeline.execution import Execution
 from tasks import isolation
+
+TWO_WORKERS = Execution(workers=2)
 
 
 def _die() -> None:
@@ -20,8 +23,8 @@ def _pid() -> int:
 
 def test_a_worker_that_dies_is_named_with_the_fix_and_the_pool_is_replaced():
     with pytest.raises(BrokenProcessPool, match=r"worker process died while running _die .*lower `workers`"):
-        isolation.call(_die, workers=2)
-    assert isolation.call(_pid, workers=2) != os.getpid()  # a fresh pool serves the next call
+        isolation.call(_die, execution=TWO_WORKERS)
+    assert isolation.call(_pid, execution=TWO_WORKERS) != os.getpid()  # a fresh pool serves the next call
     isolation.shutdown()
 
 
@@ -32,26 +35,34 @@ def _visible() -> str | None:
 def test_isolated_runs_side_by_side_each_see_a_device_slot_of_their_own():
     from concurrent.futures import ThreadPoolExecutor
 
-    slots = ["0,1", "2,3"]
+    pair = Execution(workers=2, gpu=True, visible=4, train_gpus=2)  # what a 4-GPU machine's policy says
     with ThreadPoolExecutor(max_workers=2) as threads:
-        seen = list(threads.map(lambda _: isolation.call(_visible, isolate=True, device_slots=slots), range(4)))
-    assert sorted(set(seen)) == slots  # both slots served, never a run outside them
-    assert isolation.call(_visible, isolate=True) == os.environ.get("CUDA_VISIBLE_DEVICES")  # no slots: inherited
+        seen = list(threads.map(lambda _: isolation.call(_visible, execution=pair), range(4)))
+    assert sorted(set(seen)) == ["0,1", "2,3"]  # both slots served, never a run outside them
+    one = Execution(gpu=True, visible=1)
+    assert isolation.call(_visible, execution=one) == os.environ.get("CUDA_VISIBLE_DEVICES")  # no slots: inherited
 
 
 def test_the_device_plan_reserves_what_each_run_uses_and_refuses_shared_gpus():
     from pipeline.config import PolymathConfig
-    from pipeline.devices import device_slots, plan_devices
+    from pipeline.execution import execution_policy
     from polymath.errors import ConfigError
 
-    cpu = plan_devices(PolymathConfig(), visible=0)
-    assert (cpu.gpu, cpu.gpus_for("train"), cpu.gpus_for("evaluate")) == (False, 0.0, 0.0)
-    assert device_slots(cpu, 0) == []
+    cpu = execution_policy(PolymathConfig(), visible=0)
+    assert (cpu.gpu, cpu.gpus_for("train"), cpu.gpus_for("evaluate"), cpu.isolate) == (False, 0.0, 0.0, False)
+    assert cpu.device_slots() == [] and not cpu.concurrent
     # a Ray head without GPUs schedules a bf16 / vLLM run's stages onto GPU nodes
-    gpu_cfg = PolymathConfig.model_validate({"train": {"bf16": True, "processes": 4}})
-    head = plan_devices(gpu_cfg, visible=0)
+    gpu_cfg = PolymathConfig.model_validate({"train": {"bf16": True, "processes": 4}, "merge": {"scales": [1.0]}})
+    head = execution_policy(gpu_cfg, runner="ray", visible=0)
     assert (head.gpus_for("train"), head.gpus_for("evaluate"), head.gpus_for("merge")) == (4.0, 1.0, 1.0)
+    assert head.concurrent and not head.isolate
+    # a merge without a scale sweep does not sample: it reserves no GPU
+    no_sweep = execution_policy(gpu_cfg.model_copy(update={"merge": gpu_cfg.merge.model_copy(update={"scales": None})}),
+                                visible=0)
+    assert no_sweep.gpus_for("merge") == 0.0
     pair = PolymathConfig.model_validate({"workers": 2, "train": {"processes": 2}})
-    assert device_slots(plan_devices(pair, visible=4), 4) == ["0,1", "2,3"]
+    assert execution_policy(pair, visible=4).device_slots() == ["0,1", "2,3"]
     with pytest.raises(ConfigError, match="need 4 GPUs side by side, and 2 are visible.*workers: 1"):
-        plan_devices(pair, visible=2)
+        execution_policy(pair, visible=2)
+    with pytest.raises(ConfigError, match="unknown runner 'dask'; choose local or ray"):
+        execution_policy(pair, runner="dask")

@@ -36,7 +36,7 @@ def test_appending_a_line_to_a_source_file_makes_the_data_and_everything_after_i
     cfg, source = file_config
     ws = Workspace(tmp_path / "ws")
     data = data_stage.run(cfg, ws)
-    curate_stage.run(cfg, ws, data)
+    curate_stage.run(cfg, ws, data=data)
     assert _states(cfg, ws)[("data", "data")][0] == "finished"
 
     with source.open("a") as fh:
@@ -59,9 +59,9 @@ def test_new_weights_at_a_model_path_make_the_base_model_stale(micro_config_path
     ws = Workspace(tmp_path / "ws")
     data = data_stage.run(cfg, ws)
     given = tmp_path / "given-model"
-    shutil.copytree(model_stage.run(cfg, ws, data).dir / "model", given)
+    shutil.copytree(model_stage.run(cfg, ws, data=data).dir / "model", given)
     path_cfg = load_config(micro_config_path, ["model.source=path", f"model.path={given}"])
-    first = model_stage.run(path_cfg, ws, data)
+    first = model_stage.run(path_cfg, ws, data=data)
     assert _states(path_cfg, ws)[("model", "base")][0] == "finished"
 
     weights = next(given.glob("*.safetensors"))
@@ -73,7 +73,7 @@ def test_new_weights_at_a_model_path_make_the_base_model_stale(micro_config_path
     assert states[("model", "base")] == ("stale", f"input changed: file:{given.resolve()}")
     assert all(s != "finished" for (stage, _), (s, _) in states.items() if stage in ("train", "evaluate"))
     assert states[("data", "data")][0] == "finished"
-    second = model_stage.run(path_cfg, ws, data)
+    second = model_stage.run(path_cfg, ws, data=data)
     assert not second.skipped and second.key != first.key
 
 
@@ -82,17 +82,17 @@ def test_a_sampling_setting_the_probe_reads_makes_the_curation_stale(micro_confi
     cfg = load_config(micro_config_path, probe)
     ws = Workspace(tmp_path / "ws")
     data = data_stage.run(cfg, ws)
-    base = model_stage.run(cfg, ws, data)
-    curate_stage.run(cfg, ws, data, False, base)
+    base = model_stage.run(cfg, ws, data=data)
+    curate_stage.run(cfg, ws, data=data, model=base)
     assert _states(cfg, ws)[("curate", "curate")][0] == "finished"
 
     longer = load_config(micro_config_path, [*probe, "evaluate.max_new_tokens=128"])
     states = _states(longer, ws)
     assert states[("curate", "curate")][0] == "stale" and "max_new_tokens" in states[("curate", "curate")][1]
     assert states[("data", "data")][0] == states[("model", "base")][0] == "finished"
-    assert not curate_stage.run(longer, ws, data, False, base).skipped
+    assert not curate_stage.run(longer, ws, data=data, model=base).skipped
     # without the probe the curation does not sample: the same change leaves it alone
     plain = load_config(micro_config_path)
-    curate_stage.run(plain, ws, data, False, base)
+    curate_stage.run(plain, ws, data=data, model=base)
     plain_longer = load_config(micro_config_path, ["evaluate.max_new_tokens=128"])
     assert _states(plain_longer, ws)[("curate", "curate")][0] == "finished"

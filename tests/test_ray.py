@@ -14,12 +14,13 @@ def test_two_tasks_run_in_parallel_on_local_ray(prefect_harness):
     from prefect import flow, task
 
     from flows.runners import make_task_runner, ray_options
+    from pipeline.execution import Execution
 
     @task
     def worker_pid(x: int) -> tuple[int, int]:
         return x * x, os.getpid()
 
-    @flow(task_runner=make_task_runner("ray"))
+    @flow(task_runner=make_task_runner(Execution(runner="ray")))
     def fan_out() -> list[tuple[int, int]]:
         with ray_options(num_cpus=0.5):
             futures = [worker_pid.submit(i) for i in (3, 4)]

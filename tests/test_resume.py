@@ -29,9 +29,9 @@ SCRIPT = textwrap.dedent("""
     cfg = load_config(sys.argv[1], sys.argv[3:])
     ws = Workspace(sys.argv[2])
     data = data_stage.run(cfg, ws)
-    curate = curate_stage.run(cfg, ws, data)
-    model = model_stage.run(cfg, ws, data)
-    train_stage.run(cfg, ws, model, data, curate, "gcd")
+    curate = curate_stage.run(cfg, ws, data=data)
+    model = model_stage.run(cfg, ws, data=data)
+    train_stage.run(cfg, ws, model=model, data=data, curate=curate, domain="gcd")
 """)
 
 
@@ -39,8 +39,8 @@ def test_a_training_killed_mid_run_resumes_from_its_checkpoint(micro_config_path
     cfg = load_config(micro_config_path, OVERRIDES)
     ws = Workspace(tmp_path / "ws")
     data = data_stage.run(cfg, ws)
-    curate = curate_stage.run(cfg, ws, data)
-    model = model_stage.run(cfg, ws, data)
+    curate = curate_stage.run(cfg, ws, data=data)
+    model = model_stage.run(cfg, ws, data=data)
 
     train_dir = ws.root / "artifacts" / "train"
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(micro_config_path), str(ws.root), *OVERRIDES],
@@ -60,7 +60,7 @@ def test_a_training_killed_mid_run_resumes_from_its_checkpoint(micro_config_path
     assert not list(train_dir.glob("[!.]*"))  # nothing looks finished
     assert list(train_dir.glob(".partial-*/checkpoints"))  # the killed attempt's checkpoints are still there
 
-    ref = train_stage.run(cfg, ws, model, data, curate, "gcd")
+    ref = train_stage.run(cfg, ws, model=model, data=data, curate=curate, domain="gcd")
     summary = ref.manifest()["summary"]
     assert summary["resumed_from_step"] >= 4
     steps = pd.read_parquet(ref.dir / "train_steps.parquet")
@@ -92,9 +92,9 @@ RESUME = ["train.steps=4", "train.save_steps=2", "train.policy_loss=clip-cov", "
 
 def _expert_steps(cfg, ws) -> tuple[pd.DataFrame, dict, str]:
     data = data_stage.run(cfg, ws)
-    curate = curate_stage.run(cfg, ws, data)
-    model = model_stage.run(cfg, ws, data)
-    ref = train_stage.run(cfg, ws, model, data, curate, "gcd")
+    curate = curate_stage.run(cfg, ws, data=data)
+    model = model_stage.run(cfg, ws, data=data)
+    ref = train_stage.run(cfg, ws, model=model, data=data, curate=curate, domain="gcd")
     steps = pd.read_parquet(ref.dir / "train_steps.parquet")
     last_state = (ref.dir / "checkpoints" / "checkpoint-4" / "polymath_run_state.json").read_text()
     return steps.sort_values(["metric", "step"]).reset_index(drop=True), ref.manifest()["summary"], last_state

@@ -19,9 +19,9 @@ def test_smollm_profile_trains_an_expert(tmp_path):
                                  "data.test_per_domain=5", "train.max_new_tokens=24"])
     ws = Workspace(tmp_path)
     data = data_stage.run(cfg, ws)
-    curate = curate_stage.run(cfg, ws, data)
-    model = model_stage.run(cfg, ws, data)
-    expert = train_stage.run(cfg, ws, model, data, curate, "sums")
+    curate = curate_stage.run(cfg, ws, data=data)
+    model = model_stage.run(cfg, ws, data=data)
+    expert = train_stage.run(cfg, ws, model=model, data=data, curate=curate, domain="sums")
     summary = expert.manifest()["summary"]
     assert summary["initial_entropy"] > 0
     assert (expert.dir / "adapter" / "adapter_model.safetensors").exists()

@@ -121,13 +121,13 @@ def test_three_sources_train_three_experts_and_merge_them(tmp_path):
     cfg = load_config(_micro_with_sources(tmp_path))
     ws = Workspace(tmp_path / "ws")
     data_run = data.run(cfg, ws)
-    base = model.run(cfg, ws, data_run)
+    base = model.run(cfg, ws, data=data_run)
     domains = train.expert_domains(cfg, data_run)
     assert domains == ["gcd", "halves", "sums"]
-    experts = [train.run(cfg, ws, base, data_run, None, d) for d in domains]
-    merged = merge.run(cfg, ws, base, data_run, None, experts, "task-arithmetic")
+    experts = [train.run(cfg, ws, model=base, data=data_run, curate=None, domain=d) for d in domains]
+    merged = merge.run(cfg, ws, model=base, data=data_run, curate=None, experts=experts, method="task-arithmetic")
     assert (merged.dir / "adapter" / "adapter_config.json").exists()
-    scored = evaluate.run(cfg, ws, base, data_run, merged)
+    scored = evaluate.run(cfg, ws, model=base, data=data_run, target=merged)
     import pandas as pd
 
     samples = pd.read_parquet(scored.dir / "eval_samples.parquet")

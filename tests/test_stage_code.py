@@ -81,3 +81,14 @@ def test_the_closure_follows_function_level_and_relative_imports():
     assert "evaluation/sampling.py" in reached  # imported inside run()
     assert "evaluation/hf_engine.py" in reached  # imported by sampling
     assert "evaluation/report.py" not in reached
+
+
+def test_every_stage_takes_its_inputs_by_keyword_only():
+    """``run(cfg, ws, *, inputs...)``: no stage can be called with positional inputs."""
+    import inspect
+
+    for name in stages():
+        params = list(inspect.signature(stages()[name].run).parameters.values())
+        assert [p.name for p in params[:2]] == ["cfg", "ws"], name
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:]), name
+        assert "force" in [p.name for p in params[2:]], name

@@ -36,6 +36,7 @@ from training.step_record import STEP_METRICS, step_records
 from polymath.loading import LoadOptions, load_model
 from polymath.threads import torch_threads
 from polymath.prompting import format_prompt
+from polymath.workspace import ADAPTER, FULL_MODEL
 
 RewardFn = Callable[[Problem, str], float]
 
@@ -330,12 +331,12 @@ def _save(trainer: PolymathGRPOTrainer, tokenizer, config: TrainConfig, out_dir:
     # With several processes (training/launch.py) every rank trains; the main one writes the outputs.
     main = trainer.accelerator.is_main_process
     if config.lora.full_finetune:
-        adapter_dir = out_dir / "model"
+        adapter_dir = out_dir / FULL_MODEL
         trainer.save_model(str(adapter_dir))  # every rank: DeepSpeed gathers the shards
         if main:
             tokenizer.save_pretrained(adapter_dir)
     else:
-        adapter_dir = out_dir / "adapter"
+        adapter_dir = out_dir / ADAPTER
         if main:
             trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
 
