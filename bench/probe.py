@@ -19,7 +19,7 @@ from pipeline.curate import _probe_sample, probe_pass_rates
 from pipeline.model import model_dir
 from polymath.workspace import Workspace
 from training.expert import train_expert
-from training.verifiers import reward
+from polymath.verifiers import reward
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from training.expert import train_expert
-    from training.verifiers import reward
+    from polymath.verifiers import reward
 
     cfg = load_config(args.config)
     ws = Workspace(args.workspace)

@@ -160,6 +160,20 @@ class DataConfig(SourceConfig):
                 seen[domain] = i
         return self
 
+    @model_validator(mode="after")
+    def _verifiers_fit_their_sources(self) -> "DataConfig":
+        from polymath.verifiers import VERIFIERS
+
+        for i, src in enumerate(self.resolved_sources()):
+            where = src.label(i if self.sources else None)
+            name = src.resolved_verifier()
+            if name not in VERIFIERS:
+                raise ValueError(f"{where}: verifier: {VERIFIERS.unknown(name)}")
+            if (why := VERIFIERS[name].fits(src.format, src.answer_format)) is not None:
+                raise ValueError(f"{where}: verifier {name!r} does not fit format {src.format!r} with answer_format "
+                                 f"{src.answer_format!r}: {why}")
+        return self
+
     def resolved_sources(self) -> list[SourceConfig]:
         """The sources to read: ``sources``, or this section as the only one."""
         if self.sources:

@@ -11,10 +11,13 @@ first.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+from evaluation.config import EvalConfig
+from polymath.loading import LoadOptions
 from polymath.prompting import format_prompt
 from polymath.records import Problem
 
@@ -69,3 +72,22 @@ def reference_entropy(model, tokenizer, problems_by_benchmark: Mapping[str, Sequ
     finally:
         model.train(was_training)
     return pd.DataFrame(rows, columns=COLUMNS).astype({"tokens": "int32", "entropy": "float64"})
+
+
+def measure_reference_entropy(
+    model_path: Path | str,
+    problems_by_benchmark: Mapping[str, Sequence[Problem]],
+    config: EvalConfig,
+    model_label: str,
+    eval_run: str,
+    *,
+    adapter_dir: Path | str | None = None,
+    load: LoadOptions | None = None,
+) -> pd.DataFrame:
+    """The model's teacher-forced entropy on the reference solutions of the problems ``evaluate_model`` samples
+    (the same selection): eval_reference_entropy rows. Runs on transformers whatever the sampling backend."""
+    from evaluation.sampling import hf_model, select_problems
+
+    selected = {b: select_problems(b, ps, config.max_problems_per_benchmark) for b, ps in problems_by_benchmark.items()}
+    model, tokenizer = hf_model(str(model_path), None, adapter_dir, load)
+    return reference_entropy(model, tokenizer, selected, model_label, eval_run, batch_size=config.batch_size)

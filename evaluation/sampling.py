@@ -69,7 +69,8 @@ def resolve_backend(requested: str, model) -> str:
     return "hf"
 
 
-def _select(benchmark: str, problems: Sequence[Problem], limit: int | None) -> list[Problem]:
+def select_problems(benchmark: str, problems: Sequence[Problem], limit: int | None) -> list[Problem]:
+    """The problems of ``benchmark`` an evaluation samples: the first ``limit`` (all when None), ids unique."""
     if not problems:
         raise DataError(
             f"benchmark {benchmark!r} has no problems; check its data source or drop it from the evaluate stage"
@@ -148,13 +149,14 @@ def evaluate_model(
     (dtype, trust_remote_code).
     """
     backend = resolve_backend(config.backend, model)
-    selected = {b: _select(b, ps, config.max_problems_per_benchmark) for b, ps in problems_by_benchmark.items()}
+    selected = {b: select_problems(b, ps, config.max_problems_per_benchmark)
+                for b, ps in problems_by_benchmark.items()}
     if not selected:
         raise DataError("no benchmarks to evaluate; list at least one benchmark for the evaluate stage")
 
     wrapped = None
     if backend == "hf":
-        model, tokenizer = _hf_model(model, tokenizer, adapter_dir, load)
+        model, tokenizer = hf_model(model, tokenizer, adapter_dir, load)
         wrapped = model if adapter_dir is not None else None
 
         def generate(prompts: list[str], cfg: EvalConfig) -> list[list[Sample]]:
@@ -205,7 +207,8 @@ def samples_frame(rows: list[tuple]) -> pd.DataFrame:
     return df.astype({**ints, **floats, "correct": bool, "no_answer": bool, "hit_cap": bool})
 
 
-def _hf_model(model, tokenizer, adapter_dir, load: LoadOptions | None):
+def hf_model(model, tokenizer, adapter_dir, load: LoadOptions | None):
+    """The transformers model (loaded when ``model`` is a path) with the peft adapter ``adapter_dir`` on top."""
     if isinstance(model, (str, Path)):
         model, loaded_tokenizer = load_model(model, load, device=default_device())  # HF sampling on the GPU
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
@@ -221,22 +224,3 @@ def _hf_model(model, tokenizer, adapter_dir, load: LoadOptions | None):
             )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     return model, tokenizer
-
-
-def measure_reference_entropy(
-    model_path: Path | str,
-    problems_by_benchmark: Mapping[str, Sequence[Problem]],
-    config: EvalConfig,
-    model_label: str,
-    eval_run: str,
-    *,
-    adapter_dir: Path | str | None = None,
-    load: LoadOptions | None = None,
-) -> pd.DataFrame:
-    """The model's teacher-forced entropy on the reference solutions of the problems ``evaluate_model`` samples
-    (the same selection): eval_reference_entropy rows. Runs on transformers whatever the sampling backend."""
-    from evaluation.reference_entropy import reference_entropy
-
-    selected = {b: _select(b, ps, config.max_problems_per_benchmark) for b, ps in problems_by_benchmark.items()}
-    model, tokenizer = _hf_model(str(model_path), None, adapter_dir, load)
-    return reference_entropy(model, tokenizer, selected, model_label, eval_run, batch_size=config.batch_size)

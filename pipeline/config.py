@@ -164,22 +164,6 @@ class PolymathConfig(BaseModel):
     """Merging the experts."""
 
     @model_validator(mode="after")
-    def _verifiers_fit_their_sources(self) -> PolymathConfig:
-        # the data section (curation) cannot see training's verifiers: the composed config checks them
-        from training.verifiers import VERIFIERS
-
-        sources = self.data.resolved_sources()
-        for i, src in enumerate(sources):
-            where = src.label(i if self.data.sources else None)
-            name = src.resolved_verifier()
-            if name not in VERIFIERS:
-                raise ValueError(f"{where}: verifier: {VERIFIERS.unknown(name)}")
-            if (why := VERIFIERS[name].fits(src.format, src.answer_format)) is not None:
-                raise ValueError(f"{where}: verifier {name!r} does not fit format {src.format!r} with answer_format "
-                                 f"{src.answer_format!r}: {why}")
-        return self
-
-    @model_validator(mode="after")
     def _full_finetune_is_not_merged(self) -> PolymathConfig:
         if self.train.lora.full_finetune and self.merge.methods:
             raise ValueError(

@@ -69,7 +69,7 @@ def probe_pass_rates(cfg: PolymathConfig, model: StageRef, problems: list[Proble
     """The learnability probe: ``curate.probe_k`` completions per prompt from the base model at the training
     temperature, scored by each domain's verifier; one ``curation_probe`` row per prompt."""
     from evaluation.sampling import evaluate_model
-    from training.verifiers import score
+    from polymath.verifiers import score
 
     by_domain: dict[str, list[Problem]] = {}
     for p in problems:

@@ -16,7 +16,9 @@ from polymath.workspace import Workspace
 from .stage import StageRef, file_inputs, key_of, ref, reusable, stage
 
 
-@stage("data", code=("curation/data.py", "curation/data_config.py", "curation/domains.py", "curation/traces.py"))
+# the data config checks each source's verifier against its format (verifiers.py), so a verifier change re-keys it
+@stage("data", code=("curation/data.py", "curation/data_config.py", "curation/domains.py", "curation/traces.py",
+                     "polymath/verifiers.py"))
 def run(cfg: PolymathConfig, ws: Workspace, *, force: bool = False) -> StageRef:
     from curation.data import load_problems
 

@@ -48,8 +48,9 @@ def run(
     key = key_of("evaluate", section, inputs)
     if done := reusable(ws, "evaluate", key, label, force):
         return done
-    from evaluation.sampling import evaluate_model, measure_reference_entropy
-    from training.verifiers import score
+    from evaluation.reference_entropy import measure_reference_entropy
+    from evaluation.sampling import evaluate_model
+    from polymath.verifiers import score
     by_domain: dict[str, list[Problem]] = {}
     if cfg.evaluate.domains is not None:
         require_domains(cfg.evaluate.domains, data, "evaluate.domains")

@@ -190,7 +190,7 @@ def _validate(cfg: PolymathConfig, model: StageRef, adapter: Path, problems: dic
     """Mean accuracy and problem count per domain of the base model with ``adapter`` (on the test split, the
     evaluate stage's problems: its ``max_problems_per_benchmark``)."""
     from evaluation.sampling import evaluate_model
-    from training.verifiers import score
+    from polymath.verifiers import score
 
     limit = cfg.evaluate.max_problems_per_benchmark if test else None
     config = cfg.evaluate.model_copy(update={"k": k, "max_problems_per_benchmark": limit})

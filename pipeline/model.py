@@ -12,7 +12,7 @@ from .data import train_problems
 from .stage import StageRef, file_inputs, key_of, progress, ref, reusable, stage
 
 
-@stage("model", code=("training/models.py", "training/warm_start.py", "training/verifiers.py",
+@stage("model", code=("training/models.py", "training/warm_start.py", "polymath/verifiers.py",
                                           "evaluation/hf_engine.py", "evaluation/samples.py"))
 def run(cfg: PolymathConfig, ws: Workspace, *, data: StageRef, force: bool = False) -> StageRef:
     from training.models import bootstrap_tiny, convert_gguf, smollm_gguf_path

@@ -37,7 +37,7 @@ SHARED_CODE = ("polymath/records.py", "polymath/prompting.py", "polymath/answers
 #: The code that samples and scores completions (evaluate, the curate probe, the merge scale sweep): generation,
 #: scoring and the sample files, not the store or the report, which read the samples and change no run.
 SAMPLING_CODE = (*(f"evaluation/{m}.py" for m in ("sampling", "config", "hf_engine", "vllm_engine", "metrics",
-                                                   "samples", "schema")), "training/verifiers.py")
+                                                   "samples", "schema")), "polymath/verifiers.py")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from .model import model_dir
 from .stage import ExpertRef, StageRef, key_of, ref, reusable, stage
 
 
-@stage("train", code=("training",), heavy=True)
+@stage("train", code=("training", "polymath/verifiers.py"), heavy=True)
 def run(
     cfg: PolymathConfig,
     ws: Workspace,
@@ -39,7 +39,7 @@ def run(
         return done
     from training.expert import train_expert
     from training.launch import train_on_processes
-    from training.verifiers import reward
+    from polymath.verifiers import reward
     problems = [p for p in curated_problems(data, curate) if p.domain == domain]
     if not problems:
         raise StageError(f"no training problems for domain {domain!r} in the curated subset; raise curate.k")

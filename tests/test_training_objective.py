@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.objective import clipped_surrogate, grpo_loss, k3_kl, policy_token_weights
+from training.objective import PolicyOptions, clipped_surrogate, grpo_loss, k3_kl, policy_token_weights
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
 
@@ -236,8 +236,8 @@ def test_clip_cov_drops_a_fraction_of_the_tokens_inside_the_bounds():
     already = torch.tensor([[True, False], [False, False]])  # cut by the ratio clip: not eligible again
     assert clip_cov_selection(cov, MASK2, already, 0.5, (1.0, 5.0)).tolist() == [[False, False], [False, True]]
 
-    out = grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28, policy_loss="clip-cov",
-                    cov_fraction=0.5)
+    out = grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28,
+                    policy=PolicyOptions(policy_loss="clip-cov", cov_fraction=0.5))
     # ratio 1: per-token -A = -1, -1, +1, +1; the loss of (0,0) and (1,1) is dropped
     assert out.loss.item() == pytest.approx((-1.0 + 1.0) / 4)
     out.loss.backward()
@@ -252,8 +252,8 @@ def test_kl_cov_penalizes_the_largest_covariance_tokens_and_does_not_clip():
     assert kl_cov_selection(cov, MASK2, 0.25).tolist() == [[False, False], [False, True]]
     assert kl_cov_selection(cov, MASK2, 0.5).tolist() == [[True, False], [False, True]]
     old = logp.detach() - 0.5  # ratio e^0.5 = 1.65, far above 1 + eps_high
-    out = grpo_loss(logp, old, ADV2, MASK2, eps_low=0.2, eps_high=0.28, policy_loss="kl-cov", cov_fraction=0.25,
-                    kl_cov_coef=2.0)
+    out = grpo_loss(logp, old, ADV2, MASK2, eps_low=0.2, eps_high=0.28,
+                    policy=PolicyOptions(policy_loss="kl-cov", cov_fraction=0.25, kl_cov_coef=2.0))
     r = math.exp(0.5)
     assert out.loss.item() == pytest.approx((-r - r + r + r + 2.0 * 0.5) / 4)
     out.loss.backward()
@@ -270,11 +270,12 @@ def test_high_entropy_tokens_keep_the_top_quantile_only():
     assert top_entropy_mask(entropies, MASK2, 1.0).tolist() == MASK2.tolist()
     logp = torch.zeros(2, 2, requires_grad=True)
     out = grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28, entropies=entropies,
-                    top_entropy_quantile=0.5)
+                    policy=PolicyOptions(top_entropy_quantile=0.5))
     out.loss.backward()
     assert logp.grad.tolist() == [[0.0, -0.25], [0.25, 0.0]]  # token mean still over all 4 tokens
     with pytest.raises(ValueError, match="needs entropies"):
-        grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28, top_entropy_quantile=0.5)
+        grpo_loss(logp, logp.detach(), ADV2, MASK2, eps_low=0.2, eps_high=0.28,
+                  policy=PolicyOptions(top_entropy_quantile=0.5))
 
 
 def test_signed_advantages_and_zero_variance_groups():

@@ -3,7 +3,7 @@ import pytest
 from curation.domains import load_embedded
 from polymath.records import Problem
 from polymath.errors import ConfigError
-from training.verifiers import extract_answer, get_verifier, score
+from polymath.verifiers import extract_answer, get_verifier, score
 
 
 @pytest.fixture(scope="module")

@@ -269,8 +269,8 @@ class PolymathGRPOTrainer(GRPOTrainer):
             beta=self.beta,
             is_ratio=inputs["importance_sampling_ratio"] if use_is else None,
             normalizer=normalizer,
+            policy=self.policy,
             generator=self._cov_generator,
-            **self.policy.loss_kwargs(),
         )
         loss = out.loss
         if self.aux_loss_enabled:

@@ -84,7 +84,7 @@ def train_on_processes(model_dir: Path, problems: list[Problem], config: TrainCo
 
 
 def _run(job_dir: Path) -> None:
-    from .verifiers import reward
+    from polymath.verifiers import reward
 
     job = json.loads((job_dir / JOB_FILE).read_text())
     problems = [Problem(**json.loads(line)) for line in (job_dir / "problems.jsonl").read_text().splitlines()]

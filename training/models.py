@@ -197,7 +197,7 @@ def bootstrap_tiny(problems: list[Problem], cfg: TinyModelConfig, out_dir: Path,
     Returns the warm start's summary (training/warm_start.py), the vocabulary size added. ``sampler`` draws
     the band check's samples (default: transformers' ``generate``).
     """
-    from .verifiers import reward
+    from polymath.verifiers import reward
     from .warm_start import hf_sampler, warm_start
 
     texts = [p.prompt for p in problems] + [p.solution or p.answer for p in problems]

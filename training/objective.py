@@ -54,11 +54,9 @@ class PolicyOptions:
     drop_zero_variance_groups: bool = False
     """Remove the tokens of groups whose rewards are all equal from the loss and its token count."""
 
-    def loss_kwargs(self) -> dict:
-        """The ``grpo_loss`` keyword arguments."""
-        return {"policy_loss": self.policy_loss, "cov_fraction": self.cov_fraction,
-                "clip_cov_bounds": self.clip_cov_bounds, "kl_cov_coef": self.kl_cov_coef,
-                "top_entropy_quantile": self.top_entropy_quantile}
+    def __post_init__(self) -> None:
+        if self.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"policy_loss must be one of {POLICY_LOSSES}, got {self.policy_loss!r}")
 
 
 def signed_advantages(correct: torch.Tensor) -> torch.Tensor:
@@ -203,15 +201,12 @@ def grpo_loss(
     beta: float = 0.0,
     is_ratio: torch.Tensor | None = None,
     normalizer: torch.Tensor | float | None = None,
-    policy_loss: str = "clip",
-    cov_fraction: float = 2e-4,
-    clip_cov_bounds: tuple[float, float] = (1.0, 5.0),
-    kl_cov_coef: float = 1.0,
-    top_entropy_quantile: float = 1.0,
+    policy: PolicyOptions = PolicyOptions(),
     generator: torch.Generator | None = None,
 ) -> ObjectiveOutput:
-    """The token-mean clipped GRPO loss with PAR, token filter, entropy bonus and KL (module docstring for the
-    ``policy_loss`` variants and ``top_entropy_quantile``; ``generator`` draws clip-cov's random tokens).
+    """The token-mean clipped GRPO loss with PAR, token filter, entropy bonus and KL; ``policy`` selects the
+    policy term (module docstring for the ``policy_loss`` variants and ``top_entropy_quantile``); ``generator``
+    draws clip-cov's random tokens.
 
     Shapes: logp, old_logp, mask, entropies, ref_logp (B, T); advantages (B,)
     or (B, T); entropy_coefs a float or (B,) per-sequence coefficients;
@@ -220,17 +215,16 @@ def grpo_loss(
     count when the step is split into micro-batches, so the sum of their
     losses is the token mean over the step.
     """
-    if policy_loss not in POLICY_LOSSES:
-        raise ValueError(f"policy_loss must be one of {POLICY_LOSSES}, got {policy_loss!r}")
+    policy_loss = policy.policy_loss
     bool_mask = mask.bool()
     mask = mask.to(logp.dtype)
     adv = _as_token_advantages(advantages).to(logp.dtype)
     per_token, ratio = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
     weights = policy_token_weights(adv, par_lambda, token_filter).to(logp.dtype)
-    if top_entropy_quantile < 1.0:
+    if policy.top_entropy_quantile < 1.0:
         if entropies is None:
             raise ValueError("top_entropy_quantile < 1 needs entropies")
-        weights = weights * top_entropy_mask(entropies, bool_mask, top_entropy_quantile)
+        weights = weights * top_entropy_mask(entropies, bool_mask, policy.top_entropy_quantile)
     with torch.no_grad():
         ratio_d = ratio.detach()
         clipped_low = (ratio_d < 1.0 - eps_low) & (adv < 0)
@@ -242,11 +236,11 @@ def grpo_loss(
     if policy_loss != "clip":
         cov = token_covariance(logp, adv, bool_mask)
         if policy_loss == "clip-cov":
-            selected = clip_cov_selection(cov, bool_mask, cut, cov_fraction, clip_cov_bounds, generator)
+            selected = clip_cov_selection(cov, bool_mask, cut, policy.cov_fraction, policy.clip_cov_bounds, generator)
             weights = weights * ~selected
         else:
-            selected = kl_cov_selection(cov, bool_mask, cov_fraction)
-            per_token = -ratio * adv + kl_cov_coef * (logp - old_logp).abs() * selected
+            selected = kl_cov_selection(cov, bool_mask, policy.cov_fraction)
+            per_token = -ratio * adv + policy.kl_cov_coef * (logp - old_logp).abs() * selected
     per_token = per_token * weights
     if is_ratio is not None:
         per_token = per_token * is_ratio
