@@ -273,10 +273,11 @@ def _hold_memory() -> int:
 
 
 def isolation(dev: Device, _ctx) -> str:
+    from pipeline.execution import Execution
     from tasks import isolation as iso
 
     before = dev.used()
-    held = iso.call(_hold_memory, isolate=True)
+    held = iso.call(_hold_memory, execution=Execution(gpu=True, visible=1))  # a fresh process, as a GPU run gets
     after = dev.used()
     if before is None:
         return "spawned process ran (no CUDA: nothing to give back)"

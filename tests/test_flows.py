@@ -280,8 +280,8 @@ def test_deployment_entry_point_runs_a_profile_by_name(first_run, micro_config_p
     monkeypatch.setenv("POLYMATH_PROFILES", str(micro_config_path.parent))
     monkeypatch.setenv("POLYMATH_DEPLOY_ROOT", str(ws.root.parent))
     out = run_profile(config=micro_config_path.stem, workspace=ws.root.name, stage="evaluate")
-    assert out.curate == result.curate.key
-    assert out.evals == [r.key for r in result.evals if not r.label.startswith("merged:")]
+    assert out["curate"] == result.curate.key
+    assert out["evals"] == [r.key for r in result.evals if not r.label.startswith("merged:")]
 
 
 def test_every_deployment_in_prefect_yaml_names_a_flow_and_its_parameters():
