@@ -4,7 +4,8 @@ every method merged at its validation pick, each compared with task arithmetic o
     .venv/bin/python bench/merge_seeds.py --workspace workspace          # training seed 0 is the demo itself
 
 For each training seed (``train.seed``: the warm-started model, the curated prompts and everything else stay
-the demo's) the whole pipeline runs: four experts, every merge method of the demo at the scale its
+the demo's) the whole pipeline runs: four experts, every merge method (``--methods``; the demo itself merges
+only RobustMerge and task arithmetic) at the scale its
 validation split picks, with and without the gcd expert, evaluated on test. RobustMerge's ``keep`` is swept
 beside its scale (``--keep``), to see whether its gap to task arithmetic is a pruning cost. Per merge it
 prints its difference from the task-arithmetic merge of the same experts in accuracy points, on the seen
@@ -31,6 +32,8 @@ from flows.stage_flows import pipeline
 from pipeline.config import load_config
 
 TA = "merged:task-arithmetic"
+#: Every method compared: RobustMerge in both forms, the peft baselines, KnOTS and Core Space with both inner merges.
+METHODS = "robustmerge,robustmerge-reference,task-arithmetic,ties,dare,knots,core-space,core-space-iso-cts"
 RESAMPLES = 2000
 
 
@@ -90,13 +93,16 @@ def main() -> None:
     parser.add_argument("--workspace", default="workspace")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
     parser.add_argument("--config", default="demo")
+    parser.add_argument("--methods", default=METHODS, help="merge methods, comma-separated (task-arithmetic is the "
+                        "reference every other one is compared with)")
     parser.add_argument("--keep", default="0.2,0.5,1.0", help="RobustMerge keep values swept beside the scale "
                         "(empty: the configured keep only)")
     args = parser.parse_args()
 
     root = Path(args.workspace).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    extra = [f"merge.sweep_params={{robustmerge: {{keep: [{args.keep}]}}}}"] if args.keep else []
+    extra = [f"merge.methods=[{args.methods}]", "merge.seeds=[0, 1]"]  # DARE with two drop masks
+    extra += [f"merge.sweep_params={{robustmerge: {{keep: [{args.keep}]}}}}"] if args.keep else []
     problems, picks = [], []
     for seed in (int(s) for s in args.seeds.split(",")):
         start = time.perf_counter()
