@@ -33,5 +33,13 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The session server's API address, for a subprocess that should use it instead of starting its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
 def micro_config_path() -> Path:
     return DATA / "micro.yaml"

@@ -179,14 +179,16 @@ def test_the_tiny_model_on_data_it_cannot_learn_is_refused_before_anything_runs(
     assert "Traceback" not in text and not (tmp_path / "ws").exists()
 
 
-def test_a_user_error_inside_a_stage_is_printed_once(micro_config_path, tmp_path):
+def test_a_user_error_inside_a_stage_is_printed_once(micro_config_path, prefect_api_url, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     polymath = str(Path(sys.executable).with_name("polymath"))
+    # the session's server: a temporary one of its own would add its startup to the test, not to what it checks
     done = subprocess.run([polymath, "run", "-c", str(micro_config_path), "--set", "curate.k=100000",
-                           "-w", str(tmp_path / "ws")], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path / "ws")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PREFECT_API_URL": prefect_api_url})
     out = done.stdout + done.stderr
     assert done.returncode == 2, out[-3000:]
     assert out.count("exceeds the n=") == 1 and "Traceback" not in out, out[-3000:]

@@ -1,8 +1,8 @@
 """Deployments as users run them: prefect.yaml deployed to a real server, a flow run picked up by a process worker.
 
-The end-to-end test starts its own Prefect server and worker as subprocesses (a temporary Prefect home),
-deploys the repository's prefect.yaml as written, runs the curate deployment on the micro profile and a run
-with a refused override, and stops every process it started by its pid.
+The end-to-end test deploys the repository's prefect.yaml as written to the session's Prefect server, starts a
+process worker as a subprocess (a temporary Prefect home), runs the curate deployment on the micro profile and
+a run with a refused override, and stops the worker by its pid.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -112,18 +111,12 @@ def test_runs_on_one_workspace_take_turns(prefect_harness, tmp_path):
 # ---------------------------------------------------------------- end to end through a worker
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen) -> None:
     """Stop ``proc`` and its children (it leads its own process group) by its pid."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
+        try:  # a test server and worker hold nothing worth a graceful shutdown: 5 s, then SIGKILL
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
@@ -153,10 +146,9 @@ def _run_deployment(api: str, name: str, parameters: dict) -> str:
 
 
 @pytest.fixture()
-def prefect_services(tmp_path):
-    """A Prefect server and a process worker as subprocesses, with the repository's deployments applied."""
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
+def prefect_services(prefect_api_url, tmp_path):
+    """A process worker as a subprocess, with the repository's deployments applied to the session's server."""
+    api = prefect_api_url
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -168,32 +160,26 @@ def prefect_services(tmp_path):
         "POLYMATH_PROFILES": str(REPO / "tests" / "data"),
         "POLYMATH_DEPLOY_ROOT": str(tmp_path / "workspaces"),
     }
-    procs: list[subprocess.Popen] = []
+    _cli(env, "work-pool", "create", "polymath", "--type", "process")
+    _cli(env, "--no-prompt", "deploy", "--name", "curate")
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "polymath"], cwd=tmp_path, env=env,
+                              stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        server_log = (tmp_path / "server.log").open("w")
-        procs.append(subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                      env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            assert procs[0].poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-        _cli(env, "work-pool", "create", "polymath", "--type", "process")
-        _cli(env, "--no-prompt", "deploy", "--name", "curate")
-        worker_log = (tmp_path / "worker.log").open("w")
-        procs.append(subprocess.Popen([PREFECT, "worker", "start", "--pool", "polymath"], cwd=tmp_path, env=env,
-                                      stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True))
         yield api, tmp_path
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
-    for proc in procs:
-        assert proc.poll() is not None, f"process {proc.pid} still running"
+        _stop(worker)
+    assert worker.poll() is not None, f"worker {worker.pid} still running"
+
+
+def _artifact_keys(api: str, run_id: str) -> set[str]:
+    """Keys of the artifacts published by flow run ``run_id`` and its subflows (the session's server also
+    holds other tests' runs)."""
+    children = httpx.post(f"{api}/flow_runs/filter",
+                          json={"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}).json()
+    runs = [run_id, *(c["id"] for c in children)]
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": runs}}}).json()
+    return {a["key"] for a in artifacts}
 
 
 def test_a_deployment_runs_on_a_worker_to_completed(prefect_services):
@@ -206,12 +192,11 @@ def test_a_deployment_runs_on_a_worker_to_completed(prefect_services):
     logs = (tmp / "worker.log").read_text()
     assert run["state"]["type"] == "FAILED", logs[-3000:]
     assert "trust_remote_code" in run["state"]["message"], run["state"]["message"]
+    assert not _artifact_keys(api, refused)  # refused before any stage ran
 
     run = _wait_for_state(api, ok)
     assert run["state"]["type"] == "COMPLETED", (tmp / "worker.log").read_text()[-5000:]
-    # the curate subflow publishes them; this server has seen no other run that could
-    artifacts = httpx.post(f"{api}/artifacts/filter", json={}).json()
-    assert {"curation-diversity", "curation-projection"} <= {a["key"] for a in artifacts}
+    assert {"curation-diversity", "curation-projection"} <= _artifact_keys(api, ok)  # from the curate subflow
     workspace = tmp / "workspaces" / "micro"
     manifests = [json.loads(p.read_text()) for p in workspace.glob("artifacts/*/*/manifest.json")]
     assert {m["stage"] for m in manifests} >= {"data", "curate"}
