@@ -79,7 +79,7 @@ experiment: $(STAMP)
 	$(BIN)/polymath experiment entropy
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

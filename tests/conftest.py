@@ -17,6 +17,10 @@ for name, value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ[name] = value
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs two pytest workers on two cores: one OpenMP thread each, or torch's spinning threads
+    # oversubscribe the cores (set before any test module imports torch; subprocesses inherit it)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
@@ -25,7 +29,7 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server for every flow test of the session (about 10 s to start)."""
+    """One temporary Prefect server for every flow test of the session (10-30 s to start on 2 cores)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):
