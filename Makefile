@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.polymath-installed
+# Python caches each module it compiles (in __pycache__, inside .venv for the packages): a machine that sets
+# PYTHONDONTWRITEBYTECODE makes every process compile torch, transformers and Prefect again (5 of the 9 s of an
+# unchanged `polymath run` here), and the demo and the tests start many processes.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install lock lock-gpu install-gpu test-gpu-stack demo entropy-control experiment test test-all bench report clean-workspace
 
