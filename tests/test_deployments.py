@@ -115,7 +115,7 @@ def _stop(proc: subprocess.Popen) -> None:
     """Stop ``proc`` and its children (it leads its own process group) by its pid."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:  # a test server and worker hold nothing worth a graceful shutdown: 5 s, then SIGKILL
+        try:  # a test worker holds nothing worth a graceful shutdown: 5 s, then SIGKILL
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -162,13 +162,13 @@ def prefect_services(prefect_api_url, tmp_path):
     }
     _cli(env, "work-pool", "create", "polymath", "--type", "process")
     _cli(env, "--no-prompt", "deploy", "--name", "curate")
-    worker_log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "polymath"], cwd=tmp_path, env=env,
-                              stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield api, tmp_path
-    finally:
-        _stop(worker)
+    with (tmp_path / "worker.log").open("w") as worker_log:
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "polymath"], cwd=tmp_path, env=env,
+                                  stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield api, tmp_path
+        finally:
+            _stop(worker)
     assert worker.poll() is not None, f"worker {worker.pid} still running"
 
 
