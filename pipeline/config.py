@@ -150,6 +150,10 @@ class PolymathConfig(BaseModel):
     workers: int = Field(1, ge=1)
     """Stage runs of one kind (expert trainings, evaluations) run this many at a time on the local runner, each
     in its own process; 1 runs them one after another in the flow's process."""
+    worker_threads: int | None = Field(None, ge=1)
+    """Torch CPU threads of each worker process (``workers`` > 1); None: this machine's cores divided among the
+    workers. From about four threads torch splits some products differently and the low bits of the results
+    change: a profile whose numbers should not depend on the machine's core count sets it."""
     data: DataConfig = Field(default_factory=DataConfig)
     """Where the prompts come from."""
     model: ModelConfig = Field(default_factory=ModelConfig)

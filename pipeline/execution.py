@@ -41,6 +41,8 @@ class Execution:
     ray_address: str | None = None
     workers: int = 1
     """Heavy stage runs (trainings, evaluations, merges) side by side."""
+    threads: int | None = None
+    """Torch CPU threads of each worker process; None: the machine's cores divided among the workers."""
     gpu: bool = False
     """Whether heavy stages run on GPUs."""
     visible: int = 0
@@ -93,5 +95,6 @@ def execution_policy(cfg: PolymathConfig, runner: str = "local", ray_address: st
             f"side, and {visible} are visible: parallel runs would share cuda:0. Set workers: "
             f"{max(1, visible // cfg.train.processes)} (or make more GPUs visible)"
         )
-    return Execution(runner=runner, ray_address=ray_address, workers=cfg.workers, gpu=visible > 0 or asks_gpu,
+    return Execution(runner=runner, ray_address=ray_address, workers=cfg.workers, threads=cfg.worker_threads,
+                     gpu=visible > 0 or asks_gpu,
                      visible=visible, train_gpus=cfg.train.processes, merge_samples=bool(cfg.merge.scales))

@@ -17,7 +17,8 @@ from .errors import PolymathError
 QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar follows it
-    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
+    # SyntaxWarning: a dependency's source compiled on its first import (reasoning-gym's cellpylib: `is "recursive"`)
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning,ignore::SyntaxWarning",
 }
 
 
@@ -61,7 +62,7 @@ def quiet_libraries() -> None:
     """Silence library warnings and progress bars here and in processes started from here."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
+    for category in (FutureWarning, DeprecationWarning, UserWarning, SyntaxWarning):
         warnings.filterwarnings("ignore", category=category)
     logging.getLogger("transformers").setLevel(logging.ERROR)
 

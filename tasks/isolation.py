@@ -3,8 +3,8 @@ process (GPU), or in a shared worker pool (CPU).
 
 A GPU stage gets a fresh spawned process so that its GPU memory is returned when it ends. With
 ``workers > 1`` on CPU, stage runs go to one pool of ``workers`` long-lived spawned processes shared by the
-whole flow: each imports torch once and runs with ``cpu_count // workers`` torch threads, so two runs side
-by side do not fight over the cores.
+whole flow: each imports torch once and runs with the policy's ``threads`` torch threads (default
+``cpu_count // workers``), so two runs side by side do not fight over the cores.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from pipeline.execution import Execution
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
 _LOCK = Lock()
 
 
@@ -31,15 +31,16 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def _pool(workers: int, threads: int | None) -> tuple[tuple[int, int], ProcessPoolExecutor]:
+    """The pool of ``workers`` processes with ``threads`` torch threads each (None: the cores divided among them)."""
+    slot = (workers, threads or max(1, (os.cpu_count() or 1) // workers))
     with _LOCK:
-        if workers not in _POOLS:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            _POOLS[workers] = ProcessPoolExecutor(
+        if slot not in _POOLS:
+            _POOLS[slot] = ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_set_threads, initargs=(threads,),
+                initializer=_set_threads, initargs=(slot[1],),
             )
-        return _POOLS[workers]
+        return slot, _POOLS[slot]
 
 
 @atexit.register
@@ -90,12 +91,13 @@ def call(fn: Callable[..., Any], *args: Any, execution: Execution = Execution(),
     workers = execution.workers
     if workers <= 1:
         return fn(*args, **kwargs)
+    slot, pool = _pool(workers, execution.threads)
     try:
-        return _pool(workers).submit(fn, *args, **kwargs).result()
+        return pool.submit(fn, *args, **kwargs).result()
     except BrokenProcessPool:
         # A worker died (killed, out of memory): the next run gets a fresh pool.
         with _LOCK:
-            _POOLS.pop(workers, None)
+            _POOLS.pop(slot, None)
         raise BrokenProcessPool(
             f"a worker process died while running {getattr(fn, '__name__', fn)} (most often the system killed it "
             f"for memory: {workers} workers share this machine's RAM); lower `workers`, or train.micro_batch_size "

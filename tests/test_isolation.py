@@ -28,6 +28,29 @@ def test_a_worker_that_dies_is_named_with_the_fix_and_the_pool_is_replaced():
     isolation.shutdown()
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_worker_processes_compute_with_the_threads_the_policy_pins():
+    # the pinned count, whatever the machine's cores; unpinned, the cores divided among the workers
+    assert isolation.call(_threads, execution=Execution(workers=2, threads=3)) == 3
+    assert isolation.call(_threads, execution=TWO_WORKERS) == max(1, (os.cpu_count() or 1) // 2)
+    isolation.shutdown()
+
+
+def test_the_demo_pins_every_thread_count_that_changes_its_numbers():
+    # a 4-core machine's defaults (4 threads for the warm start, 2 per worker) trained another base model
+    from pipeline.config import load_config
+    from pipeline.execution import execution_policy
+
+    cfg = load_config("demo")
+    assert cfg.model.tiny.threads is not None and cfg.train.cpu_threads is not None
+    assert execution_policy(cfg, visible=0).threads == cfg.worker_threads is not None
+
+
 def _visible() -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 

@@ -54,7 +54,9 @@ class TinyModelConfig(BaseModel):
     )
     seed: int = Field(0, description="Initialization and batch-order seed.")
     threads: int | None = Field(
-        None, ge=1, description="Torch CPU threads for the warm start (None: torch's default; restored afterwards)."
+        None, ge=1, description="Torch CPU threads for the warm start (None: torch's default, the machine's cores; restored "
+        "afterwards). The weights it trains change with the thread count from four threads on: pin it for numbers "
+        "that do not depend on the machine."
     )
 
     @model_validator(mode="after")
