@@ -1,13 +1,17 @@
-"""Benchmark: what MKL's COMPATIBLE branch (POLYMATH_CPU_KERNELS=compatible) costs against the default avx2 set.
+"""Benchmark: what MKL's COMPATIBLE branch (POLYMATH_CPU_KERNELS=compatible) costs against the default avx2 set,
+and a fingerprint of each set's numbers to compare machines by.
 
     .venv/bin/python bench/cpu_kernels.py [--steps 6] [--rounds 2] [--threads 1]
 
-The demo model's two kinds of work, each kernel set in a fresh process (the set is fixed when torch loads),
+The demo model's three kinds of work, each kernel set in a fresh process (the set is fixed when torch loads),
 alternating round by round so that load from other processes hits both alike: warm-start steps (the demo's
-tiny model, its SFT batch of 32 sequences of 150 characters, AdamW) and a sampling pass (64 completions of 96
-tokens through the KV-cached loop every sampler uses). Prints the seconds of each, their ratio
-(compatible / avx2), and whether the two sets end with the same weights (they round differently: they should
-not, and this machine cannot show which one another machine reproduces).
+tiny model, its SFT batch of 32 sequences of 150 characters, AdamW), LoRA steps on the warm-started weights
+(rank 16 on every projection, as the experts train: a batch of 64 sequences of 136 tokens, AdamW) and a
+sampling pass (64 completions of 96 tokens through the KV-cached loop every sampler uses). Prints the seconds
+of each, their ratio (compatible / avx2), and a digest of each kind's result (the weights, the LoRA weights,
+the tokens drawn) per set. Two machines whose digests agree compute the demo's numbers alike; the digests of
+this project's machines are in docs/miniature.md ("The same numbers on every machine"), where the demo's gcd
+and reverse experts, not its base model, came out otherwise on a machine with AVX-512.
 """
 
 from __future__ import annotations
@@ -24,20 +28,28 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ("avx2", "compatible")
 
 
+def _digest(tensors) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in tensors)).hexdigest()[:12]
+
+
 def child(steps: int, threads: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    import hashlib
     import time
 
     import flows  # noqa: F401  (first: it pins the kernel set named in the environment)
     import torch
+    from peft import LoraConfig, get_peft_model
 
     from pipeline.config import load_config
     from polymath.decoding import Decoding, sample_tokens
     from training.models import build_tiny_model
 
     torch.set_num_threads(threads)
-    tiny = load_config("demo").model.tiny
+    torch.manual_seed(0)
+    cfg = load_config("demo")
+    tiny = cfg.model.tiny
     model = build_tiny_model(tiny, vocab_size=100)
     opt = torch.optim.AdamW(model.parameters(), lr=tiny.sft_lr)
     gen = torch.Generator().manual_seed(0)
@@ -48,14 +60,31 @@ def child(steps: int, threads: int) -> dict:
         opt.step()
         opt.zero_grad()
     train = time.perf_counter() - start
+    weights = _digest(model.parameters())
+
+    lora = cfg.train.lora
+    policy = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
+                                              init_lora_weights=False))  # B = 0 would hide B's gradient path
+    adapter = [p for p in policy.parameters() if p.requires_grad]
+    lora_opt = torch.optim.AdamW(adapter, lr=cfg.train.lr)
+    rollouts = torch.randint(2, 100, (64, 136), generator=gen)
+    start = time.perf_counter()
+    for _ in range(steps):
+        policy(input_ids=rollouts, labels=rollouts).loss.backward()
+        lora_opt.step()
+        lora_opt.zero_grad()
+    lora_step = time.perf_counter() - start
+    lora_weights = _digest(adapter)
+
     prompts = torch.randint(2, 100, (64, 40), generator=gen)
     start = time.perf_counter()
     with torch.no_grad():
-        sample_tokens(model, prompts, torch.ones_like(prompts), Decoding(temperature=1.0, top_p=1.0, cap=96), [1],
-                      torch.Generator().manual_seed(0))
+        drawn = sample_tokens(policy, prompts, torch.ones_like(prompts), Decoding(temperature=1.0, top_p=1.0, cap=96),
+                              [1], torch.Generator().manual_seed(0))
     sample = time.perf_counter() - start
-    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:12]
-    return {"train": train / steps, "sample": sample, "weights": digest}
+    tokens = _digest([torch.tensor([t for row in drawn.tokens for t in row])])
+    return {"train": train / steps, "lora": lora_step / steps, "sample": sample,
+            "weights": weights, "lora_weights": lora_weights, "tokens": tokens}
 
 
 def main() -> None:
@@ -76,14 +105,15 @@ def main() -> None:
                                   str(args.threads)], env={**env, "POLYMATH_CPU_KERNELS": kernel_set},
                                  capture_output=True, text=True, check=True)
             runs[kernel_set].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    for kind, unit in (("train", "s per warm-start step"), ("sample", "s per sampling pass")):
+    for kind, unit in (("train", "s per warm-start step"), ("lora", "s per LoRA step"),
+                       ("sample", "s per sampling pass")):
         a, c = (statistics.median(r[kind] for r in runs[s]) for s in SETS)
         print(f"{kind}: avx2 {a:.3f} {unit}, compatible {c:.3f}, ratio compatible / avx2 {c / a:.2f}")
-    digests = {s: runs[s][0]["weights"] for s in SETS}
-    same = len({r["weights"] for s in SETS for r in runs[s]}) == 1
-    listed = ", ".join(f"{s} {d}" for s, d in digests.items())
-    print(f"weights after {args.steps} steps: {'identical' if same else 'different'} across the sets ({listed})")
-
+    for kind, what in (("weights", f"weights after {args.steps} warm-start steps"),
+                       ("lora_weights", f"LoRA weights after {args.steps} steps"), ("tokens", "tokens drawn")):
+        repeatable = all(len({r[kind] for r in runs[s]}) == 1 for s in SETS)
+        listed = ", ".join(f"{s} {runs[s][0][kind]}" for s in SETS)
+        print(f"{what}: {listed}{'' if repeatable else ' (NOT the same in every round)'}")
 
 if __name__ == "__main__":
     main()
