@@ -34,6 +34,21 @@ def _digest(tensors) -> str:
     return hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in tensors)).hexdigest()[:12]
 
 
+def _train(model, params: list, batch, lr: float, steps: int) -> float:
+    """Seconds per step of ``steps`` AdamW steps of next-token loss on ``batch``, training ``params``."""
+    import time
+
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=lr)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return (time.perf_counter() - start) / steps
+
+
 def child(steps: int, threads: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import time
@@ -51,29 +66,17 @@ def child(steps: int, threads: int) -> dict:
     cfg = load_config("demo")
     tiny = cfg.model.tiny
     model = build_tiny_model(tiny, vocab_size=100)
-    opt = torch.optim.AdamW(model.parameters(), lr=tiny.sft_lr)
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(2, 100, (tiny.sft_batch_size, 150), generator=gen)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    train = time.perf_counter() - start
+    train = _train(model, list(model.parameters()), batch, tiny.sft_lr, steps)
     weights = _digest(model.parameters())
 
     lora = cfg.train.lora
     policy = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
                                               init_lora_weights=False))  # B = 0 would hide B's gradient path
     adapter = [p for p in policy.parameters() if p.requires_grad]
-    lora_opt = torch.optim.AdamW(adapter, lr=cfg.train.lr)
     rollouts = torch.randint(2, 100, (64, 136), generator=gen)
-    start = time.perf_counter()
-    for _ in range(steps):
-        policy(input_ids=rollouts, labels=rollouts).loss.backward()
-        lora_opt.step()
-        lora_opt.zero_grad()
-    lora_step = time.perf_counter() - start
+    lora_step = _train(policy, adapter, rollouts, cfg.train.lr, steps)
     lora_weights = _digest(adapter)
 
     prompts = torch.randint(2, 100, (64, 40), generator=gen)
@@ -83,7 +86,7 @@ def child(steps: int, threads: int) -> dict:
                               [1], torch.Generator().manual_seed(0))
     sample = time.perf_counter() - start
     tokens = _digest([torch.tensor([t for row in drawn.tokens for t in row])])
-    return {"train": train / steps, "lora": lora_step / steps, "sample": sample,
+    return {"train": train, "lora": lora_step, "sample": sample,
             "weights": weights, "lora_weights": lora_weights, "tokens": tokens}
 
 
