@@ -64,6 +64,25 @@ def test_the_warm_start_stops_at_the_first_check_inside_the_band():
     assert summary["sft_examples"] == 80 - 2 * 4
 
 
+def test_the_warm_start_computes_on_its_pinned_threads_whatever_the_process_uses():
+    # its weights change with the thread count from four threads on: a pinned count must hold on any machine
+    import torch
+
+    seen = []
+
+    def scorer(problem, completion):
+        seen.append(torch.get_num_threads())
+        return 0.0
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        _run(scorer, steps=2, threads=2)
+        assert set(seen) == {2} and torch.get_num_threads() == 3  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_warm_start_runs_on_below_the_band_and_stops_above_it():
     below = _run(lambda p, c: 0.0)
     assert below["sft_stopped"] == "max_steps" and below["sft_steps"] == 8 and len(below["sft_probe"]) == 4
