@@ -8,10 +8,11 @@ alternating round by round so that load from other processes hits both alike: wa
 tiny model, its SFT batch of 32 sequences of 150 characters, AdamW), LoRA steps on the warm-started weights
 (rank 16 on every projection, as the experts train: a batch of 64 sequences of 136 tokens, AdamW) and a
 sampling pass (64 completions of 96 tokens through the KV-cached loop every sampler uses). Prints the seconds
-of each, their ratio (compatible / avx2), and a digest of each kind's result (the weights, the LoRA weights,
-the tokens drawn) per set. Two machines whose digests agree compute the demo's numbers alike; the digests of
-this project's machines are in docs/miniature.md ("The same numbers on every machine"), where the demo's gcd
-and reverse experts, not its base model, came out otherwise on a machine with AVX-512.
+of each, their ratio (compatible / avx2), and per set a digest of each result: the weights; the first LoRA
+forward's logits and gradients and the LoRA weights; the tokens drawn. Two machines whose digests agree
+compute the demo's numbers alike; the digests of this project's machines are in docs/miniature.md ("The same
+numbers on every machine"), where the demo's gcd and reverse experts, not its base model, came out otherwise
+on a machine with AVX-512.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ def child(steps: int, threads: int) -> dict:
                                               init_lora_weights=False))  # B = 0 would hide B's gradient path
     adapter = [p for p in policy.parameters() if p.requires_grad]
     rollouts = torch.randint(2, 100, (64, 136), generator=gen)
+    # where two machines' LoRA weights differ, these say whether the forward or the backward differs first
+    first = policy(input_ids=rollouts, labels=rollouts)
+    first.loss.backward()
+    lora_logits, lora_grads = _digest([first.logits]), _digest([p.grad for p in adapter])
+    for p in adapter:
+        p.grad = None  # the steps below start as they would have
     lora_step = _train(policy, adapter, rollouts, cfg.train.lr, steps)
     lora_weights = _digest(adapter)
 
@@ -87,7 +94,8 @@ def child(steps: int, threads: int) -> dict:
     sample = time.perf_counter() - start
     tokens = _digest([torch.tensor([t for row in drawn.tokens for t in row])])
     return {"train": train, "lora": lora_step, "sample": sample,
-            "weights": weights, "lora_weights": lora_weights, "tokens": tokens}
+            "weights": weights, "lora_logits": lora_logits, "lora_grads": lora_grads, "lora_weights": lora_weights,
+            "tokens": tokens}
 
 
 def main() -> None:
@@ -113,6 +121,7 @@ def main() -> None:
         a, c = (statistics.median(r[kind] for r in runs[s]) for s in SETS)
         print(f"{kind}: avx2 {a:.3f} {unit}, compatible {c:.3f}, ratio compatible / avx2 {c / a:.2f}")
     for kind, what in (("weights", f"weights after {args.steps} warm-start steps"),
+                       ("lora_logits", "logits of the first LoRA forward"), ("lora_grads", "its LoRA gradients"),
                        ("lora_weights", f"LoRA weights after {args.steps} steps"), ("tokens", "tokens drawn")):
         repeatable = all(len({r[kind] for r in runs[s]}) == 1 for s in SETS)
         listed = ", ".join(f"{s} {runs[s][0][kind]}" for s in SETS)
