@@ -42,7 +42,7 @@ def test_worker_processes_compute_with_the_threads_the_policy_pins():
 
 
 def test_the_demo_pins_every_thread_count_that_changes_its_numbers():
-    # a 4-core machine's defaults (4 threads for the warm start, 2 per worker) trained another base model
+    # a 4-core machine's defaults (4 threads for the warm start, 2 per worker): another base model
     from pipeline.config import load_config
     from pipeline.execution import execution_policy
 
