@@ -13,12 +13,14 @@ from contextlib import contextmanager
 
 from .errors import PolymathError
 
+# SyntaxWarning: a dependency's source compiled on its first import (reasoning-gym's cellpylib: `is "recursive"`)
+QUIET_WARNINGS = (FutureWarning, DeprecationWarning, UserWarning, SyntaxWarning)
+
 # Inherited by the worker processes the stages spawn, so they are quiet too.
 QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar follows it
-    # SyntaxWarning: a dependency's source compiled on its first import (reasoning-gym's cellpylib: `is "recursive"`)
-    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning,ignore::SyntaxWarning",
+    "PYTHONWARNINGS": ",".join(f"ignore::{category.__name__}" for category in QUIET_WARNINGS),
 }
 
 
@@ -62,7 +64,7 @@ def quiet_libraries() -> None:
     """Silence library warnings and progress bars here and in processes started from here."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    for category in (FutureWarning, DeprecationWarning, UserWarning, SyntaxWarning):
+    for category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", category=category)
     logging.getLogger("transformers").setLevel(logging.ERROR)
 

@@ -33,14 +33,14 @@ def _set_threads(n: int) -> None:
 
 def _pool(workers: int, threads: int | None) -> tuple[tuple[int, int], ProcessPoolExecutor]:
     """The pool of ``workers`` processes with ``threads`` torch threads each (None: the cores divided among them)."""
-    slot = (workers, threads or max(1, (os.cpu_count() or 1) // workers))
+    key = (workers, threads or max(1, (os.cpu_count() or 1) // workers))
     with _LOCK:
-        if slot not in _POOLS:
-            _POOLS[slot] = ProcessPoolExecutor(
+        if key not in _POOLS:
+            _POOLS[key] = ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_set_threads, initargs=(slot[1],),
+                initializer=_set_threads, initargs=(key[1],),
             )
-        return slot, _POOLS[slot]
+        return key, _POOLS[key]
 
 
 @atexit.register
@@ -91,13 +91,13 @@ def call(fn: Callable[..., Any], *args: Any, execution: Execution = Execution(),
     workers = execution.workers
     if workers <= 1:
         return fn(*args, **kwargs)
-    slot, pool = _pool(workers, execution.threads)
+    key, pool = _pool(workers, execution.threads)
     try:
         return pool.submit(fn, *args, **kwargs).result()
     except BrokenProcessPool:
         # A worker died (killed, out of memory): the next run gets a fresh pool.
         with _LOCK:
-            _POOLS.pop(slot, None)
+            _POOLS.pop(key, None)
         raise BrokenProcessPool(
             f"a worker process died while running {getattr(fn, '__name__', fn)} (most often the system killed it "
             f"for memory: {workers} workers share this machine's RAM); lower `workers`, or train.micro_batch_size "
